@@ -1,0 +1,400 @@
+//! The configuration document: node settings and the resources it serves.
+//!
+//! Every struct denies unknown fields so that a typo is an error, not a setting
+//! silently ignored. Defaults live here, next to the field, and are listed in
+//! `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::units::{Duration, Size};
+
+/// One YAML document: the node's settings and its resources.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub access_log: AccessLog,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long SIGTERM waits for in-flight requests before the process exits.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub apis: Vec<Api>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "defaults::proxy_addr")]
+    pub proxy: SocketAddr,
+    #[serde(default = "defaults::admin_addr")]
+    pub admin: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListen>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            proxy: defaults::proxy_addr(),
+            admin: defaults::admin_addr(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListen {
+    pub addr: SocketAddr,
+    /// Certificate chains; the one whose names match the client's SNI is served,
+    /// the first one when none matches.
+    pub certificates: Vec<CertificateFiles>,
+    /// When true, the plain proxy listener answers every request with a redirect to HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` max-age sent on TLS responses; absent means no header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// `sqlite://PATH` (embedded default) or, later, `postgres://…`.
+    #[serde(default = "defaults::database")]
+    pub database: String,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            database: defaults::database(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// A JSON-lines file that receives every access record, besides the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Records waiting to be written; past this, new records are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "defaults::max_uri")]
+    pub max_uri: Size,
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: Size,
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "defaults::max_body")]
+    pub max_body: Size,
+    #[serde(default = "defaults::header_timeout")]
+    pub header_timeout: Duration,
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uri: defaults::max_uri(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_body: defaults::max_body(),
+            header_timeout: defaults::header_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub upstream: Upstream,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Further attempts on another target after a connect failure, for idempotent
+    /// requests without a body.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub passive_health: PassiveHealth,
+    /// `http1`, `http2` (prior knowledge, for h2c/gRPC upstreams) or `auto`
+    /// (HTTP/2 when TLS ALPN offers it, else HTTP/1.1).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub url: String,
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+    /// PEM file of CA certificates to verify an `https://` target against, instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    HashHeader(String),
+    HashIp,
+}
+
+impl FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "least_conn" => Ok(Balance::LeastConn),
+            "hash(ip)" => Ok(Balance::HashIp),
+            _ => {
+                if let Some(name) = s
+                    .strip_prefix("hash(header:")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                {
+                    if http::HeaderName::from_bytes(name.as_bytes()).is_ok() {
+                        return Ok(Balance::HashHeader(name.to_ascii_lowercase()));
+                    }
+                    return Err(format!("`{name}` is not a valid header name"));
+                }
+                Err(format!(
+                    "unknown balance `{s}`: use round_robin, least_conn, hash(header:NAME) or hash(ip)"
+                ))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::LeastConn => f.write_str("least_conn"),
+            Balance::HashHeader(name) => write!(f, "hash(header:{name})"),
+            Balance::HashIp => f.write_str("hash(ip)"),
+        }
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Balance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive.
+    #[serde(default = "defaults::response_timeout")]
+    pub response: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    #[serde(default = "defaults::upstream_idle_timeout")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: defaults::connect_timeout(),
+            response: defaults::response_timeout(),
+            idle: defaults::upstream_idle_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "defaults::healthy_after")]
+    pub healthy_after: u32,
+}
+
+/// Passive ejection: a target that fails `failures` times in a row (connect
+/// errors, timeouts) is taken out of rotation for `cooldown`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    #[serde(default = "defaults::passive_failures")]
+    pub failures: u32,
+    #[serde(default = "defaults::passive_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            failures: defaults::passive_failures(),
+            cooldown: defaults::passive_cooldown(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    pub name: String,
+    pub service: String,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// Send the client's `Host` upstream instead of the target's.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Exact host names or `*.suffix` wildcards; empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Prefix paths (`/orders`), with `{param}` segments, or exact paths (`=/health`).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Empty matches any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Default values, one function per field so serde and `Default` share them.
+pub mod defaults {
+    use super::*;
+
+    pub fn proxy_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8000))
+    }
+    pub fn admin_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8001))
+    }
+    pub fn database() -> String {
+        "sqlite://tollgate-data/tollgate.db".to_string()
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_uri() -> Size {
+        Size::kib(8)
+    }
+    pub fn max_header_bytes() -> Size {
+        Size::kib(32)
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_body() -> Size {
+        Size::mib(10)
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn upstream_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn unhealthy_after() -> u32 {
+        3
+    }
+    pub fn healthy_after() -> u32 {
+        2
+    }
+    pub fn passive_failures() -> u32 {
+        3
+    }
+    pub fn passive_cooldown() -> Duration {
+        Duration::from_secs(10)
+    }
+}
