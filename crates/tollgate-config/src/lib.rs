@@ -70,8 +70,12 @@ pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
 
 /// Reads, parses and validates a YAML file.
 pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
     from_yaml(&text)
 }
 
@@ -82,7 +86,8 @@ fn render_path(path: &serde_path_to_error::Path) -> String {
     for segment in path.iter() {
         match segment {
             serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
                 if !out.is_empty() {
                     out.push('.');
                 }

@@ -31,7 +31,10 @@ impl PathPattern {
         if path.contains("//") {
             return Err("must not contain an empty segment ('//')".into());
         }
-        if path.bytes().any(|b| b == b'?' || b == b'#' || b.is_ascii_whitespace()) {
+        if path
+            .bytes()
+            .any(|b| b == b'?' || b == b'#' || b.is_ascii_whitespace())
+        {
             return Err("must not contain '?', '#' or whitespace".into());
         }
         let trimmed = path.trim_end_matches('/');
@@ -45,17 +48,24 @@ impl PathPattern {
             }
             if let Some(inner) = raw.strip_prefix('{') {
                 let Some(name) = inner.strip_suffix('}') else {
-                    return Err(format!("segment `{raw}`: a parameter must be a whole `{{name}}` segment"));
+                    return Err(format!(
+                        "segment `{raw}`: a parameter must be a whole `{{name}}` segment"
+                    ));
                 };
                 if exact {
                     return Err("an exact path (`=`) cannot contain parameters".into());
                 }
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(format!("segment `{raw}`: parameter names are letters, digits and '_'"));
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "segment `{raw}`: parameter names are letters, digits and '_'"
+                    ));
                 }
                 segments.push(Segment::Param(name.to_string()));
             } else if raw.contains('{') || raw.contains('}') {
-                return Err(format!("segment `{raw}`: a parameter must be a whole `{{name}}` segment"));
+                return Err(format!(
+                    "segment `{raw}`: a parameter must be a whole `{{name}}` segment"
+                ));
             } else {
                 segments.push(Segment::Literal(raw.to_string()));
             }
@@ -72,12 +82,17 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(exact) => {
-                path == exact || (path.len() == exact.len() + 1 && path.starts_with(exact.as_str()) && path.ends_with('/'))
+                path == exact
+                    || (path.len() == exact.len() + 1
+                        && path.starts_with(exact.as_str())
+                        && path.ends_with('/'))
             }
             PathPattern::Prefix(segments) => {
                 let mut rest = path.split('/').skip(1).filter(|s| !s.is_empty());
                 for segment in segments {
-                    let Some(actual) = rest.next() else { return false };
+                    let Some(actual) = rest.next() else {
+                        return false;
+                    };
                     if let Segment::Literal(literal) = segment {
                         if literal != actual {
                             return false;
@@ -127,10 +142,15 @@ impl HostPattern {
         if name.contains(':') {
             return Err("must not contain a port".into());
         }
-        let valid_label =
-            |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
         if !name.split('.').all(valid_label) {
-            return Err(format!("`{text}` is not a valid host name (wildcards only as a leading `*.`)"));
+            return Err(format!(
+                "`{text}` is not a valid host name (wildcards only as a leading `*.`)"
+            ));
         }
         Ok(if wildcard {
             HostPattern::Wildcard(format!(".{name}"))
@@ -143,7 +163,9 @@ impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(name) => host == name,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -182,7 +204,10 @@ mod tests {
 
     #[test]
     fn bad_paths_say_why() {
-        assert_eq!(PathPattern::parse("orders").unwrap_err(), "must start with '/'");
+        assert_eq!(
+            PathPattern::parse("orders").unwrap_err(),
+            "must start with '/'"
+        );
         assert!(PathPattern::parse("/a/../b").is_err());
         assert!(PathPattern::parse("/a/{id").is_err());
         assert!(PathPattern::parse("/a/x{id}").is_err());
@@ -197,6 +222,8 @@ mod tests {
         assert!(!h.matches("example.org"));
         assert!(!h.matches("aexample.org"));
         assert!(HostPattern::parse("a.*.org").is_err());
-        assert!(HostPattern::parse("API.Example.com").unwrap().matches("api.example.com"));
+        assert!(HostPattern::parse("API.Example.com")
+            .unwrap()
+            .matches("api.example.com"));
     }
 }

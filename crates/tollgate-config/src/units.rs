@@ -68,7 +68,7 @@ impl fmt::Display for Duration {
         }
         // The largest unit that divides the value exactly.
         for &(name, factor) in UNITS.iter().rev() {
-            if millis % factor == 0 {
+            if millis.is_multiple_of(factor) {
                 return write!(f, "{}{}", millis / factor, name);
             }
         }
@@ -152,7 +152,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for unit in ["GiB", "MiB", "KiB"] {
             let (_, factor) = SIZE_UNITS.iter().find(|(n, _)| *n == unit).unwrap();
-            if self.0 != 0 && self.0 % factor == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(*factor) {
                 return write!(f, "{}{}", self.0 / factor, unit);
             }
         }

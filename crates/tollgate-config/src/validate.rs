@@ -7,14 +7,19 @@ use crate::model::{Config, Target};
 use crate::pattern::{HostPattern, PathPattern};
 use crate::ConfigError;
 
-const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
 
 pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
 
     if config.limits.max_header_bytes.bytes() < 8192 {
-        err("limits.max_header_bytes".into(), "must be at least 8KiB".into());
+        err(
+            "limits.max_header_bytes".into(),
+            "must be at least 8KiB".into(),
+        );
     }
     if config.limits.max_headers == 0 {
         err("limits.max_headers".into(), "must be at least 1".into());
@@ -24,16 +29,27 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
     }
     if let Some(tls) = &config.listen.tls {
         if tls.certificates.is_empty() {
-            err("listen.tls.certificates".into(), "at least one certificate is needed".into());
+            err(
+                "listen.tls.certificates".into(),
+                "at least one certificate is needed".into(),
+            );
         }
         if tls.addr == config.listen.proxy || tls.addr == config.listen.admin {
-            err("listen.tls.addr".into(), "must differ from the proxy and admin addresses".into());
+            err(
+                "listen.tls.addr".into(),
+                "must differ from the proxy and admin addresses".into(),
+            );
         }
     }
     if config.listen.proxy == config.listen.admin {
-        err("listen.admin".into(), "must differ from listen.proxy".into());
+        err(
+            "listen.admin".into(),
+            "must differ from listen.proxy".into(),
+        );
     }
-    if !(config.storage.database.starts_with("sqlite://") || config.storage.database.starts_with("sqlite:")) {
+    if !(config.storage.database.starts_with("sqlite://")
+        || config.storage.database.starts_with("sqlite:"))
+    {
         err(
             "storage.database".into(),
             "only sqlite://PATH is supported by this build".into(),
@@ -45,34 +61,58 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         let at = format!("services[{i}]");
         check_name(&service.name, &format!("{at}.name"), &mut err);
         if !service_names.insert(service.name.as_str()) {
-            err(format!("{at}.name"), format!("duplicate service name `{}`", service.name));
+            err(
+                format!("{at}.name"),
+                format!("duplicate service name `{}`", service.name),
+            );
         }
         let upstream = &service.upstream;
         if upstream.targets.is_empty() {
-            err(format!("{at}.upstream.targets"), "at least one target is needed".into());
+            err(
+                format!("{at}.upstream.targets"),
+                "at least one target is needed".into(),
+            );
         }
         for (t, target) in upstream.targets.iter().enumerate() {
             check_target(target, &format!("{at}.upstream.targets[{t}]"), &mut err);
         }
         if let Some(hc) = &upstream.health_check {
             if !hc.path.starts_with('/') {
-                err(format!("{at}.upstream.health_check.path"), "must start with '/'".into());
+                err(
+                    format!("{at}.upstream.health_check.path"),
+                    "must start with '/'".into(),
+                );
             }
             if hc.interval.get().is_zero() {
-                err(format!("{at}.upstream.health_check.interval"), "must be more than 0s".into());
+                err(
+                    format!("{at}.upstream.health_check.interval"),
+                    "must be more than 0s".into(),
+                );
             }
             if hc.unhealthy_after == 0 {
-                err(format!("{at}.upstream.health_check.unhealthy_after"), "must be at least 1".into());
+                err(
+                    format!("{at}.upstream.health_check.unhealthy_after"),
+                    "must be at least 1".into(),
+                );
             }
             if hc.healthy_after == 0 {
-                err(format!("{at}.upstream.health_check.healthy_after"), "must be at least 1".into());
+                err(
+                    format!("{at}.upstream.health_check.healthy_after"),
+                    "must be at least 1".into(),
+                );
             }
         }
         if upstream.timeouts.connect.get().is_zero() {
-            err(format!("{at}.upstream.timeouts.connect"), "must be more than 0s".into());
+            err(
+                format!("{at}.upstream.timeouts.connect"),
+                "must be more than 0s".into(),
+            );
         }
         if upstream.timeouts.response.get().is_zero() {
-            err(format!("{at}.upstream.timeouts.response"), "must be more than 0s".into());
+            err(
+                format!("{at}.upstream.timeouts.response"),
+                "must be more than 0s".into(),
+            );
         }
     }
 
@@ -81,14 +121,23 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         let at = format!("apis[{i}]");
         check_name(&api.name, &format!("{at}.name"), &mut err);
         if !api_names.insert(api.name.as_str()) {
-            err(format!("{at}.name"), format!("duplicate api name `{}`", api.name));
+            err(
+                format!("{at}.name"),
+                format!("duplicate api name `{}`", api.name),
+            );
         }
         if !service_names.contains(api.service.as_str()) {
-            err(format!("{at}.service"), format!("no service named `{}`", api.service));
+            err(
+                format!("{at}.service"),
+                format!("no service named `{}`", api.service),
+            );
         }
         let m = &api.matcher;
         if m.paths.is_empty() {
-            err(format!("{at}.match.paths"), "at least one path is needed (use / for everything)".into());
+            err(
+                format!("{at}.match.paths"),
+                "at least one path is needed (use / for everything)".into(),
+            );
         }
         for (p, path) in m.paths.iter().enumerate() {
             if let Err(message) = PathPattern::parse(path) {
@@ -104,16 +153,25 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
             if !METHODS.contains(&method.as_str()) {
                 err(
                     format!("{at}.match.methods[{k}]"),
-                    format!("`{method}` is not a method (use upper case: {})", METHODS.join(", ")),
+                    format!(
+                        "`{method}` is not a method (use upper case: {})",
+                        METHODS.join(", ")
+                    ),
                 );
             }
         }
         for (name, value) in &m.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                err(format!("{at}.match.headers.{name}"), "not a valid header name".into());
+                err(
+                    format!("{at}.match.headers.{name}"),
+                    "not a valid header name".into(),
+                );
             }
             if http::HeaderValue::from_str(value).is_err() {
-                err(format!("{at}.match.headers.{name}"), "not a valid header value".into());
+                err(
+                    format!("{at}.match.headers.{name}"),
+                    "not a valid header value".into(),
+                );
             }
         }
         if let Some(prefix) = &api.strip_prefix {
@@ -128,7 +186,9 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
 fn check_name(name: &str, path: &str, err: &mut impl FnMut(String, String)) {
     let valid = !name.is_empty()
         && name.len() <= 100
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !valid {
         err(
             path.to_string(),
@@ -141,7 +201,10 @@ fn check_target(target: &Target, path: &str, err: &mut impl FnMut(String, String
     match target.url.parse::<http::Uri>() {
         Ok(uri) => {
             if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
-                err(format!("{path}.url"), "must be an http:// or https:// URL".into());
+                err(
+                    format!("{path}.url"),
+                    "must be an http:// or https:// URL".into(),
+                );
             }
             if uri.host().is_none_or(str::is_empty) {
                 err(format!("{path}.url"), "must name a host".into());
@@ -156,7 +219,10 @@ fn check_target(target: &Target, path: &str, err: &mut impl FnMut(String, String
         err(format!("{path}.weight"), "must be at least 1".into());
     }
     if target.ca.is_some() && !target.url.starts_with("https://") {
-        err(format!("{path}.ca"), "only https:// targets use a CA".into());
+        err(
+            format!("{path}.ca"),
+            "only https:// targets use a CA".into(),
+        );
     }
 }
 
@@ -175,22 +241,38 @@ apis:
   - { name: b, service: s, match: { paths: [/ok] } }
   - { name: c, service: nope, match: { paths: [orders], hosts: ["a.*.com"], methods: [get] } }
 "#;
-        let errors: Vec<String> = from_yaml(yaml).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = from_yaml(yaml)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         for expected in [
             "services[0].upstream.targets[0].url: must be an http:// or https:// URL",
             "services[0].upstream.targets[1].weight: must be at least 1",
             "apis[2].service: no service named `nope`",
             "apis[2].match.paths[0]: must start with '/'",
         ] {
-            assert!(errors.iter().any(|e| e == expected), "missing `{expected}` in {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e == expected),
+                "missing `{expected}` in {errors:#?}"
+            );
         }
-        assert!(errors.iter().any(|e| e.starts_with("apis[2].match.hosts[0]")));
-        assert!(errors.iter().any(|e| e.starts_with("apis[2].match.methods[0]")));
+        assert!(errors
+            .iter()
+            .any(|e| e.starts_with("apis[2].match.hosts[0]")));
+        assert!(errors
+            .iter()
+            .any(|e| e.starts_with("apis[2].match.methods[0]")));
     }
 
     #[test]
     fn balance_forms_parse() {
-        for b in ["round_robin", "least_conn", "hash(ip)", "hash(header:X-User)"] {
+        for b in [
+            "round_robin",
+            "least_conn",
+            "hash(ip)",
+            "hash(header:X-User)",
+        ] {
             let yaml = format!("services:\n  - name: s\n    upstream: {{ targets: [{{url: 'http://127.0.0.1:1'}}], balance: '{b}' }}\n");
             from_yaml(&yaml).unwrap_or_else(|e| panic!("{b}: {e:?}"));
         }

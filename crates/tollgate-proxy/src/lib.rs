@@ -1,1 +1,140 @@
-//! tollgate-proxy
+//! Tollgate's data plane.
+//!
+//! Serves an immutable [`Snapshot`] compiled from the configuration and
+//! swapped atomically on reload; a request never waits on a database or a
+//! lock that a precomputed index could avoid. Records leave through the
+//! bounded access-log channel. This crate must never buffer a body it does
+//! not have to, nor answer anything but a JSON error for its own refusals.
+
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod forwarding;
+pub mod health;
+pub mod normalize;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tollgate_config::{Config, ConfigError};
+use tollgate_telemetry::AccessLog;
+
+pub use error::GatewayError;
+pub use proxy::Proxy;
+pub use snapshot::Snapshot;
+
+/// The running data plane: the live snapshot and what outlives it.
+pub struct DataPlane {
+    proxy: Arc<Proxy>,
+    registries: snapshot::Registries,
+    health: health::HealthChecker,
+    tls: Option<Arc<tls::SniResolver>>,
+}
+
+/// The listeners the data plane serves, bound by the caller.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub tls: Option<TcpListener>,
+}
+
+impl DataPlane {
+    /// Compiles the first snapshot. Must run inside a tokio runtime (health checks start here).
+    pub fn new(config: Arc<Config>, access_log: AccessLog) -> Result<DataPlane, Vec<ConfigError>> {
+        let registries = snapshot::Registries::default();
+        let snapshot = Arc::new(Snapshot::compile(config.clone(), &registries)?);
+        let tls = match &config.listen.tls {
+            Some(settings) => Some(tls::SniResolver::load(&settings.certificates)?),
+            None => None,
+        };
+        let health = health::HealthChecker::default();
+        health.reconcile(&snapshot);
+        Ok(DataPlane {
+            proxy: Arc::new(Proxy::new(snapshot, access_log)),
+            registries,
+            health,
+            tls,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.proxy.snapshot.load_full()
+    }
+
+    /// Compiles and swaps in a new configuration. On error the old snapshot keeps serving.
+    /// Listener addresses are fixed at start-up: a change to them needs a restart.
+    pub fn apply(&self, config: Arc<Config>) -> Result<(), Vec<ConfigError>> {
+        let snapshot = Arc::new(Snapshot::compile(config.clone(), &self.registries)?);
+        if let (Some(resolver), Some(settings)) = (&self.tls, &config.listen.tls) {
+            resolver.reload(&settings.certificates)?;
+        }
+        self.proxy.snapshot.store(snapshot.clone());
+        self.health.reconcile(&snapshot);
+        let live: HashSet<(String, String)> = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.upstream
+                    .targets
+                    .iter()
+                    .map(|t| (s.name.clone(), t.url.clone()))
+            })
+            .collect();
+        self.registries
+            .targets
+            .retain(|service, url| live.contains(&(service.to_string(), url.to_string())));
+        Ok(())
+    }
+
+    /// Serves until `shutdown` turns true, then drains in-flight requests for
+    /// at most `grace`. Returns whether every connection finished in time.
+    pub async fn serve(
+        &self,
+        listeners: Listeners,
+        shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> bool {
+        let snapshot = self.snapshot();
+        let limits = server::ConnectionLimits::from(&snapshot.config.limits);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accept_loops = Vec::new();
+        accept_loops.push(tokio::spawn(server::serve(
+            listeners.proxy,
+            None,
+            self.proxy.clone(),
+            limits.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        )));
+        if let (Some(listener), Some(resolver)) = (listeners.tls, &self.tls) {
+            match tls::server_config(resolver.clone()) {
+                Ok(config) => accept_loops.push(tokio::spawn(server::serve(
+                    listener,
+                    Some(tokio_rustls::TlsAcceptor::from(config)),
+                    self.proxy.clone(),
+                    limits.clone(),
+                    graceful.clone(),
+                    shutdown.clone(),
+                ))),
+                Err(error) => tracing::error!(%error, "TLS listener not started"),
+            }
+        }
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        self.health.stop_all();
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+}

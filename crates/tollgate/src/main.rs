@@ -1,1 +1,280 @@
-fn main() {}
+//! The `tollgate` binary: the command line and the wiring of the crates.
+
+mod reload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tollgate_config::{Config, ConfigError};
+use tollgate_proxy::{DataPlane, Listeners};
+use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
+
+/// Default place `serve` looks for a configuration when `--config` is not given.
+const DEFAULT_CONFIG: &str = "tollgate.yaml";
+/// Access records waiting to be written before new ones are dropped.
+const DEFAULT_LOG_BUFFER: usize = 65_536;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    about = "An API gateway and AI gateway in one binary",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file; without it, ./tollgate.yaml if present, else defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format: human-readable or JSON lines.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a configuration file and list every error with its field path.
+    Validate { file: PathBuf },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Validate { file } => match tollgate_config::load_file(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} services, {} apis)",
+                    file.display(),
+                    config.services.len(),
+                    config.apis.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                print_errors(&file, &errors);
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve {
+            config,
+            log_format,
+            workers,
+        } => {
+            init_logging(log_format);
+            let (config, path) = match load_serve_config(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!(%error, "invalid configuration");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match build_runtime(workers) {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config, path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_errors(file: &Path, errors: &[ConfigError]) {
+    eprintln!("{}: {} error(s)", file.display(), errors.len());
+    for error in errors {
+        eprintln!("  {error}");
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// `--config FILE`, else `./tollgate.yaml`, else the defaults.
+fn load_serve_config(
+    explicit: Option<&Path>,
+) -> Result<(Config, Option<PathBuf>), Vec<ConfigError>> {
+    let path = match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    };
+    match &path {
+        Some(path) => Ok((tollgate_config::load_file(path)?, Some(path.clone()))),
+        None => {
+            tracing::info!("no configuration file: starting with defaults");
+            Ok((Config::default(), None))
+        }
+    }
+}
+
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        // One worker: a current-thread runtime, with no cross-thread wake-ups.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+}
+
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    tollgate_telemetry::metrics::install_prometheus();
+    let config = Arc::new(config);
+
+    let store = tollgate_store::SqliteStore::open(&config.storage.database)
+        .with_context(|| format!("cannot open the database {}", config.storage.database))?;
+    let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(
+        store
+            .access_record_sink()
+            .context("cannot open the access-record sink")?,
+    )];
+    if let Some(file) = &config.access_log.file {
+        let sink = FileSink::open(file)
+            .with_context(|| format!("cannot open the access log {}", file.display()))?;
+        sinks.push(Box::new(sink));
+    }
+    let access_log = AccessLog::start(
+        config.access_log.buffer.unwrap_or(DEFAULT_LOG_BUFFER),
+        sinks,
+    );
+
+    let data_plane = DataPlane::new(config.clone(), access_log.clone()).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid configuration:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let data_plane = Arc::new(data_plane);
+
+    let proxy_listener = tollgate_proxy::server::bind(config.listen.proxy)
+        .with_context(|| format!("cannot listen on {}", config.listen.proxy))?;
+    let tls_listener = match &config.listen.tls {
+        Some(tls) => Some(
+            tollgate_proxy::server::bind(tls.addr)
+                .with_context(|| format!("cannot listen on {}", tls.addr))?,
+        ),
+        None => None,
+    };
+    let admin_listener = tollgate_proxy::server::bind(config.listen.admin)
+        .with_context(|| format!("cannot listen on {}", config.listen.admin))?;
+    tracing::info!(
+        proxy = %config.listen.proxy,
+        admin = %config.listen.admin,
+        tls = ?config.listen.tls.as_ref().map(|t| t.addr),
+        "tollgate listening"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = tollgate_admin::AdminState {
+        ready: ready.clone(),
+    };
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin = tokio::spawn(tollgate_admin::serve(
+        admin_listener,
+        admin_state,
+        async move {
+            let _ = admin_shutdown.wait_for(|stop| *stop).await;
+        },
+    ));
+
+    if let Some(path) = config_path {
+        tokio::spawn(reload::watch(path, data_plane.clone(), shutdown_rx.clone()));
+    }
+    tokio::spawn(wait_for_termination(shutdown_tx));
+
+    ready.store(true, Ordering::SeqCst);
+    let grace = config.shutdown_grace.get();
+    let drained = data_plane
+        .serve(
+            Listeners {
+                proxy: proxy_listener,
+                tls: tls_listener,
+            },
+            shutdown_rx,
+            grace,
+        )
+        .await;
+    ready.store(false, Ordering::SeqCst);
+    if drained {
+        tracing::info!("all connections drained");
+    } else {
+        tracing::warn!(
+            ?grace,
+            "grace period over: closing the remaining connections"
+        );
+    }
+    access_log.flush().await;
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: stop accepting and drain.
+async fn wait_for_termination(shutdown: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+    let _ = shutdown.send(true);
+}

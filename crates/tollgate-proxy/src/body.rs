@@ -1,0 +1,255 @@
+//! Streaming bodies that count what passes, and the request's record that is
+//! completed when the response body ends.
+//!
+//! Neither body buffers: frames go through as they come. The request body
+//! enforces the size limit as it streams; the response body finishes the
+//! access record on its last frame, on error, or when the client goes away.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
+
+use crate::snapshot::ApiMetrics;
+use crate::upstream::TargetState;
+
+/// What the request body saw, shared with the record.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub bytes_in: AtomicU64,
+    pub too_large: AtomicBool,
+    pub client_error: AtomicBool,
+}
+
+/// Why forwarding a request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("client body error: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+/// The body sent upstream: the client's, counted and limited, or nothing.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    stats: Option<Arc<RequestStats>>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            stats: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+
+    pub fn streaming(inner: Incoming, stats: Arc<RequestStats>, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            stats: Some(stats),
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(stats) = &this.stats {
+                        stats.bytes_in.store(this.seen, Ordering::Relaxed);
+                        if this.seen > this.limit {
+                            stats.too_large.store(true, Ordering::Relaxed);
+                            this.inner = None;
+                            return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                if let Some(stats) = &this.stats {
+                    stats.client_error.store(true, Ordering::Relaxed);
+                }
+                this.inner = None;
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Everything needed to complete and send the access record of one request.
+pub struct RecordFinisher {
+    pub record: AccessRecord,
+    pub started: Instant,
+    pub access_log: AccessLog,
+    pub stats: Option<Arc<RequestStats>>,
+    pub metrics: Option<Arc<ApiMetrics>>,
+    /// Held while the response streams, so `least_conn` sees it as in flight.
+    pub target: Option<Arc<TargetState>>,
+}
+
+impl RecordFinisher {
+    fn finish(self: Box<Self>, bytes_out: u64, stream_error: bool) {
+        let mut this = *self;
+        let elapsed = this.started.elapsed();
+        let record = &mut this.record;
+        record.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        record.bytes_out = bytes_out;
+        if let Some(stats) = &this.stats {
+            record.bytes_in = stats.bytes_in.load(Ordering::Relaxed);
+        }
+        if stream_error && record.reason.is_none() {
+            record.reason = Some("upstream_error");
+            record.outcome = Outcome::Error;
+        }
+        match &this.metrics {
+            Some(metrics) => metrics.observe(record.status, elapsed),
+            None => ApiMetrics::observe_unrouted(record.status, elapsed),
+        }
+        if let Some(target) = this.target.take() {
+            target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        this.access_log.record(this.record);
+    }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The body sent to the client.
+pub struct ResponseBody {
+    inner: Inner,
+    bytes_out: u64,
+    finisher: Option<Box<RecordFinisher>>,
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming, finisher: Option<Box<RecordFinisher>>) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            bytes_out: 0,
+            finisher,
+        }
+    }
+
+    pub fn full(bytes: Bytes, finisher: Option<Box<RecordFinisher>>) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            bytes_out: 0,
+            finisher,
+        }
+    }
+
+    /// For a tunnel: the bytes that went each way, recorded when the body drops.
+    pub fn set_tunnel_bytes(&mut self, from_client: u64, to_client: u64) {
+        self.bytes_out = to_client;
+        if let Some(finisher) = &mut self.finisher {
+            finisher.record.bytes_in = from_client;
+            finisher.stats = None;
+        }
+    }
+
+    fn finish(&mut self, stream_error: bool) {
+        if let Some(finisher) = self.finisher.take() {
+            finisher.finish(self.bytes_out, stream_error);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.finish(true);
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                this.finish(false);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

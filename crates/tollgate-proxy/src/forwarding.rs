@@ -1,0 +1,310 @@
+//! The headers a proxy owes its upstreams and clients: hop-by-hop removal,
+//! `X-Forwarded-*` and `Forwarded`, request ids and trace context.
+//!
+//! Trust: only a peer listed in `trusted_proxies` may extend the forwarding
+//! chain or name the request id. From anyone else, whatever the client wrote
+//! in those headers is replaced by what the gateway saw.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::snapshot::Snapshot;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names. With `keep_upgrade`, `Connection: upgrade` and
+/// `Upgrade` stay, for WebSocket handshakes.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        if let Ok(list) = connection.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case("upgrade")
+                        && !t.eq_ignore_ascii_case("close")
+                        && !t.eq_ignore_ascii_case("keep-alive")
+                })
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                if name != X_REQUEST_ID {
+                    headers.remove(&name);
+                }
+            }
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    // `TE: trailers` is meaningful end to end for gRPC; any other TE is hop-by-hop.
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// The client's address: the peer itself, or, behind trusted proxies, the
+/// right-most address in `X-Forwarded-For` that is not a trusted proxy.
+pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !snapshot.is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(list) = value.to_str() else {
+            return client;
+        };
+        for item in list.rsplit(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !snapshot.is_trusted(ip) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// Request facts the forwarding headers describe.
+pub struct ForwardInfo<'a> {
+    pub peer: IpAddr,
+    pub trusted_peer: bool,
+    pub tls: bool,
+    /// The host the client asked for, as it wrote it (with port if any).
+    pub host: &'a str,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`.
+pub fn set_forwarded_headers(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
+    let proto = if info.tls { "https" } else { "http" };
+    let peer = info.peer.to_string();
+    let forwarded_for = match info.peer {
+        IpAddr::V4(_) => peer.clone(),
+        IpAddr::V6(_) => format!("\"[{peer}]\""),
+    };
+    let forwarded_element = if info.host.is_empty() {
+        format!("for={forwarded_for};proto={proto}")
+    } else {
+        format!("for={forwarded_for};host=\"{}\";proto={proto}", info.host)
+    };
+    if info.trusted_peer {
+        append_list(headers, &X_FORWARDED_FOR, &peer);
+        append_list(headers, &FORWARDED, &forwarded_element);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            set(headers, &X_FORWARDED_PROTO, proto);
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) && !info.host.is_empty() {
+            set(headers, &X_FORWARDED_HOST, info.host);
+        }
+    } else {
+        set(headers, &X_FORWARDED_FOR, &peer);
+        set(headers, &FORWARDED, &forwarded_element);
+        set(headers, &X_FORWARDED_PROTO, proto);
+        if info.host.is_empty() {
+            headers.remove(&X_FORWARDED_HOST);
+        } else {
+            set(headers, &X_FORWARDED_HOST, info.host);
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name.clone(), value);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Appends to a comma-separated list header, folding multiple lines into one.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+    let mut joined = String::new();
+    for value in headers.get_all(name) {
+        if let Ok(v) = value.to_str() {
+            joined.push_str(v);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(item);
+    set(headers, name, &joined);
+}
+
+/// The request id: the client's when it comes from a trusted peer and looks
+/// sane, else a new random one.
+pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> String {
+    if trusted_peer {
+        if let Some(value) = headers.get(&X_REQUEST_ID) {
+            let bytes = value.as_bytes();
+            if !bytes.is_empty()
+                && bytes.len() <= 128
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            {
+                // Checked ASCII above, so this cannot fail.
+                return String::from_utf8_lossy(bytes).into_owned();
+            }
+        }
+    }
+    new_id()
+}
+
+/// 128 random bits as 32 lower-case hex digits.
+pub fn new_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Keeps a valid W3C `traceparent`; starts a new trace when there is none or it is malformed.
+pub fn ensure_traceparent(headers: &mut HeaderMap) {
+    if let Some(value) = headers.get(&TRACEPARENT) {
+        if valid_traceparent(value.as_bytes()) {
+            return;
+        }
+        headers.remove(&TRACEPARENT);
+        headers.remove(HeaderName::from_static("tracestate"));
+    }
+    let value = format!(
+        "00-{:032x}-{:016x}-01",
+        fastrand::u128(1..),
+        fastrand::u64(1..)
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT.clone(), value);
+    }
+}
+
+fn valid_traceparent(value: &[u8]) -> bool {
+    // version(2)-trace_id(32)-parent_id(16)-flags(2)
+    if value.len() < 55 {
+        return false;
+    }
+    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex(&value[0..2])
+        && &value[0..2] != b"ff"
+        && value[2] == b'-'
+        && hex(&value[3..35])
+        && value[3..35].iter().any(|b| *b != b'0')
+        && value[35] == b'-'
+        && hex(&value[36..52])
+        && value[36..52].iter().any(|b| *b != b'0')
+        && value[52] == b'-'
+        && hex(&value[53..55])
+        && (value.len() == 55 || value[0..2] != *b"00" && value[55] == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert("x-end-to-end", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::TE).is_none());
+        assert!(h.get("x-end-to-end").is_some());
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let info = ForwardInfo {
+            peer: "10.1.2.3".parse().unwrap(),
+            trusted_peer: false,
+            tls: false,
+            host: "api.example.com",
+        };
+        set_forwarded_headers(&mut h, &info);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=10.1.2.3;host=\"api.example.com\";proto=http"
+        );
+    }
+
+    #[test]
+    fn trusted_chains_are_extended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        let info = ForwardInfo {
+            peer: "10.0.0.1".parse().unwrap(),
+            trusted_peer: true,
+            tls: true,
+            host: "h",
+        };
+        set_forwarded_headers(&mut h, &info);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.1");
+    }
+
+    #[test]
+    fn traceparent_kept_when_valid_else_new() {
+        let mut h = HeaderMap::new();
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", good.parse().unwrap());
+        ensure_traceparent(&mut h);
+        assert_eq!(h.get("traceparent").unwrap(), good);
+        h.insert("traceparent", "garbage".parse().unwrap());
+        ensure_traceparent(&mut h);
+        assert!(valid_traceparent(h.get("traceparent").unwrap().as_bytes()));
+    }
+
+    #[test]
+    fn request_ids_from_untrusted_clients_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "client-chosen".parse().unwrap());
+        assert_eq!(request_id(&h, true), "client-chosen");
+        let id = request_id(&h, false);
+        assert_eq!(id.len(), 32);
+        h.insert("x-request-id", "bad id with spaces".parse().unwrap());
+        assert_eq!(request_id(&h, true).len(), 32);
+    }
+}

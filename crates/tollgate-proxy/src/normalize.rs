@@ -1,0 +1,143 @@
+//! Path normalisation, done exactly once, before routing.
+//!
+//! The rule (also in `docs/routing.md`):
+//! 1. percent-encoded dots (`%2e`, `%2E`) are decoded; no other escape is
+//!    touched, so `%2F` never becomes a separator;
+//! 2. runs of `/` collapse into one;
+//! 3. `.` segments are removed and `..` removes the segment before it;
+//!    a `..` that would climb above `/` is a `bad_request`;
+//! 4. an encoded NUL (`%00`) or a raw control byte is a `bad_request`.
+//!
+//! The normalised path is both what the router sees and what the upstream
+//! receives, so the two can never disagree about which resource is meant.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    AboveRoot,
+    Forbidden,
+    NotAbsolute,
+}
+
+impl PathError {
+    pub fn message(&self) -> &'static str {
+        match self {
+            PathError::AboveRoot => "the path climbs above the root",
+            PathError::Forbidden => "the path contains a forbidden character",
+            PathError::NotAbsolute => "the path must start with '/'",
+        }
+    }
+}
+
+/// Normalises a request path (without its query). Borrows when the path is already normal.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let bytes = path.as_bytes();
+    if bytes.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(PathError::Forbidden);
+    }
+    let needs_work = path.contains("//") || path.contains("/.") || path.contains('%');
+    if !needs_work {
+        return Ok(Cow::Borrowed(path));
+    }
+
+    // Step 1: decode encoded dots; refuse an encoded NUL.
+    let decoded = decode_dots(path)?;
+
+    // Steps 2 and 3: walk the segments.
+    let ends_with_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || (ends_with_slash && !segments.is_empty()) {
+        out.push('/');
+    }
+    if out == path {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn decode_dots(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let pair = [bytes[i + 1], bytes[i + 2]];
+            if pair.eq_ignore_ascii_case(b"2e") {
+                out.push(b'.');
+                i += 3;
+                continue;
+            }
+            if &pair == b"00" {
+                return Err(PathError::Forbidden);
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII bytes were replaced by ASCII bytes, so the result is still UTF-8.
+    String::from_utf8(out).map_err(|_| PathError::Forbidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathError> {
+        normalize_path(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        assert!(matches!(
+            normalize_path("/orders/42").unwrap(),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize_path("/").unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_rule() {
+        assert_eq!(norm("//orders///42").unwrap(), "/orders/42");
+        assert_eq!(norm("/a/./b").unwrap(), "/a/b");
+        assert_eq!(norm("/a/b/../c").unwrap(), "/a/c");
+        assert_eq!(norm("/a/%2e%2E/c").unwrap(), "/c");
+        assert_eq!(norm("/a/%2e/c").unwrap(), "/a/c");
+        assert_eq!(norm("/admin/..%2fsecret").unwrap(), "/admin/..%2fsecret");
+        assert_eq!(norm("/a/b/").unwrap(), "/a/b/");
+        assert_eq!(norm("/a/b/..").unwrap(), "/a/");
+        assert_eq!(norm("/a/%41").unwrap(), "/a/%41");
+        assert_eq!(norm("/a/..").unwrap(), "/");
+        assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(norm("/.."), Err(PathError::AboveRoot));
+        assert_eq!(norm("/a/../../b"), Err(PathError::AboveRoot));
+        assert_eq!(norm("/%2e%2e/etc"), Err(PathError::AboveRoot));
+        assert_eq!(norm("/a%00b"), Err(PathError::Forbidden));
+        assert_eq!(norm("relative"), Err(PathError::NotAbsolute));
+    }
+}

@@ -1,0 +1,580 @@
+//! The request pipeline: from a parsed request to a streamed response.
+//!
+//! ```text
+//! limits → host → normalise path → route → forwarding headers
+//!   → pick target → send (retry on connect failure) → stream response back
+//!   → one AccessRecord when the response body ends
+//! ```
+//! Every answer the gateway gives itself goes through [`GatewayError`], so the
+//! JSON body, status and the record's `reason` always agree.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
+
+use crate::body::{RecordFinisher, RequestBody, RequestStats, ResponseBody};
+use crate::error::GatewayError;
+use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
+use crate::normalize::normalize_path;
+use crate::router::{RouteMatch, RouteRequest};
+use crate::snapshot::{ApiRuntime, Snapshot};
+use crate::upstream::{PickInput, TargetState};
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The data plane's shared state: the live snapshot and the record channel.
+pub struct Proxy {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub access_log: AccessLog,
+}
+
+type Failure = (GatewayError, Box<RecordFinisher>);
+
+impl Proxy {
+    pub fn new(snapshot: Arc<Snapshot>, access_log: AccessLog) -> Proxy {
+        Proxy {
+            snapshot: ArcSwap::new(snapshot),
+            access_log,
+        }
+    }
+
+    /// Serves one request; never fails: errors become JSON answers.
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load_full();
+        let peer_ip = conn.peer.ip();
+        let trusted = snapshot.is_trusted(peer_ip);
+        let request_id = forwarding::request_id(req.headers(), trusted);
+        let client_ip = forwarding::client_ip(&snapshot, peer_ip, req.headers());
+        let record = AccessRecord {
+            ts: SystemTime::now(),
+            request_id,
+            client_ip,
+            method: req.method().as_str().to_string(),
+            host: request_host(&req)
+                .map(host_without_port)
+                .unwrap_or_default(),
+            path: truncate(req.uri().path(), snapshot.max_uri).to_string(),
+            api: None,
+            service: None,
+            consumer: None,
+            status: 0,
+            upstream_status: None,
+            upstream_addr: None,
+            latency_ms: 0.0,
+            upstream_latency_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: Outcome::Allowed,
+            reason: None,
+        };
+        let finisher = Box::new(RecordFinisher {
+            record,
+            started,
+            access_log: self.access_log.clone(),
+            stats: None,
+            metrics: None,
+            target: None,
+        });
+        match self.forward(&snapshot, conn, finisher, req).await {
+            Ok(response) => response,
+            Err((error, finisher)) => {
+                let mut response = error_response(&error, finisher);
+                // HSTS belongs on every TLS answer, the gateway's own included.
+                if let (true, Some(hsts)) = (conn.tls, &snapshot.hsts) {
+                    response
+                        .headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                }
+                response
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        conn: &ConnInfo,
+        mut fin: Box<RecordFinisher>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        macro_rules! fail {
+            ($error:expr) => {
+                return Err(($error, fin))
+            };
+        }
+
+        // Limits and framing: what a request may not be, whatever its route.
+        if let Some(pq) = req.uri().path_and_query() {
+            if pq.as_str().len() > snapshot.max_uri {
+                fail!(GatewayError::uri_too_long(format!(
+                    "the request target exceeds {} bytes",
+                    snapshot.max_uri
+                )));
+            }
+        }
+        let headers = req.headers();
+        if headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH)
+        {
+            fail!(GatewayError::bad_request(
+                "a request may not carry both Content-Length and Transfer-Encoding"
+            )
+            .closing());
+        }
+        match content_length(headers) {
+            Ok(Some(length)) if length > snapshot.max_body => {
+                fail!(GatewayError::payload_too_large(format!(
+                    "the request body exceeds {} bytes",
+                    snapshot.max_body
+                ))
+                .closing());
+            }
+            Ok(_) => {}
+            Err(()) => fail!(GatewayError::bad_request("invalid Content-Length").closing()),
+        }
+
+        if let Some(port) = snapshot.redirect_https_port {
+            if !conn.tls {
+                return Ok(redirect_to_https(&req, port, fin));
+            }
+        }
+
+        let host_header = request_host(&req).unwrap_or("").to_string();
+        let host = host_without_port(&host_header);
+        let path = match normalize_path(req.uri().path()) {
+            Ok(path) => path.into_owned(),
+            Err(e) => fail!(GatewayError::bad_request(e.message())),
+        };
+
+        let api_index = match snapshot.router.lookup(&RouteRequest {
+            host: &host,
+            path: &path,
+            method: req.method(),
+            headers: req.headers(),
+        }) {
+            RouteMatch::Found { api } => api,
+            RouteMatch::MethodNotAllowed { allow } => {
+                let allow = HeaderValue::from_str(&allow.allow_header())
+                    .unwrap_or(HeaderValue::from_static(""));
+                fail!(GatewayError::method_not_allowed(format!(
+                    "{} is not allowed here",
+                    req.method()
+                ))
+                .with_header(header::ALLOW, allow));
+            }
+            RouteMatch::NotFound => fail!(GatewayError::no_route(format!(
+                "no API matches {} {}{}",
+                req.method(),
+                host,
+                path
+            ))),
+        };
+        let api: &ApiRuntime = &snapshot.apis[api_index];
+        let service = &api.service;
+        fin.record.api = Some(api.name.clone());
+        fin.record.service = Some(service.name.clone());
+        fin.metrics = Some(api.metrics.clone());
+
+        let upstream_path = strip_prefix(&path, api.strip_prefix.as_deref());
+        let is_upgrade = is_upgrade_request(&req);
+        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let query = parts.uri.query().map(str::to_string);
+
+        let request_id = fin.record.request_id.clone();
+        forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
+        forwarding::set_forwarded_headers(
+            &mut parts.headers,
+            &ForwardInfo {
+                peer: conn.peer.ip(),
+                trusted_peer: snapshot.is_trusted(conn.peer.ip()),
+                tls: conn.tls,
+                host: &host_header,
+            },
+        );
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            parts.headers.insert(X_REQUEST_ID.clone(), value);
+        }
+        forwarding::ensure_traceparent(&mut parts.headers);
+        if api.preserve_host && !host_header.is_empty() {
+            if let Ok(value) = HeaderValue::from_str(&host_header) {
+                parts.headers.insert(header::HOST, value);
+            }
+        } else {
+            parts.headers.remove(header::HOST);
+        }
+
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let stats = Arc::new(RequestStats::default());
+        fin.stats = Some(stats.clone());
+        let mut body = has_body.then_some(body);
+        let attempts = if !has_body && is_idempotent(&parts.method) {
+            1 + service.retries
+        } else {
+            1
+        };
+        let version = if service.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+
+        let mut tried = 0u64;
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            let pick = service.pick(
+                &PickInput {
+                    headers: &parts.headers,
+                    client_ip: fin.record.client_ip,
+                },
+                tried,
+            );
+            let Some(index) = pick else { break };
+            tried |= 1u64 << (index % 64);
+            let target = &service.targets[index];
+            let Some(uri) = upstream_uri(target, &upstream_path, query.as_deref()) else {
+                fail!(GatewayError::bad_request(
+                    "the request path cannot be forwarded"
+                ));
+            };
+            let headers = if attempt + 1 < attempts {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            let request_body = match body.take() {
+                Some(incoming) => {
+                    RequestBody::streaming(incoming, stats.clone(), snapshot.max_body)
+                }
+                None => RequestBody::empty(),
+            };
+            let mut upstream_request = Request::new(request_body);
+            *upstream_request.method_mut() = parts.method.clone();
+            *upstream_request.uri_mut() = uri;
+            *upstream_request.version_mut() = version;
+            *upstream_request.headers_mut() = headers;
+
+            fin.record.upstream_addr = Some(target.addr_label.clone());
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            let result = tokio::time::timeout(
+                service.response_timeout,
+                service.client.request(upstream_request),
+            )
+            .await;
+            match result {
+                Ok(Ok(response)) => {
+                    target.record_success();
+                    fin.record.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                    fin.target = Some(target.clone());
+                    return Ok(respond(snapshot, conn, response, fin, client_upgrade));
+                }
+                Ok(Err(error)) => {
+                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if stats.too_large.load(Ordering::Relaxed) {
+                        fail!(GatewayError::payload_too_large(format!(
+                            "the request body exceeds {} bytes",
+                            snapshot.max_body
+                        ))
+                        .closing());
+                    }
+                    if stats.client_error.load(Ordering::Relaxed) {
+                        fail!(
+                            GatewayError::bad_request("the request body could not be read")
+                                .closing()
+                        );
+                    }
+                    target.record_failure(&service.passive);
+                    if error.is_connect() {
+                        tracing::debug!(target = %target.url, %error, "upstream connect failed");
+                        last_error = Some(GatewayError::upstream_unavailable(format!(
+                            "cannot connect to the upstream of service {}",
+                            service.name
+                        )));
+                        continue;
+                    }
+                    tracing::debug!(target = %target.url, %error, "upstream request failed");
+                    fail!(GatewayError::upstream_error(format!(
+                        "the upstream of service {} failed to answer",
+                        service.name
+                    )));
+                }
+                Err(_elapsed) => {
+                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    target.record_failure(&service.passive);
+                    fail!(GatewayError::upstream_timeout(format!(
+                        "the upstream of service {} did not answer within {:?}",
+                        service.name, service.response_timeout
+                    )));
+                }
+            }
+        }
+        let error = last_error.unwrap_or_else(|| {
+            GatewayError::no_healthy_upstream(format!(
+                "service {} has no healthy target",
+                service.name
+            ))
+        });
+        fail!(error)
+    }
+}
+
+/// Turns the upstream's response into the client's, or opens a WebSocket tunnel.
+fn respond(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    mut response: Response<Incoming>,
+    mut fin: Box<RecordFinisher>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    let status = response.status();
+    fin.record.status = status.as_u16();
+    fin.record.upstream_status = Some(status.as_u16());
+    fin.record.outcome = Outcome::Allowed;
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut parts, _) = response.into_parts();
+            forwarding::remove_hop_by_hop(&mut parts.headers, true);
+            insert_request_id(&mut parts.headers, &fin.record.request_id);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, fin));
+            return Response::from_parts(parts, ResponseBody::full(bytes::Bytes::new(), None));
+        }
+    }
+
+    let (mut parts, body) = response.into_parts();
+    forwarding::remove_hop_by_hop(&mut parts.headers, false);
+    insert_request_id(&mut parts.headers, &fin.record.request_id);
+    if conn.tls {
+        if let Some(hsts) = &snapshot.hsts {
+            parts
+                .headers
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, ResponseBody::upstream(body, Some(fin)))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream, then
+/// writes the request's record with what went through.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    fin: Box<RecordFinisher>,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let mut body = ResponseBody::full(bytes::Bytes::new(), Some(fin));
+    match (client, upstream) {
+        (Ok(client), Ok(upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Ok((sent, received)) =
+                tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            {
+                body.set_tunnel_bytes(sent, received);
+            }
+        }
+        (client, upstream) => {
+            tracing::debug!(
+                client_ok = client.is_ok(),
+                upstream_ok = upstream.is_ok(),
+                "upgrade failed"
+            );
+        }
+    }
+    drop(body);
+}
+
+fn insert_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(X_REQUEST_ID.clone(), value);
+    }
+}
+
+/// The answer for an error, carrying the request's record to completion.
+pub fn error_response(
+    error: &GatewayError,
+    mut fin: Box<RecordFinisher>,
+) -> Response<ResponseBody> {
+    fin.record.status = error.status.as_u16();
+    fin.record.outcome = Outcome::Error;
+    fin.record.reason = Some(error.code);
+    let (parts, body) = error.into_response_parts(&fin.record.request_id);
+    Response::from_parts(parts, ResponseBody::full(body, Some(fin)))
+}
+
+fn redirect_to_https(
+    req: &Request<Incoming>,
+    port: u16,
+    mut fin: Box<RecordFinisher>,
+) -> Response<ResponseBody> {
+    let host = host_without_port(request_host(req).unwrap_or("localhost"));
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let location = format!(
+        "https://{authority}{}",
+        req.uri().path_and_query().map_or("/", |pq| pq.as_str())
+    );
+    fin.record.status = 308;
+    fin.record.reason = Some("https_redirect");
+    let mut response = Response::new(ResponseBody::full(bytes::Bytes::new(), Some(fin)));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The host the client asked for: the URI's authority (HTTP/2, absolute-form)
+/// or the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+}
+
+/// Lower-case host without its port; IPv6 literals keep their brackets.
+fn host_without_port(host: &str) -> String {
+    let name = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.to_ascii_lowercase()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `Err` when the header is present but not one valid number (hyper already
+/// refuses differing duplicates; this catches the rest).
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| ())?;
+        for item in text.split(',') {
+            let n: u64 = item.trim().parse().map_err(|_| ())?;
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Removes `prefix` from `path` at a segment boundary; what is left starts with '/'.
+fn strip_prefix(path: &str, prefix: Option<&str>) -> String {
+    if let Some(prefix) = prefix {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.is_empty() {
+                return "/".to_string();
+            }
+            if rest.starts_with('/') {
+                return rest.to_string();
+            }
+        }
+    }
+    path.to_string()
+}
+
+fn upstream_uri(target: &TargetState, path: &str, query: Option<&str>) -> Option<Uri> {
+    let mut path_and_query = String::with_capacity(
+        target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    path_and_query.push_str(&target.base_path);
+    path_and_query.push_str(path);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_at_segment_boundaries() {
+        assert_eq!(strip_prefix("/orders", Some("/orders")), "/");
+        assert_eq!(strip_prefix("/orders/42", Some("/orders")), "/42");
+        assert_eq!(strip_prefix("/ordersx", Some("/orders")), "/ordersx");
+        assert_eq!(strip_prefix("/orders/42", None), "/orders/42");
+    }
+
+    #[test]
+    fn hosts_lose_ports_and_case() {
+        assert_eq!(host_without_port("API.example.com:8000"), "api.example.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("a.b"), "a.b");
+    }
+
+    #[test]
+    fn content_length_forms() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(content_length(&h), Ok(None));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert_eq!(content_length(&h), Ok(Some(10)));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        assert_eq!(content_length(&h), Err(()));
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
+        assert_eq!(content_length(&h), Err(()));
+    }
+}

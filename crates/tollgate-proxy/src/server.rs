@@ -1,0 +1,321 @@
+//! Listeners and connections: accept, TLS, HTTP/1.1 and HTTP/2 (h2c too),
+//! connection limits, idle timeouts and graceful drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tollgate_config::Limits;
+use tollgate_telemetry::{metrics as names, AccessRecord, Outcome};
+
+use crate::proxy::{ConnInfo, Proxy};
+
+/// Connection settings taken from `limits:` at start-up.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl From<&Limits> for ConnectionLimits {
+    fn from(limits: &Limits) -> Self {
+        ConnectionLimits {
+            max_header_bytes: limits.max_header_bytes.as_usize(),
+            max_headers: limits.max_headers,
+            header_timeout: limits.header_timeout.get(),
+            idle_timeout: limits.idle_timeout.get(),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then lets `graceful`
+/// drain the ones in progress (the caller awaits that).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    limits: ConnectionLimits,
+    graceful: Arc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(http_builder(&limits));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let limits = limits.clone();
+        let graceful = graceful.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            metrics::gauge!(names::ACTIVE_CONNECTIONS).increment(1.0);
+            match tls {
+                None => {
+                    serve_connection(stream, peer, false, proxy, &builder, &limits, &graceful).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(
+                                stream, peer, true, proxy, &builder, &limits, &graceful,
+                            )
+                            .await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            metrics::gauge!(names::ACTIVE_CONNECTIONS).decrement(1.0);
+        });
+    }
+}
+
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: bool,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnectionLimits,
+    graceful: &GracefulShutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(ConnInfo { peer, tls });
+    let service = {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+        })
+    };
+    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    let connection = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    if let Err(error) = connection.await {
+        record_connection_error(&proxy, peer, error.as_ref());
+    }
+}
+
+/// Requests the HTTP library refused before the pipeline saw them (malformed
+/// framing, oversized headers) still get their access record.
+fn record_connection_error(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    error: &(dyn std::error::Error + 'static),
+) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(%peer, %error, "connection error");
+        return;
+    };
+    let (status, reason) = if error.is_parse_too_large() {
+        (431, "headers_too_large")
+    } else if error.is_parse() || error.is_parse_status() {
+        (400, "bad_request")
+    } else {
+        tracing::debug!(%peer, %error, "connection closed");
+        return;
+    };
+    proxy.access_log.record(AccessRecord {
+        ts: SystemTime::now(),
+        request_id: crate::forwarding::new_id(),
+        client_ip: peer.ip(),
+        method: String::new(),
+        host: String::new(),
+        path: String::new(),
+        api: None,
+        service: None,
+        consumer: None,
+        status,
+        upstream_status: None,
+        upstream_addr: None,
+        latency_ms: 0.0,
+        upstream_latency_ms: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        outcome: Outcome::Error,
+        reason: Some(reason),
+    });
+    crate::snapshot::ApiMetrics::observe_unrouted(status, Duration::ZERO);
+}
+
+/// Closes a connection on which nothing was read or written for `idle`.
+///
+/// The deadline moves with activity; the timer is only re-armed when it fires,
+/// so busy connections pay one `Instant::now()` per read or write.
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    last_activity: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            last_activity: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Whether the connection has been idle too long; re-arms the timer otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_activity + self.idle;
+            if Instant::now() >= deadline {
+                return true;
+            }
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if this.poll_expired(cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if this.poll_expired(cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                this.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if this.poll_expired(cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR`, so a restart does not wait out TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

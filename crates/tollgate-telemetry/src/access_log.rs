@@ -1,0 +1,242 @@
+//! The access log: a bounded channel that carries [`AccessRecord`]s off the
+//! request path to a dedicated thread, which writes them in batches to every
+//! [`RecordSink`].
+//!
+//! [`AccessLog::record`] never blocks and never awaits: when the channel is
+//! full the record is dropped and counted. A failing sink is logged (at most
+//! once per [`ERROR_LOG_INTERVAL`]) and counted; it never stops the thread or
+//! the other sinks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{ACCESS_LOG_DROPPED, ACCESS_LOG_SINK_ERRORS};
+use crate::record::AccessRecord;
+
+/// The most records handed to a sink in one [`RecordSink::write_batch`] call.
+pub const MAX_BATCH: usize = 512;
+
+/// A failing sink is logged at most once per this interval; the failures in
+/// between are counted and reported with the next log line.
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where access records go: a file, a database, a remote collector.
+///
+/// Sinks run on the access log thread, never on a request path, so they may
+/// block on I/O; a slow sink only makes the channel fill up and records drop.
+pub trait RecordSink: Send + 'static {
+    /// A short name for logs and the `sink` metric label.
+    fn name(&self) -> &'static str;
+
+    /// Writes a batch of one to [`MAX_BATCH`] records, durably enough for the
+    /// sink's purpose, before returning.
+    fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()>;
+}
+
+// Nearly every message is a record: boxing it to shrink the rare `Flush`
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Record(AccessRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped: AtomicU64,
+    sink_errors: AtomicU64,
+}
+
+/// The sending side of the access log. Cheap to clone; every clone feeds the
+/// same thread. The thread ends once every clone has been dropped and the
+/// records already sent have been written.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Message>,
+    counters: Arc<Counters>,
+}
+
+impl AccessLog {
+    /// Starts the `tollgate-access-log` thread, which writes records to every
+    /// sink in batches of up to [`MAX_BATCH`] as soon as they arrive.
+    ///
+    /// `capacity` bounds the records waiting to be written (at least 1).
+    /// If the thread cannot be started, the error is logged and every record
+    /// is dropped and counted.
+    pub fn start(capacity: usize, sinks: Vec<Box<dyn RecordSink>>) -> AccessLog {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            rx,
+            sinks: sinks.into_iter().map(SinkSlot::new).collect(),
+            counters: counters.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-access-log".to_owned())
+            .spawn(move || writer.run());
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start the access log thread; access records will be dropped");
+        }
+        AccessLog { tx, counters }
+    }
+
+    /// Queues a record for the sinks. Never blocks: when the channel is full
+    /// (or the thread is gone) the record is dropped and counted.
+    pub fn record(&self, record: AccessRecord) {
+        if self.tx.try_send(Message::Record(record)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(ACCESS_LOG_DROPPED).increment(1);
+        }
+    }
+
+    /// Records dropped so far because the channel was full.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Batch writes that failed so far, summed over all sinks.
+    pub fn sink_errors(&self) -> u64 {
+        self.counters.sink_errors.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once every record sent before this call has been handed to
+    /// every sink (successfully or not). Waits for room in the channel rather
+    /// than dropping the request. Resolves at once if the thread is gone.
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Message::Flush(done)).await.is_ok() {
+            // An error means the thread is gone: nothing more will be written.
+            let _ = written.await;
+        }
+    }
+}
+
+/// The receiving side, owned by the access log thread.
+struct Writer {
+    rx: mpsc::Receiver<Message>,
+    sinks: Vec<SinkSlot>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut waiters = Vec::new();
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut message = Some(first);
+            while let Some(next) = message.take() {
+                match next {
+                    Message::Record(record) => batch.push(record),
+                    Message::Flush(done) => waiters.push(done),
+                }
+                if batch.len() < MAX_BATCH {
+                    message = self.rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                for slot in &mut self.sinks {
+                    slot.write(&batch, &self.counters);
+                }
+                batch.clear();
+            }
+            // Every record sent before these flushes is in this batch or an
+            // earlier one.
+            for done in waiters.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// A sink and its error-reporting state.
+struct SinkSlot {
+    sink: Box<dyn RecordSink>,
+    last_logged: Option<Instant>,
+    unlogged_failures: u64,
+}
+
+impl SinkSlot {
+    fn new(sink: Box<dyn RecordSink>) -> SinkSlot {
+        SinkSlot {
+            sink,
+            last_logged: None,
+            unlogged_failures: 0,
+        }
+    }
+
+    fn write(&mut self, batch: &[AccessRecord], counters: &Counters) {
+        let error = match catch_unwind(AssertUnwindSafe(|| self.sink.write_batch(batch))) {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the sink panicked".to_owned(),
+        };
+        let name = self.sink.name();
+        counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(ACCESS_LOG_SINK_ERRORS, "sink" => name).increment(1);
+
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < ERROR_LOG_INTERVAL)
+        {
+            self.unlogged_failures += 1;
+            return;
+        }
+        tracing::warn!(
+            sink = name,
+            %error,
+            records = batch.len(),
+            earlier_failures_not_logged = self.unlogged_failures,
+            "access log sink failed to write a batch; its records are lost"
+        );
+        self.last_logged = Some(now);
+        self.unlogged_failures = 0;
+    }
+}
+
+/// Appends records to a file as JSON lines, one record per line.
+pub struct FileSink {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl FileSink {
+    /// Opens `path` for appending, creating it and its parent directories.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<FileSink> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(FileSink {
+            path: path.to_owned(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+        })
+    }
+
+    /// The file this sink appends to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl RecordSink for FileSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()> {
+        for record in records {
+            serde_json::to_writer(&mut self.out, record)?;
+            self.out.write_all(b"\n")?;
+        }
+        self.out.flush()
+    }
+}

@@ -1,0 +1,73 @@
+//! Hot reload: on SIGHUP, or when the configuration file's content changes,
+//! compile a new snapshot and swap it in. An invalid file is logged and
+//! ignored; the running configuration keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tollgate_proxy::DataPlane;
+
+/// How often the file is checked for changes.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn watch(path: PathBuf, data_plane: Arc<DataPlane>, mut shutdown: watch::Receiver<bool>) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; reloading on file changes only");
+            None
+        }
+    };
+    let mut last = std::fs::read(&path).ok();
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = poll.tick() => false,
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let current = match tokio::fs::read(&path).await {
+            Ok(current) => current,
+            Err(error) => {
+                if forced {
+                    tracing::error!(path = %path.display(), %error, "reload failed: cannot read the configuration");
+                }
+                continue;
+            }
+        };
+        if !forced && last.as_deref() == Some(current.as_slice()) {
+            continue;
+        }
+        last = Some(current.clone());
+        reload(&path, &current, &data_plane);
+    }
+}
+
+fn reload(path: &std::path::Path, content: &[u8], data_plane: &DataPlane) {
+    let text = String::from_utf8_lossy(content);
+    let config = match tollgate_config::from_yaml(&text) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(path = %path.display(), %error, "reload rejected: invalid configuration; the previous one keeps serving");
+            }
+            return;
+        }
+    };
+    let running = data_plane.snapshot();
+    if config.listen != running.config.listen || config.storage != running.config.storage {
+        tracing::warn!("listen and storage changes take effect after a restart");
+    }
+    match data_plane.apply(Arc::new(config)) {
+        Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(path = %path.display(), %error, "reload rejected; the previous configuration keeps serving");
+            }
+        }
+    }
+}
