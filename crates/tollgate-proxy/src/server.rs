@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -72,22 +72,22 @@ pub async fn serve(
         let proxy = proxy.clone();
         let builder = builder.clone();
         let limits = limits.clone();
-        let graceful = graceful.clone();
+        // A watcher, not a clone of `graceful`: the caller must be able to
+        // take `graceful` back once the accept loops end, while connections live on.
+        let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             metrics::gauge!(names::ACTIVE_CONNECTIONS).increment(1.0);
             match tls {
                 None => {
-                    serve_connection(stream, peer, false, proxy, &builder, &limits, &graceful).await
+                    serve_connection(stream, peer, false, proxy, &builder, &limits, watcher).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(
-                                stream, peer, true, proxy, &builder, &limits, &graceful,
-                            )
-                            .await
+                            serve_connection(stream, peer, true, proxy, &builder, &limits, watcher)
+                                .await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -113,8 +113,8 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        // No keep-alive pings: they would count as activity and defeat `idle_timeout`.
+        .max_concurrent_streams(256);
     builder
 }
 
@@ -125,7 +125,7 @@ async fn serve_connection<S>(
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnectionLimits,
-    graceful: &GracefulShutdown,
+    watcher: Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -143,7 +143,7 @@ async fn serve_connection<S>(
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    let connection = graceful.watch(connection);
+    let connection = watcher.watch(connection);
     if let Err(error) = connection.await {
         record_connection_error(&proxy, peer, error.as_ref());
     }
