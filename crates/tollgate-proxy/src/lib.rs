@@ -58,6 +58,9 @@ impl DataPlane {
         };
         let health = health::HealthChecker::default();
         health.reconcile(&snapshot);
+        // Exported from the start, so that /metrics shows 0 rather than no series.
+        metrics::counter!(tollgate_telemetry::metrics::ACCESS_LOG_DROPPED).increment(0);
+        metrics::gauge!(tollgate_telemetry::metrics::ACTIVE_CONNECTIONS).increment(0.0);
         Ok(DataPlane {
             proxy: Arc::new(Proxy::new(snapshot, access_log)),
             registries,
