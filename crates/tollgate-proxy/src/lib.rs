@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod forwarding;
+pub mod framing;
 pub mod health;
 pub mod normalize;
 pub mod proxy;

@@ -127,9 +127,8 @@ impl Proxy {
             }
         }
         let headers = req.headers();
-        if headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH)
-        {
+        // hyper keeps only one of the two; the framing guard marks the other.
+        if crate::framing::has_conflicting_framing(headers) {
             fail!(GatewayError::bad_request(
                 "a request may not carry both Content-Length and Transfer-Encoding"
             )

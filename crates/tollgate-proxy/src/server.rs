@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tollgate_config::Limits;
 use tollgate_telemetry::{metrics as names, AccessRecord, Outcome};
 
+use crate::framing::FramingGuard;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// Connection settings taken from `limits:` at start-up.
@@ -30,6 +31,13 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The largest request head hyper buffers (its read buffer).
+    fn max_head_bytes(&self) -> usize {
+        self.max_header_bytes.max(8192)
+    }
 }
 
 impl From<&Limits> for ConnectionLimits {
@@ -105,7 +113,7 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(limits.max_head_bytes())
         .max_headers(limits.max_headers)
         .keep_alive(true)
         .half_close(false);
@@ -139,7 +147,11 @@ async fn serve_connection<S>(
             async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
         })
     };
-    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    // Outside the idle timeout, so that bytes the guard holds back still count as activity.
+    let io = TokioIo::new(FramingGuard::new(
+        IdleTimeout::new(stream, limits.idle_timeout),
+        limits.max_head_bytes(),
+    ));
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();

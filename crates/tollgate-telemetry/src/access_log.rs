@@ -21,7 +21,16 @@ use crate::metrics::{ACCESS_LOG_DROPPED, ACCESS_LOG_SINK_ERRORS};
 use crate::record::AccessRecord;
 
 /// The most records handed to a sink in one [`RecordSink::write_batch`] call.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 4096;
+
+/// How long the thread gathers records before writing a batch. Large batches
+/// make a database sink cheap (one transaction per batch), and while the
+/// thread gathers it is not parked on the channel, so senders never pay for
+/// waking it. A flush writes at once.
+pub const LINGER: Duration = Duration::from_millis(50);
+
+/// How often the gathering thread looks at the channel while it lingers.
+const GATHER_TICK: Duration = Duration::from_millis(5);
 
 /// A failing sink is logged at most once per this interval; the failures in
 /// between are counted and reported with the next log line.
@@ -129,16 +138,30 @@ impl Writer {
     fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut waiters = Vec::new();
+        // Park on the channel only when there is nothing to write.
         while let Some(first) = self.rx.blocking_recv() {
-            let mut message = Some(first);
-            while let Some(next) = message.take() {
-                match next {
-                    Message::Record(record) => batch.push(record),
-                    Message::Flush(done) => waiters.push(done),
+            let started = Instant::now();
+            self.take(first, &mut batch, &mut waiters);
+            let mut open = true;
+            loop {
+                while batch.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(message) => self.take(message, &mut batch, &mut waiters),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
                 }
-                if batch.len() < MAX_BATCH {
-                    message = self.rx.try_recv().ok();
+                if !open
+                    || batch.len() >= MAX_BATCH
+                    || !waiters.is_empty()
+                    || started.elapsed() >= LINGER
+                {
+                    break;
                 }
+                std::thread::sleep(GATHER_TICK);
             }
             if !batch.is_empty() {
                 for slot in &mut self.sinks {
@@ -151,6 +174,21 @@ impl Writer {
             for done in waiters.drain(..) {
                 let _ = done.send(());
             }
+            if !open {
+                break;
+            }
+        }
+    }
+
+    fn take(
+        &self,
+        message: Message,
+        batch: &mut Vec<AccessRecord>,
+        waiters: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        match message {
+            Message::Record(record) => batch.push(record),
+            Message::Flush(done) => waiters.push(done),
         }
     }
 }

@@ -181,7 +181,9 @@ async fn flush_waits_for_earlier_records_to_be_written() {
     assert_eq!(ids[1999], "req-1999");
     let batches = sink.batches.lock().unwrap().clone();
     assert!(
-        batches.iter().all(|&n| (1..=512).contains(&n)),
+        batches
+            .iter()
+            .all(|&n| (1..=tollgate_telemetry::access_log::MAX_BATCH).contains(&n)),
         "{batches:?}"
     );
     assert_eq!(log.dropped(), 0);

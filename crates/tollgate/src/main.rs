@@ -14,6 +14,11 @@ use tollgate_config::{Config, ConfigError};
 use tollgate_proxy::{DataPlane, Listeners};
 use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
 
+/// mimalloc: a proxy allocates and frees many small buffers per request;
+/// measured faster than the system allocator on the proxy benchmark.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Default place `serve` looks for a configuration when `--config` is not given.
 const DEFAULT_CONFIG: &str = "tollgate.yaml";
 /// Access records waiting to be written before new ones are dropped.
