@@ -159,19 +159,39 @@ enum Inner {
     Full(Option<Bytes>),
 }
 
+/// A pooled upstream connection lent to one exchange, returned when the
+/// response body has been read to its end.
+pub struct PooledSender {
+    pub target: Arc<TargetState>,
+    pub sender: crate::pool::Sender,
+}
+
 /// The body sent to the client.
 pub struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
     finisher: Option<Box<RecordFinisher>>,
+    pooled: Option<PooledSender>,
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, finisher: Option<Box<RecordFinisher>>) -> ResponseBody {
+    pub fn upstream(
+        body: Incoming,
+        finisher: Option<Box<RecordFinisher>>,
+        pooled: Option<PooledSender>,
+    ) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             bytes_out: 0,
             finisher,
+            pooled,
+        }
+    }
+
+    /// The upstream body was read to its end: its connection may serve again.
+    fn release_connection(&mut self) {
+        if let Some(pooled) = self.pooled.take() {
+            pooled.target.pool.checkin(pooled.sender);
         }
     }
 
@@ -180,6 +200,7 @@ impl ResponseBody {
             inner: Inner::Full(if bytes.is_empty() { None } else { Some(bytes) }),
             bytes_out: 0,
             finisher,
+            pooled: None,
         }
     }
 
@@ -201,6 +222,10 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // A body that was empty from the start (HEAD, 204, 304) may never be polled.
+        if matches!(&self.inner, Inner::Upstream(body) if body.is_end_stream()) {
+            self.release_connection();
+        }
         self.finish(false);
     }
 }
@@ -230,6 +255,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
+                this.release_connection();
                 this.finish(false);
                 Poll::Ready(None)
             }

@@ -24,6 +24,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Connection` header names. With `keep_upgrade`, `Connection: upgrade` and
 /// `Upgrade` stay, for WebSocket handshakes.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of a hashed
+    // removal per hop-by-hop header.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         if let Ok(list) = connection.to_str() {
             let named: Vec<HeaderName> = list
@@ -63,6 +68,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TRAILER
+        || *name == header::TE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 /// The client's address: the peer itself, or, behind trusted proxies, the
 /// right-most address in `X-Forwarded-For` that is not a trusted proxy.
 pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
@@ -89,9 +106,32 @@ pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAd
     client
 }
 
+/// The peer's address as forwarding headers write it, computed once per connection.
+#[derive(Clone, Debug)]
+pub struct PeerForms {
+    /// `X-Forwarded-For` element: the bare address.
+    pub address: HeaderValue,
+    /// `Forwarded` element start: `for=192.0.2.1` or `for="[2001:db8::1]"`.
+    pub forwarded_for: String,
+}
+
+impl PeerForms {
+    pub fn new(peer: IpAddr) -> PeerForms {
+        let text = peer.to_string();
+        let forwarded_for = match peer {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        PeerForms {
+            address: HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for,
+        }
+    }
+}
+
 /// Request facts the forwarding headers describe.
 pub struct ForwardInfo<'a> {
-    pub peer: IpAddr,
+    pub peer: &'a PeerForms,
     pub trusted_peer: bool,
     pub tls: bool,
     /// The host the client asked for, as it wrote it (with port if any).
@@ -101,33 +141,45 @@ pub struct ForwardInfo<'a> {
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded`.
 pub fn set_forwarded_headers(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
     let proto = if info.tls { "https" } else { "http" };
-    let peer = info.peer.to_string();
-    let forwarded_for = match info.peer {
-        IpAddr::V4(_) => peer.clone(),
-        IpAddr::V6(_) => format!("\"[{peer}]\""),
-    };
-    let forwarded_element = if info.host.is_empty() {
-        format!("for={forwarded_for};proto={proto}")
-    } else {
-        format!("for={forwarded_for};host=\"{}\";proto={proto}", info.host)
-    };
+    let mut element = String::with_capacity(info.peer.forwarded_for.len() + info.host.len() + 24);
+    element.push_str(&info.peer.forwarded_for);
+    if !info.host.is_empty() {
+        element.push_str(";host=\"");
+        element.push_str(info.host);
+        element.push('"');
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    let proto_value = HeaderValue::from_static(proto);
     if info.trusted_peer {
-        append_list(headers, &X_FORWARDED_FOR, &peer);
-        append_list(headers, &FORWARDED, &forwarded_element);
+        let peer = info.peer.address.to_str().unwrap_or("unknown");
+        append_list(headers, &X_FORWARDED_FOR, peer);
+        append_list(headers, &FORWARDED, &element);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            set(headers, &X_FORWARDED_PROTO, proto);
+            headers.insert(X_FORWARDED_PROTO.clone(), proto_value);
         }
         if !headers.contains_key(&X_FORWARDED_HOST) && !info.host.is_empty() {
             set(headers, &X_FORWARDED_HOST, info.host);
         }
     } else {
-        set(headers, &X_FORWARDED_FOR, &peer);
-        set(headers, &FORWARDED, &forwarded_element);
-        set(headers, &X_FORWARDED_PROTO, proto);
+        headers.insert(X_FORWARDED_FOR.clone(), info.peer.address.clone());
+        set_owned(headers, &FORWARDED, element);
+        headers.insert(X_FORWARDED_PROTO.clone(), proto_value);
         if info.host.is_empty() {
             headers.remove(&X_FORWARDED_HOST);
         } else {
             set(headers, &X_FORWARDED_HOST, info.host);
+        }
+    }
+}
+
+fn set_owned(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    match HeaderValue::try_from(value) {
+        Ok(value) => {
+            headers.insert(name.clone(), value);
+        }
+        Err(_) => {
+            headers.remove(name);
         }
     }
 }
@@ -178,7 +230,17 @@ pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> String {
 
 /// 128 random bits as 32 lower-case hex digits.
 pub fn new_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut out = String::with_capacity(32);
+    push_hex(&mut out, fastrand::u128(..), 32);
+    out
+}
+
+/// Appends the low `digits` hex digits of `value`, zero-padded, lower case.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((value >> (i * 4)) & 0xf) as usize] as char);
+    }
 }
 
 /// Keeps a valid W3C `traceparent`; starts a new trace when there is none or it is malformed.
@@ -255,8 +317,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let peer = PeerForms::new("10.1.2.3".parse().unwrap());
         let info = ForwardInfo {
-            peer: "10.1.2.3".parse().unwrap(),
+            peer: &peer,
             trusted_peer: false,
             tls: false,
             host: "api.example.com",
@@ -275,8 +338,9 @@ mod tests {
     fn trusted_chains_are_extended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        let peer = PeerForms::new("10.0.0.1".parse().unwrap());
         let info = ForwardInfo {
-            peer: "10.0.0.1".parse().unwrap(),
+            peer: &peer,
             trusted_peer: true,
             tls: true,
             host: "h",

@@ -13,6 +13,7 @@ pub mod forwarding;
 pub mod framing;
 pub mod health;
 pub mod normalize;
+pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;

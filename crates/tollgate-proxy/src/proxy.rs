@@ -20,12 +20,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
-use crate::body::{RecordFinisher, RequestBody, RequestStats, ResponseBody};
+use crate::body::{PooledSender, RecordFinisher, RequestBody, RequestStats, ResponseBody};
 use crate::error::GatewayError;
 use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
 use crate::normalize::normalize_path;
 use crate::router::{RouteMatch, RouteRequest};
-use crate::snapshot::{ApiRuntime, Snapshot};
+use crate::snapshot::{ApiRuntime, ServiceRuntime, Snapshot};
 use crate::upstream::{PickInput, TargetState};
 
 /// What the pipeline knows about the connection a request came on.
@@ -33,6 +33,18 @@ use crate::upstream::{PickInput, TargetState};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's address as forwarding headers write it.
+    pub peer_forms: forwarding::PeerForms,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            peer_forms: forwarding::PeerForms::new(peer.ip()),
+        }
+    }
 }
 
 /// The data plane's shared state: the live snapshot and the record channel.
@@ -153,7 +165,7 @@ impl Proxy {
         }
 
         let host_header = request_host(&req).unwrap_or("").to_string();
-        let host = host_without_port(&host_header);
+        let host = fin.record.host.clone();
         let path = match normalize_path(req.uri().path()) {
             Ok(path) => path.into_owned(),
             Err(e) => fail!(GatewayError::bad_request(e.message())),
@@ -199,7 +211,7 @@ impl Proxy {
         forwarding::set_forwarded_headers(
             &mut parts.headers,
             &ForwardInfo {
-                peer: conn.peer.ip(),
+                peer: &conn.peer_forms,
                 trusted_peer: snapshot.is_trusted(conn.peer.ip()),
                 tls: conn.tls,
                 host: &host_header,
@@ -245,16 +257,21 @@ impl Proxy {
             let Some(index) = pick else { break };
             tried |= 1u64 << (index % 64);
             let target = &service.targets[index];
-            let Some(uri) = upstream_uri(target, &upstream_path, query.as_deref()) else {
+            let pooled = service.uses_pool(target);
+            let Some(uri) = upstream_uri(target, &upstream_path, query.as_deref(), !pooled) else {
                 fail!(GatewayError::bad_request(
                     "the request path cannot be forwarded"
                 ));
             };
-            let headers = if attempt + 1 < attempts {
+            let mut headers = if attempt + 1 < attempts {
                 parts.headers.clone()
             } else {
                 std::mem::take(&mut parts.headers)
             };
+            // The general client derives `Host` from the URI; the pool sends origin-form.
+            if pooled && !(api.preserve_host && headers.contains_key(header::HOST)) {
+                headers.insert(header::HOST, target.host_header.clone());
+            }
             let request_body = match body.take() {
                 Some(incoming) => {
                     RequestBody::streaming(incoming, stats.clone(), snapshot.max_body)
@@ -272,17 +289,34 @@ impl Proxy {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 service.response_timeout,
-                service.client.request(upstream_request),
+                send(service, target, pooled, upstream_request),
             )
             .await;
             match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, pooled))) => {
                     target.record_success();
                     fin.record.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
                     fin.target = Some(target.clone());
-                    return Ok(respond(snapshot, conn, response, fin, client_upgrade));
+                    return Ok(respond(
+                        snapshot,
+                        conn,
+                        response,
+                        fin,
+                        client_upgrade,
+                        pooled,
+                    ));
                 }
-                Ok(Err(error)) => {
+                Ok(Err(SendError::Connect(error))) => {
+                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    target.record_failure(&service.passive);
+                    tracing::debug!(target = %target.url, %error, "upstream connect failed");
+                    last_error = Some(GatewayError::upstream_unavailable(format!(
+                        "cannot connect to the upstream of service {}",
+                        service.name
+                    )));
+                    continue;
+                }
+                Ok(Err(SendError::Failed(error))) => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
                     if stats.too_large.load(Ordering::Relaxed) {
                         fail!(GatewayError::payload_too_large(format!(
@@ -298,14 +332,6 @@ impl Proxy {
                         );
                     }
                     target.record_failure(&service.passive);
-                    if error.is_connect() {
-                        tracing::debug!(target = %target.url, %error, "upstream connect failed");
-                        last_error = Some(GatewayError::upstream_unavailable(format!(
-                            "cannot connect to the upstream of service {}",
-                            service.name
-                        )));
-                        continue;
-                    }
                     tracing::debug!(target = %target.url, %error, "upstream request failed");
                     fail!(GatewayError::upstream_error(format!(
                         "the upstream of service {} failed to answer",
@@ -339,6 +365,7 @@ fn respond(
     mut response: Response<Incoming>,
     mut fin: Box<RecordFinisher>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pooled: Option<PooledSender>,
 ) -> Response<ResponseBody> {
     let status = response.status();
     fin.record.status = status.as_u16();
@@ -367,7 +394,7 @@ fn respond(
         }
     }
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, ResponseBody::upstream(body, Some(fin)))
+    Response::from_parts(parts, ResponseBody::upstream(body, Some(fin), pooled))
 }
 
 /// Copies bytes both ways between an upgraded client and upstream, then
@@ -527,7 +554,12 @@ fn strip_prefix(path: &str, prefix: Option<&str>) -> String {
     path.to_string()
 }
 
-fn upstream_uri(target: &TargetState, path: &str, query: Option<&str>) -> Option<Uri> {
+fn upstream_uri(
+    target: &TargetState,
+    path: &str,
+    query: Option<&str>,
+    absolute: bool,
+) -> Option<Uri> {
     let mut path_and_query = String::with_capacity(
         target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -537,12 +569,70 @@ fn upstream_uri(target: &TargetState, path: &str, query: Option<&str>) -> Option
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
+    if !absolute {
+        return Uri::try_from(path_and_query).ok();
+    }
     Uri::builder()
         .scheme(target.scheme.clone())
         .authority(target.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .ok()
+}
+
+/// Why an upstream exchange failed.
+enum SendError {
+    /// No connection could be made: nothing was sent, another target may be tried.
+    Connect(String),
+    /// The exchange broke after the request was (perhaps partly) sent.
+    Failed(String),
+}
+
+/// Sends one request to one target: through the HTTP/1.1 pool, or the general client.
+async fn send(
+    service: &ServiceRuntime,
+    target: &Arc<TargetState>,
+    pooled: bool,
+    request: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Option<PooledSender>), SendError> {
+    if !pooled {
+        return match service.client.request(request).await {
+            Ok(response) => Ok((response, None)),
+            Err(error) if error.is_connect() => Err(SendError::Connect(error.to_string())),
+            Err(error) => Err(SendError::Failed(error.to_string())),
+        };
+    }
+    let mut request = request;
+    // A reused connection may have been closed by the upstream just now; hyper
+    // then hands the unsent request back and it goes out on another connection.
+    for _ in 0..3 {
+        let (mut sender, reused) = target
+            .pool
+            .checkout(
+                target.authority.as_str(),
+                service.connect_timeout,
+                service.idle_timeout,
+            )
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let pooled = PooledSender {
+                    target: target.clone(),
+                    sender,
+                };
+                return Ok((response, Some(pooled)));
+            }
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if reused => request = unsent,
+                Some(_) => return Err(SendError::Connect(error.into_error().to_string())),
+                None => return Err(SendError::Failed(error.into_error().to_string())),
+            },
+        }
+    }
+    Err(SendError::Connect(
+        "upstream connections keep closing".into(),
+    ))
 }
 
 #[cfg(test)]

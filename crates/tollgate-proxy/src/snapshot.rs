@@ -56,12 +56,20 @@ pub struct ServiceRuntime {
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
     pub retries: u32,
     pub passive: PassiveHealth,
     pub http2: bool,
 }
 
 impl ServiceRuntime {
+    /// Whether requests to this target go through the lean HTTP/1.1 pool
+    /// (plain `http://` targets not forced to HTTP/2).
+    pub fn uses_pool(&self, target: &TargetState) -> bool {
+        !self.http2 && target.scheme == http::uri::Scheme::HTTP
+    }
+
     pub fn pick(&self, input: &PickInput<'_>, tried: u64) -> Option<usize> {
         self.balancer
             .pick(&self.targets, &self.weights, input, tried)
@@ -179,6 +187,8 @@ impl Snapshot {
                 weights,
                 client,
                 response_timeout: upstream.timeouts.response.get(),
+                connect_timeout: upstream.timeouts.connect.get(),
+                idle_timeout: upstream.timeouts.idle.get(),
                 retries: upstream.retries,
                 passive: upstream.passive_health.clone(),
                 http2: upstream.protocol == UpstreamProtocol::Http2,

@@ -40,6 +40,10 @@ pub struct TargetState {
     consecutive_failures: AtomicU32,
     /// Requests being served by this target, for `least_conn`.
     pub in_flight: AtomicUsize,
+    /// `Host` for requests to this target: its authority.
+    pub host_header: http::HeaderValue,
+    /// Keep-alive connections, used when the target speaks plain HTTP/1.1.
+    pub pool: crate::pool::Http1Pool,
 }
 
 impl TargetState {
@@ -54,6 +58,7 @@ impl TargetState {
             }
         };
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
         Some(TargetState {
             service: service.into(),
             url: url.into(),
@@ -65,6 +70,8 @@ impl TargetState {
             ejected_until_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            host_header,
+            pool: crate::pool::Http1Pool::default(),
         })
     }
 
