@@ -200,10 +200,13 @@ impl Snapshot {
         let mut specs = Vec::new();
         for (i, api) in config.apis.iter().enumerate() {
             let Some(service) = services.get(&api.service) else {
-                errors.push(ConfigError::new(
-                    format!("apis[{i}].service"),
-                    format!("no service named `{}`", api.service),
-                ));
+                // A service that failed to compile has its own error already.
+                if !config.services.iter().any(|s| s.name == api.service) {
+                    errors.push(ConfigError::new(
+                        format!("apis[{i}].service"),
+                        format!("no service named `{}`", api.service),
+                    ));
+                }
                 continue;
             };
             let headers = api

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 
@@ -25,6 +26,17 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// A body holding `data` (no data frame when empty), then the trailers `trailers`.
+pub fn with_trailers(data: impl Into<Bytes>, trailers: HeaderMap) -> Body {
+    let data = data.into();
+    let mut frames = Vec::with_capacity(2);
+    if !data.is_empty() {
+        frames.push(Ok::<_, BoxError>(Frame::data(data)));
+    }
+    frames.push(Ok(Frame::trailers(trailers)));
+    StreamBody::new(stream::iter(frames)).boxed_unsync()
 }
 
 /// A JSON body (the `Content-Type` header is the caller's to set; see [`json_response`]).

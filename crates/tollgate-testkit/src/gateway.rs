@@ -127,6 +127,16 @@ impl GatewayBuilder {
     /// Writes the config, spawns the process and waits until `/readyz` answers
     /// 200. Panics, with the process's output, if it exits or is not ready in time.
     pub async fn start(self) -> Gateway {
+        let ready_timeout = self.ready_timeout;
+        let mut gateway = self.spawn();
+        gateway.wait_ready(ready_timeout).await;
+        gateway
+    }
+
+    /// Writes the config and spawns the process without waiting for it to be
+    /// ready: for a gateway expected to refuse its config and exit (see
+    /// [`Gateway::wait_exit`] and [`Gateway::stderr`]). Call inside a tokio runtime.
+    pub fn spawn(self) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-test-")
             .tempdir()
@@ -156,7 +166,7 @@ impl GatewayBuilder {
             .unwrap_or_else(|e| panic!("starting {} failed: {e}", self.bin.display()));
         let pid = child.id().expect("a just-spawned child has a pid");
 
-        let mut gateway = Gateway {
+        Gateway {
             child,
             pid,
             exit: None,
@@ -170,9 +180,7 @@ impl GatewayBuilder {
             stderr_path,
             _certificates: self.certificates,
             dir,
-        };
-        gateway.wait_ready(self.ready_timeout).await;
-        gateway
+        }
     }
 
     fn generated(&self, dir: &Path) -> Mapping {
@@ -307,13 +315,22 @@ impl Gateway {
 
     /// The process's stdout and stderr so far, each under a heading.
     pub fn logs(&self) -> String {
-        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
         format!(
             "----- gateway stdout ({}) -----\n{}\n----- gateway stderr -----\n{}",
             self.stdout_path.display(),
-            read(&self.stdout_path),
-            read(&self.stderr_path),
+            self.stdout(),
+            self.stderr(),
         )
+    }
+
+    /// What the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// What the process wrote to stderr so far: its log lines.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// A client for the gateway: no proxy, no automatic redirects.

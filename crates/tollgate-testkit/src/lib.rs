@@ -31,6 +31,7 @@
 pub mod body;
 mod eventually;
 pub mod gateway;
+pub mod h2;
 pub mod port;
 pub mod raw;
 pub mod tls;
@@ -42,4 +43,7 @@ pub use tls::TlsFiles;
 pub use upstream::Upstream;
 
 /// Re-exported so that tests need no dependency of their own for these.
-pub use {reqwest, serde_json, serde_yaml, tokio_tungstenite};
+pub use {
+    bytes, http, http_body_util, hyper, hyper_util, reqwest, serde_json, serde_yaml,
+    tokio_tungstenite,
+};

@@ -1,9 +1,11 @@
 //! Real upstream servers on ephemeral loopback ports.
 //!
 //! Every [`Upstream`] is a hyper 1 server (or, for [`reset`], a raw TCP
-//! listener) bound to `127.0.0.1:0`. Dropping it stops accepting, closes its
-//! connections (WebSocket sessions included) and frees the port; [`Upstream::stop`]
-//! does the same and waits until the listener is closed.
+//! listener) bound to `127.0.0.1:0`, speaking plain HTTP/1.1, h2c, or — for
+//! [`tls_echo`] and [`Upstream::start_tls`] — TLS with ALPN choosing HTTP/2 or
+//! HTTP/1.1. Dropping it stops accepting, closes its connections (WebSocket
+//! sessions included) and frees the port; [`Upstream::stop`] does the same and
+//! waits until the listener is closed.
 //!
 //! Constructors must be called inside a tokio runtime. The ready-made servers
 //! answer `GET /healthz` themselves (200, or 503 after
@@ -21,20 +23,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::body::{self, Body};
+use crate::tls::TlsFiles;
 
 /// Request bodies at least this long are left out of the echo JSON (only `body_len` is given).
 pub const ECHO_BODY_LIMIT: usize = 64 * 1024;
@@ -42,9 +48,14 @@ pub const ECHO_BODY_LIMIT: usize = 64 * 1024;
 type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type DynHandler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>;
 
+/// How long a TLS upstream waits for a client's handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running upstream server; stops when dropped.
 pub struct Upstream {
     addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`, or `https://NAME:PORT` for a TLS server.
+    url: String,
     counters: Arc<Counters>,
     task: Option<JoinHandle<()>>,
     // Dropping the sender tells spawned sessions (WebSockets) to end.
@@ -55,16 +66,26 @@ pub struct Upstream {
 struct Counters {
     hits: AtomicU64,
     health_checks: AtomicU64,
+    tls_failures: AtomicU64,
     healthy: AtomicBool,
 }
 
-/// Wire protocol of a hyper upstream.
+/// HTTP version a hyper upstream speaks on one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
     /// HTTP/1.1 with upgrades.
     Http1,
-    /// HTTP/2 with prior knowledge (h2c), no HTTP/1.
-    H2c,
+    /// HTTP/2 only: with prior knowledge (h2c) on plain TCP, or after ALPN `h2`.
+    Http2,
+}
+
+/// What a hyper upstream's listener speaks.
+#[derive(Clone)]
+enum Wire {
+    /// Plain TCP, one protocol.
+    Plain(Protocol),
+    /// TLS; HTTP/2 when ALPN selects `h2`, else HTTP/1.1.
+    Tls(TlsAcceptor),
 }
 
 /// Put into every request's extensions: resolves once the upstream is stopped,
@@ -96,7 +117,7 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        serve(Protocol::Http1, false, boxed(handler))
+        serve(Wire::Plain(Protocol::Http1), false, boxed(handler))
     }
 
     /// Like [`Upstream::start`], speaking HTTP/2 with prior knowledge only.
@@ -105,7 +126,19 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        serve(Protocol::H2c, false, boxed(handler))
+        serve(Wire::Plain(Protocol::Http2), false, boxed(handler))
+    }
+
+    /// Like [`Upstream::start`], over TLS with the certificate `files` and
+    /// ALPN offering `alpn` (`"h2"`, `"http/1.1"`, in order of preference):
+    /// a connection that negotiates `h2` speaks HTTP/2, any other HTTP/1.1.
+    /// [`Upstream::url`] is `https://NAME:PORT` for the certificate's first name.
+    pub fn start_tls<F, Fut>(files: &TlsFiles, alpn: &[&str], handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        serve(tls_wire(files, alpn), false, boxed(handler)).with_tls_name(files)
     }
 
     /// The address the server listens on.
@@ -113,9 +146,11 @@ impl Upstream {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`; for a TLS server `https://NAME:PORT`, NAME
+    /// being the certificate's first name (so use a certificate for
+    /// `localhost` or `127.0.0.1`, which resolve to the server).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     /// Requests answered so far, not counting `/healthz` checks of the ready-made
@@ -127,6 +162,12 @@ impl Upstream {
     /// `GET /healthz` requests answered so far by a ready-made server.
     pub fn health_checks(&self) -> u64 {
         self.counters.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed or timed out (a client that refused the
+    /// certificate, or found no common ALPN protocol); always 0 without TLS.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.counters.tls_failures.load(Ordering::SeqCst)
     }
 
     /// Whether `GET /healthz` answers 200 (true, the default) or 503.
@@ -154,7 +195,7 @@ impl Drop for Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("addr", &self.addr)
+            .field("url", &self.url)
             .field("counters", &self.counters)
             .finish()
     }
@@ -167,7 +208,7 @@ impl std::fmt::Debug for Upstream {
 pub fn echo(name: &str) -> Upstream {
     let name: Arc<str> = name.into();
     serve(
-        Protocol::Http1,
+        Wire::Plain(Protocol::Http1),
         true,
         boxed(move |req| echo_response(name.clone(), req)),
     )
@@ -177,16 +218,53 @@ pub fn echo(name: &str) -> Upstream {
 pub fn h2c_echo(name: &str) -> Upstream {
     let name: Arc<str> = name.into();
     serve(
-        Protocol::H2c,
+        Wire::Plain(Protocol::Http2),
         true,
         boxed(move |req| echo_response(name.clone(), req)),
+    )
+}
+
+/// Like [`echo`], over TLS with the certificate `files`, its ALPN offering
+/// `alpn` (`"h2"` and/or `"http/1.1"`, in order of preference): the echo's
+/// `"version"` says which one the client got (`"HTTP/2.0"` or `"HTTP/1.1"`).
+/// [`Upstream::url`] is `https://NAME:PORT`, NAME being the certificate's
+/// first name.
+///
+/// ```no_run
+/// # async fn example() {
+/// use tollgate_testkit::{tls, upstream};
+/// let cert = tls::self_signed(&["localhost"]);
+/// let up = upstream::tls_echo("secure", &cert, &["h2", "http/1.1"]);
+/// assert!(up.url().starts_with("https://localhost:"));
+/// # }
+/// ```
+pub fn tls_echo(name: &str, files: &TlsFiles, alpn: &[&str]) -> Upstream {
+    let name: Arc<str> = name.into();
+    serve(
+        tls_wire(files, alpn),
+        true,
+        boxed(move |req| echo_response(name.clone(), req)),
+    )
+    .with_tls_name(files)
+}
+
+/// An h2c server answering every request like a unary gRPC call: `200` with
+/// `content-type: application/grpc`, the request body echoed back as the
+/// response body, then the trailers `grpc-status: 0` and `grpc-message: ok`.
+/// The request's `te` header, when present, comes back as `x-request-te`
+/// (gRPC servers insist on `te: trailers`).
+pub fn h2c_trailers() -> Upstream {
+    serve(
+        Wire::Plain(Protocol::Http2),
+        true,
+        boxed(grpc_like_response),
     )
 }
 
 /// An echo (named `"slow"`) that waits `delay` before reading the request and answering.
 pub fn slow(delay: Duration) -> Upstream {
     serve(
-        Protocol::Http1,
+        Wire::Plain(Protocol::Http1),
         true,
         boxed(move |req| async move {
             tokio::time::sleep(delay).await;
@@ -199,7 +277,7 @@ pub fn slow(delay: Duration) -> Upstream {
 /// N in 1..=events, the first at once and then one every `gap`; then the body ends.
 pub fn sse(events: usize, gap: Duration) -> Upstream {
     serve(
-        Protocol::Http1,
+        Wire::Plain(Protocol::Http1),
         true,
         boxed(move |_req| async move {
             let chunks = (1..=events)
@@ -219,7 +297,7 @@ pub fn sse(events: usize, gap: Duration) -> Upstream {
 pub fn download(bytes: usize, chunk: usize, gap: Duration) -> Upstream {
     assert!(chunk > 0, "download chunk size must be positive");
     serve(
-        Protocol::Http1,
+        Wire::Plain(Protocol::Http1),
         true,
         boxed(move |_req| async move {
             let content = Bytes::from(download_content(bytes));
@@ -244,7 +322,11 @@ pub fn download_content(len: usize) -> Vec<u8> {
 /// Accepts WebSocket upgrades and echoes text and binary messages back; other
 /// requests get the [`echo`] JSON (named `"websocket"`).
 pub fn websocket_echo() -> Upstream {
-    serve(Protocol::Http1, true, boxed(websocket_response))
+    serve(
+        Wire::Plain(Protocol::Http1),
+        true,
+        boxed(websocket_response),
+    )
 }
 
 /// A raw TCP listener that accepts each connection and closes it at once with
@@ -268,6 +350,7 @@ pub fn reset() -> Upstream {
     });
     Upstream {
         addr,
+        url: format!("http://{addr}"),
         counters,
         task: Some(task),
         _stopping: stopping,
@@ -315,6 +398,30 @@ pub async fn echo_response(name: impl AsRef<str>, req: Request<Incoming>) -> Res
         doc["body"] = String::from_utf8_lossy(&bytes).into_owned().into();
     }
     body::json_response(&doc)
+}
+
+async fn grpc_like_response(req: Request<Incoming>) -> Response<Body> {
+    let te = req.headers().get(header::TE).cloned();
+    let bytes = match req.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(body::full(format!("reading the request body failed: {e}")))
+                .expect("static response parts are valid")
+        }
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("grpc-message", HeaderValue::from_static("ok"));
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(body::with_trailers(bytes, trailers))
+        .expect("static response parts are valid");
+    if let Some(te) = te {
+        response.headers_mut().insert("x-request-te", te);
+    }
+    response
 }
 
 async fn websocket_response(mut req: Request<Incoming>) -> Response<Body> {
@@ -371,6 +478,7 @@ impl Counters {
         Arc::new(Counters {
             hits: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         })
     }
@@ -392,7 +500,38 @@ fn bind() -> TcpListener {
     TcpListener::from_std(listener).expect("register a listener with tokio (inside a runtime?)")
 }
 
-fn serve(protocol: Protocol, health_endpoint: bool, handler: DynHandler) -> Upstream {
+/// A TLS acceptor for `files`, offering `alpn`, with the ring provider.
+fn tls_wire(files: &TlsFiles, alpn: &[&str]) -> Wire {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(files.key_der.clone()));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(files.cert_der.clone())], key)
+    .expect("a generated certificate and key make a server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Wire::Tls(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl Upstream {
+    /// Sets [`Upstream::url`] to `https://NAME:PORT` for `files`' first name.
+    fn with_tls_name(mut self, files: &TlsFiles) -> Upstream {
+        let name = files
+            .names
+            .first()
+            .expect("a certificate has at least one name");
+        let host = match name.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => name.clone(),
+        };
+        self.url = format!("https://{host}:{}", self.addr.port());
+        self
+    }
+}
+
+fn serve(wire: Wire, health_endpoint: bool, handler: DynHandler) -> Upstream {
     let listener = bind();
     let addr = listener
         .local_addr()
@@ -406,9 +545,9 @@ fn serve(protocol: Protocol, health_endpoint: bool, handler: DynHandler) -> Upst
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
-                    connections.spawn(serve_connection(
+                    connections.spawn(accept_connection(
                         stream,
-                        protocol,
+                        wire.clone(),
                         health_endpoint,
                         handler.clone(),
                         task_counters.clone(),
@@ -421,21 +560,70 @@ fn serve(protocol: Protocol, health_endpoint: bool, handler: DynHandler) -> Upst
     });
     Upstream {
         addr,
+        url: format!("http://{addr}"),
         counters,
         task: Some(task),
         _stopping: stopping,
     }
 }
 
-async fn serve_connection(
+async fn accept_connection(
     stream: TcpStream,
-    protocol: Protocol,
+    wire: Wire,
     health_endpoint: bool,
     handler: DynHandler,
     counters: Arc<Counters>,
     stopping: Stopping,
 ) {
     let _ = stream.set_nodelay(true);
+    match wire {
+        Wire::Plain(protocol) => {
+            serve_connection(
+                stream,
+                protocol,
+                health_endpoint,
+                handler,
+                counters,
+                stopping,
+            )
+            .await
+        }
+        Wire::Tls(acceptor) => {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(_)) | Err(_) => {
+                        counters.tls_failures.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_connection(
+                stream,
+                protocol,
+                health_endpoint,
+                handler,
+                counters,
+                stopping,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_connection<I>(
+    stream: I,
+    protocol: Protocol,
+    health_endpoint: bool,
+    handler: DynHandler,
+    counters: Arc<Counters>,
+    stopping: Stopping,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
@@ -459,7 +647,7 @@ async fn serve_connection(
                 .with_upgrades()
                 .await
         }
-        Protocol::H2c => {
+        Protocol::Http2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, service)
                 .await

@@ -174,6 +174,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     tollgate_telemetry::metrics::install_prometheus();
     let config = Arc::new(config);
 
+    // Refuse a configuration that cannot compile (unreadable CA files and the
+    // like) before anything is created on disk.
+    tollgate_proxy::Snapshot::compile(config.clone(), &Default::default())
+        .map_err(invalid_config)?;
+
     let store = tollgate_store::SqliteStore::open(&config.storage.database)
         .with_context(|| format!("cannot open the database {}", config.storage.database))?;
     let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(
@@ -265,6 +270,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn invalid_config(errors: Vec<ConfigError>) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
 }
 
 /// SIGTERM or Ctrl-C: stop accepting and drain.
