@@ -14,11 +14,17 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
+use tollgate_telemetry::record::Rfc3339;
 
 pub use sink::SqliteRecordSink;
 
 /// How long a connection waits for another one's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database page size, in bytes: access record inserts measured ~15%
+/// cheaper than with SQLite's default 4096 (fewer WAL frames to write and
+/// checkpoint per record); 32 KiB was no better.
+const PAGE_SIZE: i64 = 16 * 1024;
 
 /// The sink connection's page cache, in KiB (SQLite's negative `cache_size`).
 const SINK_CACHE_KIB: i64 = -16 * 1024;
@@ -92,6 +98,9 @@ impl Location {
             )?,
         };
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Takes effect only while the database is empty, before WAL mode is
+        // set.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         if let Location::File(path) = self {
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
@@ -162,36 +171,31 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredAccessRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, ts, request_id, client_ip, method, host, path, api, service, consumer,
-                    status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
-                    bytes_in, bytes_out, outcome, reason
-             FROM access_records ORDER BY id DESC LIMIT ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {STORED_COLUMNS} FROM access_records ORDER BY id DESC LIMIT ?1"
+        ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map([limit], |row| {
-            Ok(StoredAccessRecord {
-                id: row.get(0)?,
-                ts: row.get(1)?,
-                request_id: row.get(2)?,
-                client_ip: row.get(3)?,
-                method: row.get(4)?,
-                host: row.get(5)?,
-                path: row.get(6)?,
-                api: row.get(7)?,
-                service: row.get(8)?,
-                consumer: row.get(9)?,
-                status: row.get(10)?,
-                upstream_status: row.get(11)?,
-                upstream_addr: row.get(12)?,
-                latency_ms: row.get(13)?,
-                upstream_latency_ms: row.get(14)?,
-                bytes_in: row.get(15)?,
-                bytes_out: row.get(16)?,
-                outcome: row.get(17)?,
-                reason: row.get(18)?,
-            })
-        })?;
+        let rows = stmt.query_map([limit], stored_access_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The access records of the request `request_id` (normally one), newest
+    /// first. Scans the `ts` index, not the table (see the schema): cheap for
+    /// an operator's look-up, not for a request path.
+    pub fn access_records_by_request_id(
+        &self,
+        request_id: &str,
+    ) -> Result<Vec<StoredAccessRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {STORED_COLUMNS} FROM access_records
+             WHERE id IN (SELECT id FROM access_records INDEXED BY access_records_ts
+                          WHERE request_id_hash = ?1)
+               AND request_id = ?2
+             ORDER BY id DESC"
+        ))?;
+        let hash = sink::request_id_hash(request_id);
+        let rows = stmt.query_map(rusqlite::params![hash, request_id], stored_access_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -242,6 +246,35 @@ pub struct StoredAccessRecord {
     /// `allowed`, `denied` or `error`.
     pub outcome: String,
     pub reason: Option<String>,
+}
+
+/// The columns [`stored_access_record`] reads, in its order.
+const STORED_COLUMNS: &str = "id, ts, request_id, client_ip, method, host, path, api, service,
+    consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
+    bytes_in, bytes_out, outcome, reason";
+
+fn stored_access_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAccessRecord> {
+    Ok(StoredAccessRecord {
+        id: row.get(0)?,
+        ts: Rfc3339::from_unix_micros(row.get(1)?).to_string(),
+        request_id: row.get(2)?,
+        client_ip: row.get(3)?,
+        method: row.get(4)?,
+        host: row.get(5)?,
+        path: row.get(6)?,
+        api: row.get(7)?,
+        service: row.get(8)?,
+        consumer: row.get(9)?,
+        status: row.get(10)?,
+        upstream_status: row.get(11)?,
+        upstream_addr: row.get(12)?,
+        latency_ms: row.get(13)?,
+        upstream_latency_ms: row.get(14)?,
+        bytes_in: row.get(15)?,
+        bytes_out: row.get(16)?,
+        outcome: row.get(17)?,
+        reason: row.get(18)?,
+    })
 }
 
 #[cfg(test)]

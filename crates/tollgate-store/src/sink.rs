@@ -2,66 +2,95 @@
 
 use std::io;
 
-use rusqlite::{params, Connection, TransactionBehavior};
-use tollgate_telemetry::record::format_rfc3339;
+use rusqlite::{CachedStatement, Connection, TransactionBehavior};
+use tollgate_telemetry::record::{unix_micros, IpText};
 use tollgate_telemetry::{AccessRecord, RecordSink};
 
+// One row per statement: multi-row statements (8 to 64 rows) measured slower
+// (32 rows: ~15% more instructions per record).
 const INSERT: &str = "INSERT INTO access_records (
-        ts, request_id, client_ip, method, host, path, api, service, consumer,
-        status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
+        ts, request_id, request_id_hash, client_ip, method, host, path, api, service,
+        consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
         bytes_in, bytes_out, outcome, reason
-    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Writes each batch of access records in one transaction through a cached
 /// prepared statement, over a connection of its own.
 pub struct SqliteRecordSink {
     conn: Connection,
-    client_ip: String,
 }
 
 impl SqliteRecordSink {
     pub(crate) fn new(conn: Connection) -> SqliteRecordSink {
-        SqliteRecordSink {
-            conn,
-            client_ip: String::with_capacity(46),
-        }
+        SqliteRecordSink { conn }
     }
 
     fn insert(&mut self, records: &[AccessRecord]) -> rusqlite::Result<()> {
-        use std::fmt::Write as _;
-
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
+            let mut previous: Option<&AccessRecord> = None;
             for r in records {
-                self.client_ip.clear();
-                let _ = write!(self.client_ip, "{}", r.client_ip);
-                insert.execute(params![
-                    format_rfc3339(r.ts),
-                    r.request_id,
-                    self.client_ip,
-                    r.method,
-                    r.host,
-                    r.path,
-                    r.api.as_deref(),
-                    r.service.as_deref(),
-                    r.consumer.as_deref(),
-                    r.status,
-                    r.upstream_status,
-                    r.upstream_addr.as_deref(),
-                    r.latency_ms,
-                    r.upstream_latency_ms,
-                    saturating_i64(r.bytes_in),
-                    saturating_i64(r.bytes_out),
-                    r.outcome.as_str(),
-                    r.reason,
-                ])?;
+                bind(&mut insert, r, previous)?;
+                insert.raw_execute()?;
+                previous = Some(r);
             }
         }
         tx.commit()
     }
+}
+
+/// Binds `r` to the insert statement's parameters. Parameters stay bound
+/// from one execution to the next, so a value equal to `previous`'s (the
+/// record bound last, if any) is not bound again: binding text copies it,
+/// and most fields repeat from one request to the next (measured: ~15% fewer
+/// instructions per record).
+fn bind(
+    insert: &mut CachedStatement<'_>,
+    r: &AccessRecord,
+    previous: Option<&AccessRecord>,
+) -> rusqlite::Result<()> {
+    macro_rules! bind_changed {
+        ($index:expr, $field:ident, $value:expr) => {
+            if previous.map_or(true, |p| p.$field != r.$field) {
+                insert.raw_bind_parameter($index, $value)?;
+            }
+        };
+    }
+    insert.raw_bind_parameter(1, unix_micros(r.ts))?;
+    insert.raw_bind_parameter(2, r.request_id.as_str())?;
+    insert.raw_bind_parameter(3, request_id_hash(&r.request_id))?;
+    bind_changed!(4, client_ip, IpText::from(r.client_ip).as_str());
+    bind_changed!(5, method, r.method.as_str());
+    bind_changed!(6, host, r.host.as_str());
+    bind_changed!(7, path, r.path.as_str());
+    bind_changed!(8, api, r.api.as_deref());
+    bind_changed!(9, service, r.service.as_deref());
+    bind_changed!(10, consumer, r.consumer.as_deref());
+    bind_changed!(11, status, r.status);
+    bind_changed!(12, upstream_status, r.upstream_status);
+    bind_changed!(13, upstream_addr, r.upstream_addr.as_deref());
+    insert.raw_bind_parameter(14, r.latency_ms)?;
+    insert.raw_bind_parameter(15, r.upstream_latency_ms)?;
+    bind_changed!(16, bytes_in, saturating_i64(r.bytes_in));
+    bind_changed!(17, bytes_out, saturating_i64(r.bytes_out));
+    bind_changed!(18, outcome, r.outcome.as_str());
+    bind_changed!(19, reason, r.reason);
+    Ok(())
+}
+
+/// The `request_id_hash` column: 32-bit FNV-1a of the request id's bytes,
+/// sign-extended, so SQLite stores it in 4 bytes. Part of the schema: never
+/// change it.
+pub(crate) fn request_id_hash(request_id: &str) -> i64 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in request_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i64::from(hash as i32)
 }
 
 fn saturating_i64(n: u64) -> i64 {
@@ -75,5 +104,18 @@ impl RecordSink for SqliteRecordSink {
 
     fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()> {
         self.insert(records).map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_hash_is_fnv1a_32() {
+        // Reference values of 32-bit FNV-1a.
+        assert_eq!(request_id_hash(""), 0x811c_9dc5_u32 as i32 as i64);
+        assert_eq!(request_id_hash("a"), 0xe40c_292c_u32 as i32 as i64);
+        assert_eq!(request_id_hash("foobar"), 0xbf9c_f968_u32 as i32 as i64);
     }
 }

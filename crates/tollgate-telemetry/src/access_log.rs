@@ -8,7 +8,7 @@
 //! the other sinks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,12 +240,21 @@ impl SinkSlot {
 }
 
 /// Appends records to a file as JSON lines, one record per line.
+///
+/// A batch is serialized into a reused buffer and written with as few writes
+/// as its size allows (one per [`FileSink::WRITE_CHUNK`]), each holding whole
+/// lines.
 pub struct FileSink {
     path: PathBuf,
-    out: BufWriter<File>,
+    file: File,
+    buf: Vec<u8>,
 }
 
 impl FileSink {
+    /// The buffer is written out once it holds this much, so that a batch of
+    /// long records does not keep a large buffer alive.
+    pub const WRITE_CHUNK: usize = 1024 * 1024;
+
     /// Opens `path` for appending, creating it and its parent directories.
     pub fn open(path: impl AsRef<Path>) -> io::Result<FileSink> {
         let path = path.as_ref();
@@ -255,7 +264,8 @@ impl FileSink {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(FileSink {
             path: path.to_owned(),
-            out: BufWriter::with_capacity(64 * 1024, file),
+            file,
+            buf: Vec::with_capacity(256 * 1024),
         })
     }
 
@@ -271,10 +281,17 @@ impl RecordSink for FileSink {
     }
 
     fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()> {
+        self.buf.clear();
         for record in records {
-            serde_json::to_writer(&mut self.out, record)?;
-            self.out.write_all(b"\n")?;
+            record.write_json(&mut self.buf)?;
+            self.buf.push(b'\n');
+            if self.buf.len() >= Self::WRITE_CHUNK {
+                self.file.write_all(&self.buf)?;
+                self.buf.clear();
+            }
         }
-        self.out.flush()
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
     }
 }
