@@ -121,6 +121,8 @@ impl Body for RequestBody {
 /// Everything needed to complete and send the access record of one request.
 pub struct RecordFinisher {
     pub record: AccessRecord,
+    /// The request id as a header value, made once and shared by every header that carries it.
+    pub request_id_header: http::HeaderValue,
     pub started: Instant,
     pub access_log: AccessLog,
     pub stats: Option<Arc<RequestStats>>,

@@ -93,7 +93,10 @@ impl Proxy {
             outcome: Outcome::Allowed,
             reason: None,
         };
+        let request_id_header = HeaderValue::from_str(&record.request_id)
+            .unwrap_or(HeaderValue::from_static("invalid"));
         let finisher = Box::new(RecordFinisher {
+            request_id_header,
             record,
             started,
             access_log: self.access_log.clone(),
@@ -164,19 +167,28 @@ impl Proxy {
             }
         }
 
-        let host_header = request_host(&req).unwrap_or("").to_string();
-        let host = fin.record.host.clone();
-        let path = match normalize_path(req.uri().path()) {
-            Ok(path) => path.into_owned(),
+        // Cheap clones (shared buffers) so that borrows outlive `req.into_parts()`.
+        let uri = req.uri().clone();
+        let host_value = req.headers().get(header::HOST).cloned();
+        let host_header: &str = match uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => host_value
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        };
+        let path = match normalize_path(uri.path()) {
+            Ok(path) => path,
             Err(e) => fail!(GatewayError::bad_request(e.message())),
         };
 
-        let api_index = match snapshot.router.lookup(&RouteRequest {
-            host: &host,
+        let found = snapshot.router.lookup(&RouteRequest {
+            host: &fin.record.host,
             path: &path,
             method: req.method(),
             headers: req.headers(),
-        }) {
+        });
+        let api_index = match found {
             RouteMatch::Found { api } => api,
             RouteMatch::MethodNotAllowed { allow } => {
                 let allow = HeaderValue::from_str(&allow.allow_header())
@@ -187,12 +199,15 @@ impl Proxy {
                 ))
                 .with_header(header::ALLOW, allow));
             }
-            RouteMatch::NotFound => fail!(GatewayError::no_route(format!(
-                "no API matches {} {}{}",
-                req.method(),
-                host,
-                path
-            ))),
+            RouteMatch::NotFound => {
+                let message = format!(
+                    "no API matches {} {}{}",
+                    req.method(),
+                    fin.record.host,
+                    path
+                );
+                fail!(GatewayError::no_route(message))
+            }
         };
         let api: &ApiRuntime = &snapshot.apis[api_index];
         let service = &api.service;
@@ -204,9 +219,8 @@ impl Proxy {
         let is_upgrade = is_upgrade_request(&req);
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let query = parts.uri.query().map(str::to_string);
+        let query = uri.query();
 
-        let request_id = fin.record.request_id.clone();
         forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
         forwarding::set_forwarded_headers(
             &mut parts.headers,
@@ -217,12 +231,12 @@ impl Proxy {
                 host: &host_header,
             },
         );
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            parts.headers.insert(X_REQUEST_ID.clone(), value);
-        }
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
         forwarding::ensure_traceparent(&mut parts.headers);
         if api.preserve_host && !host_header.is_empty() {
-            if let Ok(value) = HeaderValue::from_str(&host_header) {
+            if let Ok(value) = HeaderValue::from_str(host_header) {
                 parts.headers.insert(header::HOST, value);
             }
         } else {
@@ -258,7 +272,7 @@ impl Proxy {
             tried |= 1u64 << (index % 64);
             let target = &service.targets[index];
             let pooled = service.uses_pool(target);
-            let Some(uri) = upstream_uri(target, &upstream_path, query.as_deref(), !pooled) else {
+            let Some(uri) = upstream_uri(target, upstream_path, query, !pooled) else {
                 fail!(GatewayError::bad_request(
                     "the request path cannot be forwarded"
                 ));
@@ -377,7 +391,9 @@ fn respond(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mut parts, _) = response.into_parts();
             forwarding::remove_hop_by_hop(&mut parts.headers, true);
-            insert_request_id(&mut parts.headers, &fin.record.request_id);
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, fin));
             return Response::from_parts(parts, ResponseBody::full(bytes::Bytes::new(), None));
         }
@@ -385,7 +401,9 @@ fn respond(
 
     let (mut parts, body) = response.into_parts();
     forwarding::remove_hop_by_hop(&mut parts.headers, false);
-    insert_request_id(&mut parts.headers, &fin.record.request_id);
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
     if conn.tls {
         if let Some(hsts) = &snapshot.hsts {
             parts
@@ -425,12 +443,6 @@ async fn tunnel(
         }
     }
     drop(body);
-}
-
-fn insert_request_id(headers: &mut http::HeaderMap, request_id: &str) {
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID.clone(), value);
-    }
 }
 
 /// The answer for an error, carrying the request's record to completion.
@@ -540,18 +552,18 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Removes `prefix` from `path` at a segment boundary; what is left starts with '/'.
-fn strip_prefix(path: &str, prefix: Option<&str>) -> String {
+fn strip_prefix<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
     if let Some(prefix) = prefix {
         if let Some(rest) = path.strip_prefix(prefix) {
             if rest.is_empty() {
-                return "/".to_string();
+                return "/";
             }
             if rest.starts_with('/') {
-                return rest.to_string();
+                return rest;
             }
         }
     }
-    path.to_string()
+    path
 }
 
 fn upstream_uri(
