@@ -144,7 +144,9 @@ async fn serve_connection<S>(
         service_fn(move |req| {
             let proxy = proxy.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+            // Boxed: the pipeline's future is large, and hyper would otherwise
+            // copy all of it into place for every request (measured: ~3% of CPU).
+            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) })
         })
     };
     // Outside the idle timeout, so that bytes the guard holds back still count as activity.
