@@ -222,6 +222,8 @@ impl Proxy {
         let query = uri.query();
 
         forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
+        // Room for the headers added below, so the map grows at most once.
+        parts.headers.reserve(8);
         forwarding::set_forwarded_headers(
             &mut parts.headers,
             &ForwardInfo {
