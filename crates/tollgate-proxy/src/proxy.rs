@@ -230,7 +230,7 @@ impl Proxy {
                 peer: &conn.peer_forms,
                 trusted_peer: snapshot.is_trusted(conn.peer.ip()),
                 tls: conn.tls,
-                host: &host_header,
+                host: host_header,
             },
         );
         parts
