@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -71,28 +71,12 @@ impl Proxy {
         let trusted = snapshot.is_trusted(peer_ip);
         let request_id = forwarding::request_id(req.headers(), trusted);
         let client_ip = forwarding::client_ip(&snapshot, peer_ip, req.headers());
-        let record = AccessRecord {
-            ts: SystemTime::now(),
-            request_id,
-            client_ip,
-            method: req.method().as_str().to_string(),
-            host: request_host(&req)
-                .map(host_without_port)
-                .unwrap_or_default(),
-            path: truncate(req.uri().path(), snapshot.max_uri).to_string(),
-            api: None,
-            service: None,
-            consumer: None,
-            status: 0,
-            upstream_status: None,
-            upstream_addr: None,
-            latency_ms: 0.0,
-            upstream_latency_ms: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            outcome: Outcome::Allowed,
-            reason: None,
-        };
+        let mut record = AccessRecord::new(request_id, client_ip);
+        record.method = req.method().as_str().to_string();
+        record.host = request_host(&req)
+            .map(host_without_port)
+            .unwrap_or_default();
+        record.path = truncate(req.uri().path(), snapshot.max_uri).to_string();
         let request_id_header = HeaderValue::from_str(&record.request_id)
             .unwrap_or(HeaderValue::from_static("invalid"));
         let finisher = Box::new(RecordFinisher {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -182,26 +182,11 @@ fn record_connection_error(
         tracing::debug!(%peer, %error, "connection closed");
         return;
     };
-    proxy.access_log.record(AccessRecord {
-        ts: SystemTime::now(),
-        request_id: crate::forwarding::new_id(),
-        client_ip: peer.ip(),
-        method: String::new(),
-        host: String::new(),
-        path: String::new(),
-        api: None,
-        service: None,
-        consumer: None,
-        status,
-        upstream_status: None,
-        upstream_addr: None,
-        latency_ms: 0.0,
-        upstream_latency_ms: None,
-        bytes_in: 0,
-        bytes_out: 0,
-        outcome: Outcome::Error,
-        reason: Some(reason),
-    });
+    let mut record = AccessRecord::new(crate::forwarding::new_id(), peer.ip());
+    record.status = status;
+    record.outcome = Outcome::Error;
+    record.reason = Some(reason);
+    proxy.access_log.record(record);
     crate::snapshot::ApiMetrics::observe_unrouted(status, Duration::ZERO);
 }
 
@@ -233,6 +218,25 @@ impl<S> IdleTimeout<S> {
         }
     }
 
+    /// Notes activity when the inner stream made progress; when it did not,
+    /// fails the operation once the connection has been idle too long.
+    fn track<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.active = true;
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.poll_expired(cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Whether the connection has been idle too long; re-arms the timer otherwise.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
@@ -258,19 +262,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.active = true;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                if this.poll_expired(cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.track(cx, polled)
     }
 }
 
@@ -281,19 +274,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                this.active = true;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                if this.poll_expired(cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.track(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -302,19 +284,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                this.active = true;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                if this.poll_expired(cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.track(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

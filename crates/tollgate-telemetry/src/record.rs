@@ -58,6 +58,33 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// A record of a request that arrived now, with nothing known about it yet
+    /// but its id and client; the pipeline fills in the rest as it goes.
+    pub fn new(request_id: String, client_ip: IpAddr) -> AccessRecord {
+        AccessRecord {
+            ts: SystemTime::now(),
+            request_id,
+            client_ip,
+            method: String::new(),
+            host: String::new(),
+            path: String::new(),
+            api: None,
+            service: None,
+            consumer: None,
+            status: 0,
+            upstream_status: None,
+            upstream_addr: None,
+            latency_ms: 0.0,
+            upstream_latency_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: Outcome::Allowed,
+            reason: None,
+        }
+    }
+}
+
+impl AccessRecord {
     /// Appends the record's JSON form to `out`: byte for byte what its
     /// `Serialize` impl writes through `serde_json`, faster, as field names
     /// and the time and address need no escaping. Keep the two in step
