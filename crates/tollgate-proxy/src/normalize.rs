@@ -140,4 +140,53 @@ mod tests {
         assert_eq!(norm("/a%00b"), Err(PathError::Forbidden));
         assert_eq!(norm("relative"), Err(PathError::NotAbsolute));
     }
+
+    /// Seeded random paths built from the pieces that matter: the rule's
+    /// invariants hold for every one, and normalising is idempotent.
+    #[test]
+    fn invariants_on_random_paths() {
+        const PIECES: &[&str] = &[
+            "a",
+            "b",
+            "",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            ".%2e",
+            "%2f",
+            "%2F..",
+            "x%41",
+            "caf%C3%A9",
+            "...",
+            ".a",
+            "a.",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x7011_6a7e);
+        for _ in 0..20_000 {
+            let segments = rng.usize(0..8);
+            let mut path = String::new();
+            for _ in 0..segments {
+                path.push('/');
+                path.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            if path.is_empty() || rng.bool() {
+                path.push('/');
+            }
+            let Ok(normal) = normalize_path(&path) else {
+                continue;
+            };
+            assert!(normal.starts_with('/'), "{path} -> {normal}");
+            assert!(!normal.contains("//"), "{path} -> {normal}");
+            for segment in normal.split('/') {
+                assert!(segment != "." && segment != "..", "{path} -> {normal}");
+                assert!(!segment.eq_ignore_ascii_case("%2e"), "{path} -> {normal}");
+            }
+            assert_eq!(
+                normalize_path(&normal).unwrap(),
+                normal,
+                "not idempotent for {path}"
+            );
+        }
+    }
 }
