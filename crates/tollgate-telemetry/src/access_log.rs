@@ -26,8 +26,10 @@ pub const MAX_BATCH: usize = 4096;
 /// How long the thread gathers records before writing a batch. Large batches
 /// make a database sink cheap (one transaction per batch), and while the
 /// thread gathers it is not parked on the channel, so senders never pay for
-/// waking it. A flush writes at once.
-pub const LINGER: Duration = Duration::from_millis(50);
+/// waking it. Short enough that a batch is a brief burst of work on a core
+/// the proxy shares: 50 ms batches measured a p99 1–2 ms worse than 10 ms
+/// ones at the same throughput. A flush writes at once.
+pub const LINGER: Duration = Duration::from_millis(10);
 
 /// How often the gathering thread looks at the channel while it lingers.
 const GATHER_TICK: Duration = Duration::from_millis(5);
