@@ -19,5 +19,10 @@ for _ in $(seq 50); do
   curl -fsS http://127.0.0.1:18091/readyz >/dev/null 2>&1 && break
   sleep 0.1
 done
+if ! kill -0 "$GW_PID" 2>/dev/null; then
+  echo "tollgate did not start:" >&2
+  cat /tmp/tollgate-bench/stderr.log >&2
+  exit 1
+fi
 "$SHARED/proxy_bench.sh" tollgate=http://127.0.0.1:18090/ "$@"
 echo "access records written: $(wc -l < /tmp/tollgate-bench/access.log)"
