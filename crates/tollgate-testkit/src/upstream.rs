@@ -65,6 +65,7 @@ pub struct Upstream {
 #[derive(Debug)]
 struct Counters {
     hits: AtomicU64,
+    connections: AtomicU64,
     health_checks: AtomicU64,
     tls_failures: AtomicU64,
     healthy: AtomicBool,
@@ -157,6 +158,12 @@ impl Upstream {
     /// servers. For [`reset`], accepted connections.
     pub fn hits(&self) -> u64 {
         self.counters.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far (by the hyper-based servers), to see
+    /// whether a client reuses keep-alive connections.
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::SeqCst)
     }
 
     /// `GET /healthz` requests answered so far by a ready-made server.
@@ -477,6 +484,7 @@ impl Counters {
     fn new() -> Arc<Counters> {
         Arc::new(Counters {
             hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -545,6 +553,7 @@ fn serve(wire: Wire, health_endpoint: bool, handler: DynHandler) -> Upstream {
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    task_counters.connections.fetch_add(1, Ordering::SeqCst);
                     connections.spawn(accept_connection(
                         stream,
                         wire.clone(),

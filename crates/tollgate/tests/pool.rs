@@ -1,0 +1,90 @@
+//! The HTTP/1.1 upstream pool: keep-alive reuse, connections the upstream
+//! closes, idle expiry, and growth under concurrency.
+
+mod common;
+
+use std::time::Duration;
+
+use tollgate_testkit::{body, http, upstream, Upstream};
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_connection() {
+    let up = upstream::echo("a");
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..50 {
+        assert_eq!(client.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(up.hits(), 50);
+    assert_eq!(up.connections(), 1, "keep-alive connections are reused");
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closes_are_not_reused() {
+    // Every answer says `Connection: close`; hyper's server then closes the socket.
+    let up = Upstream::start(|_req| async {
+        http::Response::builder()
+            .header("connection", "close")
+            .body(body::full("bye"))
+            .unwrap()
+    });
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..20 {
+        let res = client.get(gw.url("/")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), "bye");
+    }
+    assert_eq!(up.hits(), 20);
+    assert_eq!(up.connections(), 20);
+}
+
+#[tokio::test]
+async fn idle_connections_expire_after_timeouts_idle() {
+    let up = upstream::echo("a");
+    let config = common::simple(&[up.url()], "", ", timeouts: { idle: 200ms }");
+    let gw = common::gateway().config(&config).start().await;
+    let client = gw.client();
+    assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(up.connections(), 1);
+    // The scenario is the passing of time itself: outlive the idle timeout.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        up.connections(),
+        2,
+        "an expired idle connection is not reused"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_open_connections_then_reuse_them() {
+    let up = upstream::slow(Duration::from_millis(300));
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+    let client = gw.client();
+    let burst: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(client.get(gw.url("/")).send()))
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(up.connections(), 8, "one connection per request in flight");
+    for _ in 0..5 {
+        assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        up.connections(),
+        8,
+        "finished connections went back to the pool"
+    );
+}
