@@ -49,24 +49,43 @@ pub struct Listeners {
     pub tls: Option<TcpListener>,
 }
 
+/// A data plane whose first snapshot compiled, not yet serving: lets the
+/// caller refuse a bad configuration before it creates anything on disk.
+pub struct CompiledDataPlane {
+    snapshot: Arc<Snapshot>,
+    registries: snapshot::Registries,
+    tls: Option<Arc<tls::SniResolver>>,
+}
+
+impl CompiledDataPlane {
+    /// Starts health checks and the pipeline. Must run inside a tokio runtime.
+    pub fn start(self, access_log: AccessLog) -> DataPlane {
+        let health = health::HealthChecker::default();
+        health.reconcile(&self.snapshot);
+        // Exported from the start, so that /metrics shows 0 rather than no series.
+        metrics::counter!(tollgate_telemetry::metrics::ACCESS_LOG_DROPPED).increment(0);
+        metrics::gauge!(tollgate_telemetry::metrics::ACTIVE_CONNECTIONS).increment(0.0);
+        DataPlane {
+            proxy: Arc::new(Proxy::new(self.snapshot, access_log)),
+            registries: self.registries,
+            health,
+            tls: self.tls,
+        }
+    }
+}
+
 impl DataPlane {
-    /// Compiles the first snapshot. Must run inside a tokio runtime (health checks start here).
-    pub fn new(config: Arc<Config>, access_log: AccessLog) -> Result<DataPlane, Vec<ConfigError>> {
+    /// Compiles the first snapshot and loads the TLS certificates.
+    pub fn compile(config: Arc<Config>) -> Result<CompiledDataPlane, Vec<ConfigError>> {
         let registries = snapshot::Registries::default();
         let snapshot = Arc::new(Snapshot::compile(config.clone(), &registries)?);
         let tls = match &config.listen.tls {
             Some(settings) => Some(tls::SniResolver::load(&settings.certificates)?),
             None => None,
         };
-        let health = health::HealthChecker::default();
-        health.reconcile(&snapshot);
-        // Exported from the start, so that /metrics shows 0 rather than no series.
-        metrics::counter!(tollgate_telemetry::metrics::ACCESS_LOG_DROPPED).increment(0);
-        metrics::gauge!(tollgate_telemetry::metrics::ACTIVE_CONNECTIONS).increment(0.0);
-        Ok(DataPlane {
-            proxy: Arc::new(Proxy::new(snapshot, access_log)),
+        Ok(CompiledDataPlane {
+            snapshot,
             registries,
-            health,
             tls,
         })
     }

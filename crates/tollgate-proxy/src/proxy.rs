@@ -88,7 +88,7 @@ impl Proxy {
             metrics: None,
             target: None,
         });
-        match self.forward(&snapshot, conn, finisher, req).await {
+        match self.forward(&snapshot, conn, trusted, finisher, req).await {
             Ok(response) => response,
             Err((error, finisher)) => {
                 let mut response = error_response(&error, finisher);
@@ -107,6 +107,7 @@ impl Proxy {
         &self,
         snapshot: &Snapshot,
         conn: &ConnInfo,
+        trusted: bool,
         mut fin: Box<RecordFinisher>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Failure> {
@@ -212,7 +213,7 @@ impl Proxy {
             &mut parts.headers,
             &ForwardInfo {
                 peer: &conn.peer_forms,
-                trusted_peer: snapshot.is_trusted(conn.peer.ip()),
+                trusted_peer: trusted,
                 tls: conn.tls,
                 host: host_header,
             },
@@ -230,8 +231,9 @@ impl Proxy {
         }
 
         let has_body = !http_body::Body::is_end_stream(&body);
-        let stats = Arc::new(RequestStats::default());
-        fin.stats = Some(stats.clone());
+        // Only a request with a body has anything to count or limit.
+        let request_stats = has_body.then(|| Arc::new(RequestStats::default()));
+        fin.stats = request_stats.clone();
         let mut body = has_body.then_some(body);
         let attempts = if !has_body && is_idempotent(&parts.method) {
             1 + service.retries
@@ -272,11 +274,11 @@ impl Proxy {
             if pooled && !(api.preserve_host && headers.contains_key(header::HOST)) {
                 headers.insert(header::HOST, target.host_header.clone());
             }
-            let request_body = match body.take() {
-                Some(incoming) => {
+            let request_body = match (body.take(), &request_stats) {
+                (Some(incoming), Some(stats)) => {
                     RequestBody::streaming(incoming, stats.clone(), snapshot.max_body)
                 }
-                None => RequestBody::empty(),
+                _ => RequestBody::empty(),
             };
             let mut upstream_request = Request::new(request_body);
             *upstream_request.method_mut() = parts.method.clone();
@@ -306,37 +308,29 @@ impl Proxy {
                         pooled,
                     ));
                 }
-                Ok(Err(SendError::Connect(error))) => {
+                Ok(Err(failure)) => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    target.record_failure(&service.passive);
-                    tracing::debug!(target = %target.url, %error, "upstream connect failed");
-                    last_error = Some(GatewayError::upstream_unavailable(format!(
-                        "cannot connect to the upstream of service {}",
-                        service.name
-                    )));
-                    continue;
-                }
-                Ok(Err(SendError::Failed(error))) => {
-                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    if stats.too_large.load(Ordering::Relaxed) {
+                    // The client's own body failing is no fault of the target.
+                    let stats = request_stats.as_deref();
+                    if stats.is_some_and(|s| s.too_large.load(Ordering::Relaxed)) {
                         fail!(GatewayError::payload_too_large(format!(
                             "the request body exceeds {} bytes",
                             snapshot.max_body
                         ))
                         .closing());
                     }
-                    if stats.client_error.load(Ordering::Relaxed) {
+                    if stats.is_some_and(|s| s.client_error.load(Ordering::Relaxed)) {
                         fail!(
                             GatewayError::bad_request("the request body could not be read")
                                 .closing()
                         );
                     }
                     target.record_failure(&service.passive);
-                    tracing::debug!(target = %target.url, %error, "upstream request failed");
-                    fail!(GatewayError::upstream_error(format!(
-                        "the upstream of service {} failed to answer",
-                        service.name
-                    )));
+                    let error = failure.classify(service);
+                    if !error.retryable {
+                        fail!(error);
+                    }
+                    last_error = Some(error);
                 }
                 Err(_elapsed) => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -584,6 +578,29 @@ enum SendError {
     Connect(String),
     /// The exchange broke after the request was (perhaps partly) sent.
     Failed(String),
+}
+
+impl SendError {
+    /// The gateway's answer for this failure; its `retryable` decides whether
+    /// another target is tried.
+    fn classify(self, service: &ServiceRuntime) -> GatewayError {
+        match self {
+            SendError::Connect(error) => {
+                tracing::debug!(service = %service.name, %error, "upstream connect failed");
+                GatewayError::upstream_unavailable(format!(
+                    "cannot connect to the upstream of service {}",
+                    service.name
+                ))
+            }
+            SendError::Failed(error) => {
+                tracing::debug!(service = %service.name, %error, "upstream request failed");
+                GatewayError::upstream_error(format!(
+                    "the upstream of service {} failed to answer",
+                    service.name
+                ))
+            }
+        }
+    }
 }
 
 /// Sends one request to one target: through the HTTP/1.1 pool, or the general client.

@@ -176,8 +176,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
 
     // Refuse a configuration that cannot compile (unreadable CA files and the
     // like) before anything is created on disk.
-    tollgate_proxy::Snapshot::compile(config.clone(), &Default::default())
-        .map_err(invalid_config)?;
+    let compiled = DataPlane::compile(config.clone()).map_err(invalid_config)?;
 
     let store = tollgate_store::SqliteStore::open(&config.storage.database)
         .with_context(|| format!("cannot open the database {}", config.storage.database))?;
@@ -196,16 +195,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         sinks,
     );
 
-    let data_plane = DataPlane::new(config.clone(), access_log.clone()).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid configuration:\n{}",
-            errors
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let data_plane = compiled.start(access_log.clone());
     let data_plane = Arc::new(data_plane);
 
     let proxy_listener = tollgate_proxy::server::bind(config.listen.proxy)
