@@ -88,3 +88,53 @@ async fn concurrent_requests_open_connections_then_reuse_them() {
         "finished connections went back to the pool"
     );
 }
+
+/// An upstream whose accept queue is full never completes a TCP handshake:
+/// the connect timeout, not the response timeout, ends the attempt.
+#[tokio::test]
+async fn connect_timeout_ends_a_hanging_connect() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (never accepted) until a connect no longer completes.
+    let mut held = Vec::new();
+    let mut hangs = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => {
+                hangs = true;
+                break;
+            }
+        }
+    }
+    assert!(hangs, "could not fill the accept queue of {addr}");
+
+    let config = common::simple(
+        &[format!("http://{addr}")],
+        "",
+        ", timeouts: { connect: 300ms, response: 10s }",
+    );
+    let gw = common::gateway().config(&config).start().await;
+    let started = std::time::Instant::now();
+    let res = gw.client().get(gw.url("/")).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(res.status(), 502);
+    let body: tollgate_testkit::serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "gave up before the connect timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "waited for more than the connect timeout: {elapsed:?}"
+    );
+    drop(listener);
+}
