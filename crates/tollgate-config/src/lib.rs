@@ -6,16 +6,23 @@
 //! path it is about (`apis[2].match.paths[0]: must start with '/'`) and
 //! validation returns all errors at once, not the first.
 
+pub mod identity;
 pub mod model;
 pub mod pattern;
+pub mod policy;
+pub mod secret;
 pub mod units;
 mod validate;
+mod validate_security;
 
 use std::fmt;
 use std::path::Path;
 
+pub use identity::*;
 pub use model::*;
 pub use pattern::{HostPattern, PathPattern, Segment};
+pub use policy::*;
+pub use secret::Secret;
 pub use units::{Duration, Size};
 
 /// One problem in a configuration, with the field it is about.
@@ -66,6 +73,11 @@ pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
     } else {
         Err(errors)
     }
+}
+
+/// What loads but deserves a warning (secrets written as literals), with field paths.
+pub fn warnings(config: &Config) -> Vec<ConfigError> {
+    validate_security::warnings(config)
 }
 
 /// Reads, parses and validates a YAML file.

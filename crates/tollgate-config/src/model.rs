@@ -13,6 +13,10 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::identity::{
+    Consumer, IdentityProvider, OAuth2Server, Subscription, SubscriptionMode, Team,
+};
+use crate::policy::Policies;
 use crate::units::{Duration, Size};
 
 /// One YAML document: the node's settings and its resources.
@@ -33,6 +37,19 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before the process exits.
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: Duration,
+    /// Global policies; a service's or an API's own replace them one by one.
+    #[serde(default, skip_serializing_if = "Policies::is_empty")]
+    pub policies: Policies,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<Team>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_providers: Vec<IdentityProvider>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_server: Option<OAuth2Server>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -73,6 +90,10 @@ pub struct TlsListen {
     /// `Strict-Transport-Security` max-age sent on TLS responses; absent means no header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<Duration>,
+    /// PEM file of CAs that client certificates (the `mtls` auth method) must chain to.
+    /// Without it the listener asks for no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -143,7 +164,14 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// `approval`: only consumers with an approved subscription may call its APIs.
+    #[serde(default)]
+    pub subscription: SubscriptionMode,
     pub upstream: Upstream,
+    #[serde(default, skip_serializing_if = "Policies::is_empty")]
+    pub policies: Policies,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -314,6 +342,8 @@ pub struct Api {
     /// Send the client's `Host` upstream instead of the target's.
     #[serde(default)]
     pub preserve_host: bool,
+    #[serde(default, skip_serializing_if = "Policies::is_empty")]
+    pub policies: Policies,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

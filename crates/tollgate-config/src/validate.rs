@@ -180,6 +180,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
             }
         }
     }
+    crate::validate_security::validate(config, &mut err);
     errors
 }
 

@@ -1,0 +1,39 @@
+//! Who a request is, once authenticated.
+
+use std::sync::Arc;
+
+use tollgate_config::AuthMethod;
+
+/// A consumer as the hot path needs it, built once per snapshot.
+#[derive(Debug)]
+pub struct ConsumerInfo {
+    pub name: Arc<str>,
+    pub team: Option<Arc<str>>,
+    pub groups: Vec<Arc<str>>,
+    /// False for a token subject that no `consumers:` entry declares: such an
+    /// identity is authenticated but belongs to no team or group.
+    pub registered: bool,
+}
+
+impl ConsumerInfo {
+    /// An identity vouched for by a trusted token issuer but not declared here.
+    pub fn unregistered(name: &str) -> ConsumerInfo {
+        ConsumerInfo {
+            name: name.into(),
+            team: None,
+            groups: Vec::new(),
+            registered: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub consumer: Arc<ConsumerInfo>,
+    pub method: AuthMethod,
+    /// The verified token's claims (jwt, introspection).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Granted scopes for token identities; `None` for keys, basic and mTLS,
+    /// which per-method scope rules do not apply to.
+    pub scopes: Option<Arc<[String]>>,
+}
