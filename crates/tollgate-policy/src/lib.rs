@@ -11,11 +11,13 @@
 //! (memory on one node), and remote key sets and introspection answers are cached.
 
 pub mod acl;
+pub mod auth;
 pub mod basic;
 pub mod cors;
 pub mod counters;
 pub mod credentials;
 pub mod denial;
+pub mod engine;
 pub mod headers;
 pub mod identity;
 pub mod introspection;
@@ -28,4 +30,5 @@ pub mod rate_limit;
 pub mod validate;
 
 pub use denial::Denial;
+pub use engine::{compile, ApiPolicies, CompiledPolicies, PolicyRegistries, Security};
 pub use identity::{ConsumerInfo, Identity};

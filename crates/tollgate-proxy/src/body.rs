@@ -38,6 +38,8 @@ pub enum RequestBodyError {
 
 /// The body sent upstream: the client's, counted and limited, or nothing.
 pub struct RequestBody {
+    /// A body read whole before forwarding (a policy had to look at it).
+    full: Option<Bytes>,
     inner: Option<Incoming>,
     stats: Option<Arc<RequestStats>>,
     limit: u64,
@@ -47,6 +49,7 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody {
+            full: None,
             inner: None,
             stats: None,
             limit: 0,
@@ -56,12 +59,46 @@ impl RequestBody {
 
     pub fn streaming(inner: Incoming, stats: Arc<RequestStats>, limit: u64) -> RequestBody {
         RequestBody {
+            full: None,
             inner: Some(inner),
             stats: Some(stats),
             limit,
             seen: 0,
         }
     }
+
+    /// A body already read (and counted) by the pipeline.
+    pub fn full(bytes: Bytes) -> RequestBody {
+        RequestBody {
+            full: (!bytes.is_empty()).then_some(bytes),
+            inner: None,
+            stats: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+/// Reads a request body whole, refusing it past `limit` bytes.
+pub async fn read_limited(
+    body: Incoming,
+    limit: u64,
+    stats: &RequestStats,
+) -> Result<Bytes, RequestBodyError> {
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.inspect_err(|_| stats.client_error.store(true, Ordering::Relaxed))?;
+        if let Some(data) = frame.data_ref() {
+            if (out.len() + data.len()) as u64 > limit {
+                stats.too_large.store(true, Ordering::Relaxed);
+                return Err(RequestBodyError::TooLarge(limit));
+            }
+            out.extend_from_slice(data);
+            stats.bytes_in.store(out.len() as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(out.freeze())
 }
 
 impl Body for RequestBody {
@@ -73,6 +110,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(full) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(full))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -107,10 +147,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.full.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(full) = &self.full {
+            return SizeHint::with_exact(full.len() as u64);
+        }
         match &self.inner {
             Some(b) => b.size_hint(),
             None => SizeHint::with_exact(0),

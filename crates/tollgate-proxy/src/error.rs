@@ -18,6 +18,8 @@ pub enum ErrorSource {
     Upstream,
     /// The gateway itself.
     Internal,
+    /// A security policy refused the request (recorded as `outcome: denied`).
+    Policy,
 }
 
 #[derive(Clone, Debug)]
@@ -30,8 +32,10 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// Close the client connection after answering (framing errors).
     pub close: bool,
-    /// One more header for the answer, like `Allow` on a 405.
-    pub extra_header: Option<(http::HeaderName, HeaderValue)>,
+    /// More headers for the answer, like `Allow` on a 405 or `WWW-Authenticate` on a 401.
+    pub extra_headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// More members of the JSON error object (a failing schema path, …).
+    pub details: Option<serde_json::Value>,
 }
 
 macro_rules! constructors {
@@ -47,7 +51,8 @@ macro_rules! constructors {
                         retryable: $retry,
                         message: message.into(),
                         close: false,
-                        extra_header: None,
+                        extra_headers: Vec::new(),
+                        details: None,
                     }
                 }
             )*
@@ -78,19 +83,23 @@ impl GatewayError {
 
     /// Adds a header to the answer.
     pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
-        self.extra_header = Some((name, value));
+        self.extra_headers.push((name, value));
         self
     }
 
-    /// The JSON body: `{"error":{"code":…,"message":…,"request_id":…}}`.
+    /// The JSON body: `{"error":{"code":…,"message":…,"request_id":…}}`, plus
+    /// the details' members (which cannot replace those three).
     pub fn body(&self, request_id: &str) -> Bytes {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "request_id": request_id,
+        let mut error = serde_json::Map::new();
+        if let Some(serde_json::Value::Object(details)) = &self.details {
+            for (key, value) in details {
+                error.insert(key.clone(), value.clone());
             }
-        });
+        }
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.as_ref().into());
+        error.insert("request_id".into(), request_id.into());
+        let body = serde_json::json!({ "error": error });
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
@@ -112,10 +121,30 @@ impl GatewayError {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some((name, value)) = &self.extra_header {
-            headers.insert(name.clone(), value.clone());
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        for (name, value) in &self.extra_headers {
+            headers.append(name.clone(), value.clone());
         }
         (response.into_parts().0, body)
+    }
+}
+
+/// A policy's refusal keeps its code, status, headers and details.
+impl From<tollgate_policy::Denial> for GatewayError {
+    fn from(denial: tollgate_policy::Denial) -> Self {
+        GatewayError {
+            code: denial.code,
+            status: denial.status,
+            source: ErrorSource::Policy,
+            retryable: false,
+            message: denial.message,
+            close: false,
+            extra_headers: denial.headers,
+            details: denial.details,
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct DataPlane {
     registries: snapshot::Registries,
     health: health::HealthChecker,
     tls: Option<Arc<tls::SniResolver>>,
+    /// Roots client certificates must chain to; the TLS listener asks for one when set.
+    client_ca: Option<Arc<rustls::RootCertStore>>,
 }
 
 /// The listeners the data plane serves, bound by the caller.
@@ -55,6 +57,7 @@ pub struct CompiledDataPlane {
     snapshot: Arc<Snapshot>,
     registries: snapshot::Registries,
     tls: Option<Arc<tls::SniResolver>>,
+    client_ca: Option<Arc<rustls::RootCertStore>>,
 }
 
 impl CompiledDataPlane {
@@ -70,23 +73,40 @@ impl CompiledDataPlane {
             registries: self.registries,
             health,
             tls: self.tls,
+            client_ca: self.client_ca,
         }
     }
 }
 
 impl DataPlane {
     /// Compiles the first snapshot and loads the TLS certificates.
-    pub fn compile(config: Arc<Config>) -> Result<CompiledDataPlane, Vec<ConfigError>> {
-        let registries = snapshot::Registries::default();
+    pub fn compile(
+        config: Arc<Config>,
+        policy: tollgate_policy::PolicyRegistries,
+    ) -> Result<CompiledDataPlane, Vec<ConfigError>> {
+        let registries = snapshot::Registries::new(policy);
         let snapshot = Arc::new(Snapshot::compile(config.clone(), &registries)?);
         let tls = match &config.listen.tls {
             Some(settings) => Some(tls::SniResolver::load(&settings.certificates)?),
+            None => None,
+        };
+        let client_ca = match config
+            .listen
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca.as_ref())
+        {
+            Some(path) => Some(
+                tls::load_client_roots(path)
+                    .map_err(|message| vec![ConfigError::new("listen.tls.client_ca", message)])?,
+            ),
             None => None,
         };
         Ok(CompiledDataPlane {
             snapshot,
             registries,
             tls,
+            client_ca,
         })
     }
 
@@ -140,7 +160,7 @@ impl DataPlane {
             shutdown.clone(),
         )));
         if let (Some(listener), Some(resolver)) = (listeners.tls, &self.tls) {
-            match tls::server_config(resolver.clone()) {
+            match tls::server_config(resolver.clone(), self.client_ca.clone()) {
                 Ok(config) => accept_loops.push(tokio::spawn(server::serve(
                     listener,
                     Some(tokio_rustls::TlsAcceptor::from(config)),

@@ -20,7 +20,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
-use crate::body::{PooledSender, RecordFinisher, RequestBody, RequestStats, ResponseBody};
+use bytes::Bytes;
+use tollgate_policy::cors::Cors;
+use tollgate_policy::credentials::ClientCert;
+use tollgate_policy::rate_limit::RateLimitStatus;
+use tollgate_policy::{ApiPolicies, Denial, Identity};
+
+use crate::body::{
+    read_limited, PooledSender, RecordFinisher, RequestBody, RequestBodyError, RequestStats,
+    ResponseBody,
+};
 use crate::error::GatewayError;
 use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
 use crate::normalize::normalize_path;
@@ -35,6 +44,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's address as forwarding headers write it.
     pub peer_forms: forwarding::PeerForms,
+    /// The client certificate, verified against `listen.tls.client_ca`.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 impl ConnInfo {
@@ -43,6 +54,7 @@ impl ConnInfo {
             peer,
             tls,
             peer_forms: forwarding::PeerForms::new(peer.ip()),
+            client_cert: None,
         }
     }
 }
@@ -54,6 +66,19 @@ pub struct Proxy {
 }
 
 type Failure = (GatewayError, Box<RecordFinisher>);
+
+/// The gateway's own OAuth2 endpoints, answered on the proxy listener before routing.
+const TOKEN_PATH: &str = "/oauth2/token";
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Largest token request body read.
+const TOKEN_BODY_LIMIT: u64 = 16 * 1024;
+
+/// What the response phase needs from the request phases.
+struct Applied<'a> {
+    policies: Option<&'a ApiPolicies>,
+    origin: Option<HeaderValue>,
+    rate_limit: Option<RateLimitStatus>,
+}
 
 impl Proxy {
     pub fn new(snapshot: Arc<Snapshot>, access_log: AccessLog) -> Proxy {
@@ -167,12 +192,45 @@ impl Proxy {
             Err(e) => fail!(GatewayError::bad_request(e.message())),
         };
 
-        let found = snapshot.router.lookup(&RouteRequest {
-            host: &fin.record.host,
-            path: &path,
-            method: req.method(),
-            headers: req.headers(),
-        });
+        if let Some(issuer) = &snapshot.security.issuer {
+            if path == TOKEN_PATH || path == JWKS_PATH {
+                return Ok(oauth2_endpoint(issuer, &path, req, fin).await);
+            }
+        }
+
+        // A CORS preflight is routed by the method it asks about, and answered
+        // by the API's `cors` policy when it has one.
+        let preflight_method = (req.method() == Method::OPTIONS
+            && Cors::is_preflight(req.method(), req.headers()))
+        .then(|| {
+            req.headers()
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        })
+        .flatten();
+        let lookup = |method: &Method| {
+            snapshot.router.lookup(&RouteRequest {
+                host: &fin.record.host,
+                path: &path,
+                method,
+                headers: req.headers(),
+            })
+        };
+        let mut found = lookup(preflight_method.as_ref().unwrap_or(req.method()));
+        let mut preflight = false;
+        if preflight_method.is_some() {
+            match found {
+                RouteMatch::Found { api }
+                    if snapshot.apis[api]
+                        .policies
+                        .as_ref()
+                        .is_some_and(|p| p.cors.is_some()) =>
+                {
+                    preflight = true
+                }
+                _ => found = lookup(req.method()),
+            }
+        }
         let api_index = match found {
             RouteMatch::Found { api } => api,
             RouteMatch::MethodNotAllowed { allow } => {
@@ -200,11 +258,88 @@ impl Proxy {
         fin.record.service = Some(service.name.clone());
         fin.metrics = Some(api.metrics.clone());
 
+        // Only the gateway says who the caller is.
+        tollgate_policy::engine::remove_identity_headers(req.headers_mut());
+        let policies = api.policies.as_deref();
+        let mut identity: Option<Identity> = None;
+        let mut applied = Applied {
+            policies,
+            origin: req.headers().get(header::ORIGIN).cloned(),
+            rate_limit: None,
+        };
+        let mut max_body = snapshot.max_body;
+        macro_rules! deny {
+            ($denial:expr) => {
+                fail!(denied($denial, &applied))
+            };
+        }
+        if let Some(policies) = policies {
+            if let Some(ip) = &policies.ip {
+                if let Err(denial) = ip.check(fin.record.client_ip) {
+                    deny!(denial);
+                }
+            }
+            if preflight {
+                if let Some(cors) = &policies.cors {
+                    match cors.preflight(req.headers()) {
+                        Ok(headers) => return Ok(preflight_response(headers, fin)),
+                        Err(denial) => deny!(denial),
+                    }
+                }
+            }
+            let (mut parts, body) = req.into_parts();
+            let authorized = policies
+                .authorize(&snapshot.security, &mut parts, conn.client_cert.as_deref())
+                .await;
+            req = Request::from_parts(parts, body);
+            match authorized {
+                Ok(found) => identity = found,
+                Err(denial) => deny!(denial),
+            }
+            if let Some(identity) = &identity {
+                fin.record.consumer = Some(identity.consumer.name.clone());
+            }
+            match policies
+                .limit(
+                    &snapshot.security,
+                    identity.as_ref(),
+                    fin.record.client_ip,
+                    req.headers(),
+                )
+                .await
+            {
+                Ok(status) => applied.rate_limit = status,
+                Err(denial) => deny!(denial),
+            }
+            if let Some(limit) = policies.max_body {
+                max_body = max_body.min(limit);
+                if content_length(req.headers())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| n > limit)
+                {
+                    deny!(Denial::payload_too_large(format!(
+                        "the request body exceeds {limit} bytes"
+                    )));
+                }
+            }
+        }
+        let body_limit_error = |limit: u64| {
+            let message = format!("the request body exceeds {limit} bytes");
+            if limit < snapshot.max_body {
+                denied(Denial::payload_too_large(message), &applied).closing()
+            } else {
+                GatewayError::payload_too_large(message).closing()
+            }
+        };
+
         let upstream_path = strip_prefix(&path, api.strip_prefix.as_deref());
         let is_upgrade = is_upgrade_request(&req);
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let query = uri.query();
+        // The auth policy may have taken its credential out of the query.
+        let query_uri = parts.uri.clone();
+        let query = query_uri.query();
 
         forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
         // Room for the headers added below, so the map grows at most once.
@@ -222,6 +357,9 @@ impl Proxy {
             .headers
             .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
         forwarding::ensure_traceparent(&mut parts.headers);
+        if let Some(policies) = policies {
+            policies.transform_request(&mut parts.headers, identity.as_ref());
+        }
         if api.preserve_host && !host_header.is_empty() {
             if let Ok(value) = HeaderValue::from_str(host_header) {
                 parts.headers.insert(header::HOST, value);
@@ -235,7 +373,32 @@ impl Proxy {
         let request_stats = has_body.then(|| Arc::new(RequestStats::default()));
         fin.stats = request_stats.clone();
         let mut body = has_body.then_some(body);
-        let attempts = if !has_body && is_idempotent(&parts.method) {
+        // A body a policy must read is read whole (within its bound) before anything is sent.
+        let mut buffered: Option<Bytes> = None;
+        if let Some(validator) = policies
+            .filter(|p| p.buffers_body(&parts.method))
+            .and_then(|p| p.validator.as_ref())
+        {
+            let bytes = match (body.take(), &request_stats) {
+                (Some(incoming), Some(stats)) => {
+                    match read_limited(incoming, max_body, stats).await {
+                        Ok(bytes) => bytes,
+                        Err(RequestBodyError::TooLarge(limit)) => fail!(body_limit_error(limit)),
+                        Err(RequestBodyError::Client(_)) => fail!(GatewayError::bad_request(
+                            "the request body could not be read"
+                        )
+                        .closing()),
+                    }
+                }
+                _ => Bytes::new(),
+            };
+            if let Err(denial) = validator.validate(parts.headers.get(header::CONTENT_TYPE), &bytes)
+            {
+                deny!(denial);
+            }
+            buffered = Some(bytes);
+        }
+        let attempts = if (!has_body || buffered.is_some()) && is_idempotent(&parts.method) {
             1 + service.retries
         } else {
             1
@@ -274,9 +437,10 @@ impl Proxy {
             if pooled && !(api.preserve_host && headers.contains_key(header::HOST)) {
                 headers.insert(header::HOST, target.host_header.clone());
             }
-            let request_body = match (body.take(), &request_stats) {
-                (Some(incoming), Some(stats)) => {
-                    RequestBody::streaming(incoming, stats.clone(), snapshot.max_body)
+            let request_body = match (&buffered, body.take(), &request_stats) {
+                (Some(bytes), _, _) => RequestBody::full(bytes.clone()),
+                (None, Some(incoming), Some(stats)) => {
+                    RequestBody::streaming(incoming, stats.clone(), max_body)
                 }
                 _ => RequestBody::empty(),
             };
@@ -306,6 +470,7 @@ impl Proxy {
                         fin,
                         client_upgrade,
                         pooled,
+                        &applied,
                     ));
                 }
                 Ok(Err(failure)) => {
@@ -313,11 +478,7 @@ impl Proxy {
                     // The client's own body failing is no fault of the target.
                     let stats = request_stats.as_deref();
                     if stats.is_some_and(|s| s.too_large.load(Ordering::Relaxed)) {
-                        fail!(GatewayError::payload_too_large(format!(
-                            "the request body exceeds {} bytes",
-                            snapshot.max_body
-                        ))
-                        .closing());
+                        fail!(body_limit_error(max_body));
                     }
                     if stats.is_some_and(|s| s.client_error.load(Ordering::Relaxed)) {
                         fail!(
@@ -360,6 +521,7 @@ fn respond(
     mut fin: Box<RecordFinisher>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pooled: Option<PooledSender>,
+    applied: &Applied<'_>,
 ) -> Response<ResponseBody> {
     let status = response.status();
     fin.record.status = status.as_u16();
@@ -384,6 +546,16 @@ fn respond(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
+    if let Some(policies) = applied.policies {
+        policies.transform_response(applied.origin.as_ref(), &mut parts.headers);
+    }
+    if let Some(status) = &applied.rate_limit {
+        status.apply(&mut parts.headers);
+    }
+    parts
+        .headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     if conn.tls {
         if let Some(hsts) = &snapshot.hsts {
             parts
@@ -431,9 +603,103 @@ pub fn error_response(
     mut fin: Box<RecordFinisher>,
 ) -> Response<ResponseBody> {
     fin.record.status = error.status.as_u16();
-    fin.record.outcome = Outcome::Error;
+    fin.record.outcome = if error.source == crate::error::ErrorSource::Policy {
+        Outcome::Denied
+    } else {
+        Outcome::Error
+    };
     fin.record.reason = Some(error.code);
     let (parts, body) = error.into_response_parts(&fin.record.request_id);
+    Response::from_parts(parts, ResponseBody::full(body, Some(fin)))
+}
+
+/// A policy's refusal, with the CORS headers a browser needs to read it.
+fn denied(denial: Denial, applied: &Applied<'_>) -> GatewayError {
+    let mut error = GatewayError::from(denial);
+    if let Some(policies) = applied.policies {
+        let mut headers = http::HeaderMap::new();
+        policies.cors_headers(applied.origin.as_ref(), &mut headers);
+        for (name, value) in headers.iter() {
+            error.extra_headers.push((name.clone(), value.clone()));
+        }
+    }
+    if let Some(status) = &applied.rate_limit {
+        let mut headers = http::HeaderMap::new();
+        status.apply(&mut headers);
+        for (name, value) in headers.iter() {
+            if !error.extra_headers.iter().any(|(n, _)| n == name) {
+                error.extra_headers.push((name.clone(), value.clone()));
+            }
+        }
+    }
+    error
+}
+
+/// The answer to an allowed CORS preflight: 204 with the policy's headers.
+fn preflight_response(
+    headers: http::HeaderMap,
+    mut fin: Box<RecordFinisher>,
+) -> Response<ResponseBody> {
+    fin.record.status = 204;
+    fin.record.outcome = Outcome::Allowed;
+    let request_id = fin.request_id_header.clone();
+    let mut response = Response::new(ResponseBody::full(Bytes::new(), Some(fin)));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
+/// `POST /oauth2/token` and `GET /.well-known/jwks.json`.
+async fn oauth2_endpoint(
+    issuer: &tollgate_policy::oauth2::TokenIssuer,
+    path: &str,
+    req: Request<Incoming>,
+    mut fin: Box<RecordFinisher>,
+) -> Response<ResponseBody> {
+    let method = req.method().clone();
+    let (response, consumer) = if path == JWKS_PATH {
+        if method != Method::GET && method != Method::HEAD {
+            let error = GatewayError::method_not_allowed("use GET")
+                .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return error_response(&error, fin);
+        }
+        (issuer.jwks_response(), None)
+    } else {
+        if method != Method::POST {
+            let error = GatewayError::method_not_allowed("use POST")
+                .with_header(header::ALLOW, HeaderValue::from_static("POST"));
+            return error_response(&error, fin);
+        }
+        let (parts, body) = req.into_parts();
+        let stats = RequestStats::default();
+        let bytes = match read_limited(body, TOKEN_BODY_LIMIT, &stats).await {
+            Ok(bytes) => bytes,
+            Err(RequestBodyError::TooLarge(_)) => {
+                let error = GatewayError::payload_too_large("the token request is too large");
+                return error_response(&error, fin);
+            }
+            Err(RequestBodyError::Client(_)) => {
+                let error = GatewayError::bad_request("the request body could not be read");
+                return error_response(&error.closing(), fin);
+            }
+        };
+        fin.record.bytes_in = bytes.len() as u64;
+        issuer.token_response(&parts.headers, &bytes)
+    };
+    let (mut parts, body) = response.into_parts();
+    fin.record.status = parts.status.as_u16();
+    fin.record.consumer = consumer;
+    (fin.record.outcome, fin.record.reason) = match parts.status.as_u16() {
+        200..=299 => (Outcome::Allowed, None),
+        401 => (Outcome::Denied, Some("invalid_credentials")),
+        _ => (Outcome::Denied, Some("bad_request")),
+    };
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
     Response::from_parts(parts, ResponseBody::full(body, Some(fin)))
 }
 

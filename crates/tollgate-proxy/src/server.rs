@@ -88,14 +88,21 @@ pub async fn serve(
             metrics::gauge!(names::ACTIVE_CONNECTIONS).increment(1.0);
             match tls {
                 None => {
-                    serve_connection(stream, peer, false, proxy, &builder, &limits, watcher).await
+                    let conn = ConnInfo::new(peer, false);
+                    serve_connection(stream, conn, proxy, &builder, &limits, watcher).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, true, proxy, &builder, &limits, watcher)
-                                .await
+                            let mut conn = ConnInfo::new(peer, true);
+                            conn.client_cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|der| Arc::new(crate::tls::client_cert(der)));
+                            serve_connection(stream, conn, proxy, &builder, &limits, watcher).await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -128,8 +135,7 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
 
 async fn serve_connection<S>(
     stream: S,
-    peer: SocketAddr,
-    tls: bool,
+    conn: ConnInfo,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnectionLimits,
@@ -137,7 +143,8 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(ConnInfo::new(peer, tls));
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
     let service = {
         let proxy = proxy.clone();
         let conn = conn.clone();

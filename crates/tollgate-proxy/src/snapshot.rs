@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use metrics::{Counter, Histogram};
 use tollgate_config::{Config, ConfigError, PassiveHealth, UpstreamProtocol};
+use tollgate_policy::{ApiPolicies, PolicyRegistries, Security};
 use tollgate_telemetry::metrics as names;
 
 use crate::client::{ClientKey, ClientRegistry, UpstreamClient};
@@ -20,10 +21,21 @@ use crate::router::{RouteSpec, Router};
 use crate::upstream::{Balancer, PickInput, TargetRegistry, TargetState};
 
 /// State that outlives snapshots, keyed by stable names.
-#[derive(Default)]
 pub struct Registries {
     pub targets: TargetRegistry,
     pub clients: ClientRegistry,
+    /// Counters, key caches and the token signing key.
+    pub policy: PolicyRegistries,
+}
+
+impl Registries {
+    pub fn new(policy: PolicyRegistries) -> Registries {
+        Registries {
+            targets: TargetRegistry::default(),
+            clients: ClientRegistry::default(),
+            policy,
+        }
+    }
 }
 
 pub struct Snapshot {
@@ -37,6 +49,8 @@ pub struct Snapshot {
     pub hsts: Option<HeaderValue>,
     /// When set, plain-HTTP requests are redirected to HTTPS on this port.
     pub redirect_https_port: Option<u16>,
+    /// Credential indexes, token verifiers, subscriptions.
+    pub security: Arc<Security>,
     /// The configuration this snapshot was compiled from.
     pub config: Arc<Config>,
 }
@@ -47,6 +61,8 @@ pub struct ApiRuntime {
     pub strip_prefix: Option<String>,
     pub preserve_host: bool,
     pub metrics: Arc<ApiMetrics>,
+    /// `None` when no policy applies: the pipeline then skips every policy phase.
+    pub policies: Option<Arc<ApiPolicies>>,
 }
 
 pub struct ServiceRuntime {
@@ -196,6 +212,13 @@ impl Snapshot {
             services.insert(service.name.clone(), Arc::new(runtime));
         }
 
+        let mut compiled_policies = match tollgate_policy::compile(&config, &registries.policy) {
+            Ok(compiled) => Some(compiled),
+            Err(mut policy_errors) => {
+                errors.append(&mut policy_errors);
+                None
+            }
+        };
         let mut apis = Vec::new();
         let mut specs = Vec::new();
         for (i, api) in config.apis.iter().enumerate() {
@@ -237,11 +260,15 @@ impl Snapshot {
                     .filter(|p| !p.is_empty()),
                 preserve_host: api.preserve_host,
                 metrics: Arc::new(ApiMetrics::new(&api.name)),
+                policies: compiled_policies
+                    .as_mut()
+                    .and_then(|c| c.apis.get_mut(i).and_then(Option::take)),
             });
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        let security = match compiled_policies {
+            Some(compiled) if errors.is_empty() => compiled.security,
+            _ => return Err(errors),
+        };
         let router = Router::new(specs);
         let tls = config.listen.tls.as_ref();
         let snapshot = Snapshot {
@@ -255,6 +282,7 @@ impl Snapshot {
                 HeaderValue::from_str(&format!("max-age={}", d.get().as_secs())).ok()
             }),
             redirect_https_port: tls.filter(|t| t.redirect_http).map(|t| t.addr.port()),
+            security,
             config: config.clone(),
         };
         Ok(snapshot)

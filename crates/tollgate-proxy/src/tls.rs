@@ -71,14 +71,28 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The rustls configuration of the TLS listener.
-pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerConfig>, String> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    client_ca: Option<Arc<rustls::RootCertStore>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        // Asked, not required: APIs without the `mtls` method stay reachable
+        // without a certificate, and the `auth` policy decides per API.
+        Some(roots) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -148,4 +162,33 @@ fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
+}
+
+/// The CA certificates that client certificates must chain to.
+pub fn load_client_roots(path: &std::path::Path) -> Result<Arc<rustls::RootCertStore>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// What the pipeline needs of a verified client certificate.
+pub fn client_cert(der: &[u8]) -> tollgate_policy::credentials::ClientCert {
+    use sha2::Digest;
+    let fingerprint: [u8; 32] = sha2::Sha256::digest(der).into();
+    let subject = x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.subject().to_string())
+        .unwrap_or_default();
+    tollgate_policy::credentials::ClientCert {
+        fingerprint,
+        subject: tollgate_policy::credentials::normalize_subject(&subject),
+    }
 }

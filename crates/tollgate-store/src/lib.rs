@@ -4,6 +4,7 @@
 //! Never used on a request path: the access log thread writes records through
 //! [`SqliteRecordSink`], and the admin API reads them back.
 
+mod counters;
 mod migrations;
 mod sink;
 

@@ -5,28 +5,29 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    // Written by the access log thread on the core the proxy runs on, so
-    // every insert is kept cheap (measure with the `sink_bench` example):
-    //
-    // - `ts` is Unix microseconds (INTEGER): no date formatting per insert,
-    //   and a smaller key for the time indexes.
-    // - Only indexes whose inserts land at their end: `ts` grows with time,
-    //   and `(api, ts)` grows at the end of each API's range.
-    // - No index on `request_id`: request ids are random, and inserts at
-    //   random places in a large index dirty about one page per record, which
-    //   each commit writes to the WAL and each checkpoint again to the
-    //   database. With 2M records in the table, inserts cost ~30 µs a record
-    //   with an index on `request_id`, ~25 µs with one on a 32-bit hash of
-    //   it, ~3 µs with neither.
-    //   Instead `request_id_hash` (FNV-1a, see `sink::request_id_hash`) rides
-    //   at the end of the `ts` index, which stays append-only: a lookup by
-    //   request id scans that index (~25 bytes a record, a sixth of the
-    //   table; ~0.1 s for 2M records) instead of the table, or only a time
-    //   range of it when the time is known. See
-    //   `SqliteStore::access_records_by_request_id`.
-    "CREATE TABLE access_records (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        // Written by the access log thread on the core the proxy runs on, so
+        // every insert is kept cheap (measure with the `sink_bench` example):
+        //
+        // - `ts` is Unix microseconds (INTEGER): no date formatting per insert,
+        //   and a smaller key for the time indexes.
+        // - Only indexes whose inserts land at their end: `ts` grows with time,
+        //   and `(api, ts)` grows at the end of each API's range.
+        // - No index on `request_id`: request ids are random, and inserts at
+        //   random places in a large index dirty about one page per record, which
+        //   each commit writes to the WAL and each checkpoint again to the
+        //   database. With 2M records in the table, inserts cost ~30 µs a record
+        //   with an index on `request_id`, ~25 µs with one on a 32-bit hash of
+        //   it, ~3 µs with neither.
+        //   Instead `request_id_hash` (FNV-1a, see `sink::request_id_hash`) rides
+        //   at the end of the `ts` index, which stays append-only: a lookup by
+        //   request id scans that index (~25 bytes a record, a sixth of the
+        //   table; ~0.1 s for 2M records) instead of the table, or only a time
+        //   range of it when the time is known. See
+        //   `SqliteStore::access_records_by_request_id`.
+        "CREATE TABLE access_records (
         id                  INTEGER PRIMARY KEY,
         ts                  INTEGER NOT NULL, -- Unix microseconds, UTC
         request_id          TEXT    NOT NULL,
@@ -50,7 +51,23 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX access_records_ts ON access_records (ts, request_id_hash);
     CREATE INDEX access_records_api_ts ON access_records (api, ts);",
-)];
+    ),
+    (
+        2,
+        // Quota counts, so that a restart does not hand out a fresh quota.
+        // Written by the gateway's flusher task (about once a second, only
+        // the keys that changed), read once at startup. One row per key and
+        // period: the period is part of the key (`q|<scope>|d2025-03-14|<subject>`),
+        // and `expires_at` is its end; rows of ended periods are deleted as
+        // counts are saved (hence the index).
+        "CREATE TABLE quota_counters (
+            key        TEXT    PRIMARY KEY,
+            expires_at INTEGER NOT NULL, -- Unix seconds, UTC: the end of the period
+            count      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX quota_counters_expires_at ON quota_counters (expires_at);",
+    ),
+];
 
 /// The highest version this build knows.
 fn latest() -> i64 {

@@ -35,6 +35,7 @@ pub mod h2;
 pub mod port;
 pub mod raw;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 
 pub use eventually::{eventually, eventually_some};

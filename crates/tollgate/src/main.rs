@@ -1,5 +1,6 @@
 //! The `tollgate` binary: the command line and the wiring of the crates.
 
+mod policy_state;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 use tollgate_config::{Config, ConfigError};
+use tollgate_policy::counters::{spawn_flusher, CounterPersistence, MemoryCounters};
+use tollgate_policy::PolicyRegistries;
 use tollgate_proxy::{DataPlane, Listeners};
 use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
 
@@ -23,6 +26,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const DEFAULT_CONFIG: &str = "tollgate.yaml";
 /// Access records waiting to be written before new ones are dropped.
 const DEFAULT_LOG_BUFFER: usize = 65_536;
+/// How often changed quota counters are written to the store.
+const QUOTA_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(
@@ -68,8 +73,11 @@ fn main() -> ExitCode {
             println!("tollgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Validate { file } => match tollgate_config::load_file(&file) {
+        Command::Validate { file } => match tollgate_config::load_file(&file).and_then(compiles) {
             Ok(config) => {
+                for warning in tollgate_config::warnings(&config) {
+                    eprintln!("  warning: {warning}");
+                }
                 println!(
                     "{}: ok ({} services, {} apis)",
                     file.display(),
@@ -114,6 +122,31 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What only compiling finds: JSON Schemas, PEM keys, CA files. The token
+/// signing key is not needed to check a file, so none is read or created.
+fn compiles(config: Config) -> Result<Config, Vec<ConfigError>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![ConfigError::new("", e.to_string())])?;
+    let _guard = runtime.enter();
+    let registries = PolicyRegistries::new(Arc::new(MemoryCounters::new()), None);
+    let config = Arc::new(config);
+    match DataPlane::compile(config.clone(), registries) {
+        Ok(_) => {}
+        Err(errors) => {
+            let errors: Vec<ConfigError> = errors
+                .into_iter()
+                .filter(|e| !(e.path == "oauth2_server" && config.oauth2_server.is_some()))
+                .collect();
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+    }
+    Ok(Arc::unwrap_or_clone(config))
 }
 
 fn print_errors(file: &Path, errors: &[ConfigError]) {
@@ -174,9 +207,15 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     tollgate_telemetry::metrics::install_prometheus();
     let config = Arc::new(config);
 
+    for warning in tollgate_config::warnings(&config) {
+        tracing::warn!(field = %warning.path, "{}", warning.message);
+    }
+    let counters = Arc::new(MemoryCounters::new());
+    let signing_key = policy_state::signing_key(&config).map_err(|e| anyhow::anyhow!(e))?;
+    let registries = PolicyRegistries::new(counters.clone(), signing_key);
     // Refuse a configuration that cannot compile (unreadable CA files and the
-    // like) before anything is created on disk.
-    let compiled = DataPlane::compile(config.clone()).map_err(invalid_config)?;
+    // like) before the database is created.
+    let compiled = DataPlane::compile(config.clone(), registries).map_err(invalid_config)?;
 
     let store = tollgate_store::SqliteStore::open(&config.storage.database)
         .with_context(|| format!("cannot open the database {}", config.storage.database))?;
@@ -194,6 +233,14 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         config.access_log.buffer.unwrap_or(DEFAULT_LOG_BUFFER),
         sinks,
     );
+    let persistence: Arc<dyn CounterPersistence> =
+        Arc::new(policy_state::SqliteCounters(store.clone()));
+    let restored = counters
+        .restore(persistence.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the quota counters: {e}"))?;
+    tracing::debug!(restored, "quota counters loaded");
+    let quota_flusher = spawn_flusher(counters.clone(), persistence, QUOTA_FLUSH_EVERY);
 
     let data_plane = compiled.start(access_log.clone());
     let data_plane = Arc::new(data_plane);
@@ -255,6 +302,9 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             ?grace,
             "grace period over: closing the remaining connections"
         );
+    }
+    if let Err(error) = quota_flusher.flush().await {
+        tracing::warn!(%error, "the last quota counts could not be saved");
     }
     access_log.flush().await;
     let _ = admin.await;

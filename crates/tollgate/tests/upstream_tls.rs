@@ -161,7 +161,7 @@ async fn an_untrusted_upstream_certificate_is_a_502() {
 }
 
 #[tokio::test]
-async fn a_missing_ca_file_passes_validate_but_serve_refuses_it() {
+async fn a_missing_ca_file_is_refused_by_validate_and_serve() {
     let cert = tls::self_signed(&["localhost"]);
     let missing = cert.cert_pem_path.with_file_name("missing-ca.pem");
     let yaml = services(&[("svc", "https://localhost:8443", Some(&missing), "auto")]);
@@ -176,17 +176,15 @@ async fn a_missing_ca_file_passes_validate_but_serve_refuses_it() {
     );
     assert!(stderr.contains("missing-ca.pem"), "{stderr}");
 
-    // Validation is pure: it does not read the CA file.
+    // `validate` compiles the file as `serve` would, so it reads the CA file too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("validate")
         .arg(gw.config_path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "validate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "validate accepted a missing CA file");
+    assert!(stderr.contains("services[0].upstream.targets"), "{stderr}");
 }
 
 #[tokio::test]

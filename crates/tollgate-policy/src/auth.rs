@@ -1,0 +1,321 @@
+//! The `auth` policy: find the request's credential, verify it with the
+//! method it belongs to, strip it, and say who the caller is.
+//!
+//! Where a credential is looked for, in order: the client certificate
+//! (`mtls`), `Authorization: Bearer` (a JWT-shaped token goes to `jwt`,
+//! another to `key`, then `introspection`), `Authorization: Basic`, the key
+//! header (`X-API-Key`), the key query parameter. The first credential found
+//! decides: a wrong one is not compensated by a right one elsewhere.
+
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Uri};
+use tollgate_config::{AuthMethod, AuthPolicy};
+
+use crate::credentials::ClientCert;
+use crate::denial::Denial;
+use crate::engine::Security;
+use crate::identity::{ConsumerInfo, Identity};
+use crate::jwt::VerifiedToken;
+
+pub struct Authenticator {
+    methods: Vec<AuthMethod>,
+    key_header: HeaderName,
+    key_query_param: Option<String>,
+    /// (claim, `X-Claim-<Name>`)
+    pub forward_claims: Vec<(String, HeaderName)>,
+    allowed_idps: Vec<Arc<str>>,
+    challenges: Vec<HeaderValue>,
+}
+
+/// Where the credential was found, so it can be stripped.
+enum Found {
+    Cert,
+    Authorization,
+    KeyHeader,
+    Query,
+}
+
+impl Authenticator {
+    pub fn compile(policy: &AuthPolicy) -> Authenticator {
+        let has = |m: AuthMethod| policy.methods.contains(&m);
+        let mut challenges = Vec::new();
+        if has(AuthMethod::Key) || has(AuthMethod::Jwt) || has(AuthMethod::Introspection) {
+            challenges.push(HeaderValue::from_static("Bearer realm=\"tollgate\""));
+        }
+        if has(AuthMethod::Basic) {
+            challenges.push(HeaderValue::from_static(
+                "Basic realm=\"tollgate\", charset=\"UTF-8\"",
+            ));
+        }
+        if challenges.is_empty() {
+            challenges.push(HeaderValue::from_static("Bearer realm=\"tollgate\""));
+        }
+        Authenticator {
+            methods: policy.methods.clone(),
+            key_header: HeaderName::from_bytes(policy.key_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-api-key")),
+            key_query_param: policy.key_query_param.clone(),
+            forward_claims: policy
+                .forward_claims
+                .iter()
+                .filter_map(|claim| {
+                    let name = format!("x-claim-{}", claim.to_ascii_lowercase());
+                    Some((claim.clone(), HeaderName::from_bytes(name.as_bytes()).ok()?))
+                })
+                .collect(),
+            allowed_idps: policy
+                .identity_providers
+                .iter()
+                .map(|s| Arc::from(s.as_str()))
+                .collect(),
+            challenges,
+        }
+    }
+
+    fn has(&self, method: AuthMethod) -> bool {
+        self.methods.contains(&method)
+    }
+
+    /// Authenticates the request and strips the credential from it.
+    pub async fn authenticate(
+        &self,
+        security: &Security,
+        parts: &mut Parts,
+        cert: Option<&ClientCert>,
+    ) -> Result<Identity, Denial> {
+        let result = self.identify(security, parts, cert).await;
+        match result {
+            Ok((identity, found)) => {
+                strip(
+                    parts,
+                    found,
+                    &self.key_header,
+                    self.key_query_param.as_deref(),
+                );
+                Ok(identity)
+            }
+            Err(mut denial) => {
+                if denial.is_unauthenticated()
+                    && !denial.headers.iter().any(|(n, _)| n == WWW_AUTHENTICATE)
+                {
+                    for challenge in &self.challenges {
+                        denial.headers.push((WWW_AUTHENTICATE, challenge.clone()));
+                    }
+                }
+                Err(denial)
+            }
+        }
+    }
+
+    async fn identify(
+        &self,
+        security: &Security,
+        parts: &Parts,
+        cert: Option<&ClientCert>,
+    ) -> Result<(Identity, Found), Denial> {
+        if self.has(AuthMethod::Mtls) {
+            if let Some(consumer) = cert.and_then(|c| security.certs.lookup(c)) {
+                return Ok((plain(consumer, AuthMethod::Mtls), Found::Cert));
+            }
+        }
+        if let Some(value) = parts.headers.get(AUTHORIZATION) {
+            let value = value
+                .to_str()
+                .map_err(|_| Denial::invalid_credentials("malformed Authorization header"))?;
+            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+            let rest = rest.trim();
+            if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+                return self
+                    .bearer(security, rest)
+                    .await
+                    .map(|identity| (identity, Found::Authorization));
+            }
+            if scheme.eq_ignore_ascii_case("basic") && self.has(AuthMethod::Basic) {
+                let consumer = security
+                    .basic
+                    .verify(&security.basic_registry, rest)
+                    .await?;
+                return Ok((plain(consumer, AuthMethod::Basic), Found::Authorization));
+            }
+            // Another scheme: fall through to the key header and query.
+        }
+        if self.has(AuthMethod::Key) {
+            if let Some(value) = parts.headers.get(&self.key_header) {
+                let key = value
+                    .to_str()
+                    .map_err(|_| Denial::invalid_credentials("the API key is not valid"))?;
+                let consumer = security.keys.lookup(key, now_unix())?;
+                return Ok((plain(consumer, AuthMethod::Key), Found::KeyHeader));
+            }
+            if let Some(param) = &self.key_query_param {
+                if let Some(key) = query_param(&parts.uri, param) {
+                    let consumer = security.keys.lookup(&key, now_unix())?;
+                    return Ok((plain(consumer, AuthMethod::Key), Found::Query));
+                }
+            }
+        }
+        Err(Denial::missing_credentials(
+            "this API needs credentials and the request carries none",
+        ))
+    }
+
+    async fn bearer(&self, security: &Security, token: &str) -> Result<Identity, Denial> {
+        let jwt_shaped = looks_like_jwt(token);
+        if jwt_shaped && self.has(AuthMethod::Jwt) {
+            let verified = security
+                .jwt
+                .verify(token, &self.allowed_idps)
+                .await
+                .map_err(|e| e.into_denial())?;
+            return token_identity(security, verified, AuthMethod::Jwt);
+        }
+        if self.has(AuthMethod::Key) && !jwt_shaped {
+            match security.keys.lookup(token, now_unix()) {
+                Ok(consumer) => return Ok(plain(consumer, AuthMethod::Key)),
+                Err(denial) if !self.has(AuthMethod::Introspection) => return Err(denial),
+                Err(_) => {}
+            }
+        }
+        if self.has(AuthMethod::Introspection) {
+            let verified = security
+                .introspection
+                .verify(token, &self.allowed_idps)
+                .await
+                .map_err(|e| e.into_denial())?;
+            return token_identity(security, verified, AuthMethod::Introspection);
+        }
+        Err(Denial::invalid_credentials("the bearer token is not valid"))
+    }
+}
+
+fn plain(consumer: Arc<ConsumerInfo>, method: AuthMethod) -> Identity {
+    Identity {
+        consumer,
+        method,
+        claims: None,
+        scopes: None,
+    }
+}
+
+fn token_identity(
+    security: &Security,
+    token: VerifiedToken,
+    method: AuthMethod,
+) -> Result<Identity, Denial> {
+    let Some(name) = token.consumer.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(Denial::invalid_credentials(
+            "the token does not name a consumer",
+        ));
+    };
+    let consumer = security
+        .consumers
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(ConsumerInfo::unregistered(name)));
+    Ok(Identity {
+        consumer,
+        method,
+        claims: Some(Arc::new(token.claims)),
+        scopes: Some(token.scopes.into()),
+    })
+}
+
+/// Three base64url segments separated by dots.
+fn looks_like_jwt(token: &str) -> bool {
+    let mut segments = 0;
+    for segment in token.split('.') {
+        segments += 1;
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        {
+            return false;
+        }
+    }
+    segments == 3
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+fn strip(parts: &mut Parts, found: Found, key_header: &HeaderName, query: Option<&str>) {
+    match found {
+        Found::Cert => {}
+        Found::Authorization => {
+            parts.headers.remove(AUTHORIZATION);
+        }
+        Found::KeyHeader => {
+            parts.headers.remove(key_header);
+        }
+        Found::Query => {
+            if let Some(name) = query {
+                parts.uri = without_query_param(&parts.uri, name);
+            }
+        }
+    }
+}
+
+/// The URI without every `name=…` pair of its query.
+fn without_query_param(uri: &Uri, name: &str) -> Uri {
+    let Some(query) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    let mut path_and_query = uri.path().to_string();
+    if !kept.is_empty() {
+        path_and_query.push('?');
+        path_and_query.push_str(&kept.join("&"));
+    }
+    let mut builder = Uri::builder().path_and_query(path_and_query);
+    if let Some(scheme) = uri.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = uri.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    builder.build().unwrap_or_else(|_| uri.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_and_removed() {
+        let uri: Uri = "/orders?a=1&api_key=tg_x%2Dy&b=2".parse().unwrap();
+        assert_eq!(query_param(&uri, "api_key").as_deref(), Some("tg_x-y"));
+        assert_eq!(without_query_param(&uri, "api_key"), "/orders?a=1&b=2");
+        let only: Uri = "/orders?api_key=k".parse().unwrap();
+        assert_eq!(without_query_param(&only, "api_key"), "/orders");
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt("tg_abc"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a..c"));
+    }
+}
