@@ -45,6 +45,6 @@ pub use upstream::Upstream;
 
 /// Re-exported so that tests need no dependency of their own for these.
 pub use {
-    bytes, http, http_body_util, hyper, hyper_util, reqwest, serde_json, serde_yaml,
+    bytes, futures_util, http, http_body_util, hyper, hyper_util, reqwest, serde_json, serde_yaml,
     tokio_tungstenite,
 };
