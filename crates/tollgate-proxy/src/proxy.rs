@@ -543,12 +543,12 @@ fn respond(
 
     let (mut parts, body) = response.into_parts();
     forwarding::remove_hop_by_hop(&mut parts.headers, false);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
     if let Some(policies) = applied.policies {
         policies.transform_response(applied.origin.as_ref(), &mut parts.headers);
     }
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
     if let Some(status) = &applied.rate_limit {
         status.apply(&mut parts.headers);
     }
