@@ -157,6 +157,12 @@ impl Authenticator {
                 }
             }
         }
+        if self.has(AuthMethod::Mtls) && cert.is_some() {
+            // A certificate the client CA vouches for, registered to no consumer.
+            return Err(Denial::invalid_credentials(
+                "the client certificate belongs to no consumer",
+            ));
+        }
         Err(Denial::missing_credentials(
             "this API needs credentials and the request carries none",
         ))

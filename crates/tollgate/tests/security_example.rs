@@ -302,3 +302,29 @@ async fn the_example_behaves_as_described() {
         .any(|r| r["reason"] == "rate_limited" && r["consumer"] == "mobile-app"));
     drop(introspection);
 }
+
+#[test]
+fn a_literal_secret_loads_with_a_warning_that_does_not_repeat_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        r#"
+consumers:
+  - name: c
+    keys: [{ value: "tg_literal_secret_in_the_file_0123456789" }]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: consumers[0].keys[0].value: a secret written in the file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tg_literal_secret"), "{stderr}");
+}
