@@ -143,10 +143,13 @@ async fn the_example_behaves_as_described() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(code(&body), "validation_failed");
     assert_eq!(body["error"]["instance_path"], "/item");
-    let res = post(format!("{{\"item\": \"{}\"}}", "x".repeat(2 << 20)))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 413);
+    // The 413 comes from Content-Length, before the body is read: the client
+    // may still be writing its 2 MiB when the connection closes, and then
+    // sees a broken pipe instead of the answer. The record says what happened.
+    match post(format!("{{\"item\": \"{}\"}}", "x".repeat(2 << 20))).await {
+        Ok(res) => assert_eq!(res.status(), 413),
+        Err(error) => assert!(error.is_request(), "{error}"),
+    }
 
     // A JWT from corp-idp: the consumer from `client_id`, scopes per method, `sub` forwarded.
     let claims = |scope: &str| {
@@ -300,6 +303,9 @@ async fn the_example_behaves_as_described() {
     assert!(records
         .iter()
         .any(|r| r["reason"] == "rate_limited" && r["consumer"] == "mobile-app"));
+    assert!(records
+        .iter()
+        .any(|r| r["reason"] == "payload_too_large" && r["status"] == 413));
     drop(introspection);
 }
 
