@@ -83,7 +83,16 @@ impl Acl {
         }
 
         if let Some(granted) = &identity.scopes {
-            let needed = self.scopes.get(method).unwrap_or(&self.any_method_scopes);
+            // HEAD reveals what GET would: without its own rule it needs GET's scopes.
+            let needed = self
+                .scopes
+                .get(method)
+                .or_else(|| {
+                    (*method == Method::HEAD)
+                        .then(|| self.scopes.get(&Method::GET))
+                        .flatten()
+                })
+                .unwrap_or(&self.any_method_scopes);
             if let Some(missing) = needed.iter().find(|s| !granted.contains(s)) {
                 return Err(Denial::forbidden(format!(
                     "the token lacks the scope {missing} needed for {method}"
@@ -168,6 +177,10 @@ mod tests {
         let denial = rules.check(&reader, &Method::POST).unwrap_err();
         assert_eq!(denial.code, "forbidden");
         assert!(denial.message.contains("orders:write"));
+        // HEAD without a rule of its own needs GET's scopes.
+        let nobody = test_identity("n", None, &[], Some(&[]));
+        assert!(rules.check(&nobody, &Method::HEAD).is_err());
+        assert!(rules.check(&reader, &Method::HEAD).is_ok());
         // No rule for DELETE and no `*`: nothing needed.
         assert!(rules.check(&reader, &Method::DELETE).is_ok());
         // A key identity has no scopes to check.
