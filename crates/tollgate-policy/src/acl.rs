@@ -120,12 +120,7 @@ pub(crate) fn test_identity(
     scopes: Option<&[&str]>,
 ) -> Identity {
     Identity {
-        consumer: std::sync::Arc::new(crate::identity::ConsumerInfo {
-            name: name.into(),
-            team: team.map(Into::into),
-            groups: groups.iter().map(|g| (*g).into()).collect(),
-            registered: true,
-        }),
+        consumer: std::sync::Arc::new(crate::identity::ConsumerInfo::new(name, team, groups, true)),
         method: tollgate_config::AuthMethod::Key,
         claims: None,
         scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),

@@ -252,14 +252,10 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
+fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<std::borrow::Cow<'a, str>> {
     uri.query()?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| {
-            percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (key == name).then(|| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
     })
 }
 

@@ -186,12 +186,13 @@ fn compile_security(
     let mut basic = BasicIndex::default();
     let mut certs = CertIndex::default();
     for (i, consumer) in config.consumers.iter().enumerate() {
-        let info = Arc::new(ConsumerInfo {
-            name: consumer.name.as_str().into(),
-            team: consumer.team.as_deref().map(Into::into),
-            groups: consumer.groups.iter().map(|g| g.as_str().into()).collect(),
-            registered: true,
-        });
+        let groups: Vec<&str> = consumer.groups.iter().map(String::as_str).collect();
+        let info = Arc::new(ConsumerInfo::new(
+            &consumer.name,
+            consumer.team.as_deref(),
+            &groups,
+            true,
+        ));
         consumers.insert(consumer.name.clone(), info.clone());
         for (k, key) in consumer.keys.iter().enumerate() {
             let hash = match (&key.value, &key.hash) {
@@ -299,6 +300,12 @@ fn compile_security(
 }
 
 impl ApiPolicies {
+    /// Whether the access phase has anything to do: authentication, or a
+    /// subscription check (which refuses anonymous callers).
+    pub fn needs_authorize(&self) -> bool {
+        self.auth.is_some() || self.subscription == SubscriptionMode::Approval
+    }
+
     /// Auth, then access (ACL, subscription). Strips the credential and
     /// returns who the caller is (`None` when the API has no `auth`).
     pub async fn authorize(
@@ -380,13 +387,11 @@ impl ApiPolicies {
     /// What upstream learns of the caller, then the configured transforms.
     pub fn transform_request(&self, headers: &mut HeaderMap, identity: Option<&Identity>) {
         if let Some(identity) = identity {
-            if let Ok(value) = HeaderValue::from_str(&identity.consumer.name) {
-                headers.insert(X_CONSUMER_NAME.clone(), value);
+            if let Some(value) = &identity.consumer.name_header {
+                headers.insert(X_CONSUMER_NAME.clone(), value.clone());
             }
-            if let Some(team) = &identity.consumer.team {
-                if let Ok(value) = HeaderValue::from_str(team) {
-                    headers.insert(X_CONSUMER_TEAM.clone(), value);
-                }
+            if let Some(value) = &identity.consumer.team_header {
+                headers.insert(X_CONSUMER_TEAM.clone(), value.clone());
             }
             if let (Some(auth), Some(claims)) = (&self.auth, &identity.claims) {
                 for (claim, header) in &auth.forward_claims {

@@ -13,17 +13,26 @@ pub struct ConsumerInfo {
     /// False for a token subject that no `consumers:` entry declares: such an
     /// identity is authenticated but belongs to no team or group.
     pub registered: bool,
+    /// `X-Consumer-Name` and `X-Consumer-Team` values, made once.
+    pub name_header: Option<http::HeaderValue>,
+    pub team_header: Option<http::HeaderValue>,
 }
 
 impl ConsumerInfo {
-    /// An identity vouched for by a trusted token issuer but not declared here.
-    pub fn unregistered(name: &str) -> ConsumerInfo {
+    pub fn new(name: &str, team: Option<&str>, groups: &[&str], registered: bool) -> ConsumerInfo {
         ConsumerInfo {
             name: name.into(),
-            team: None,
-            groups: Vec::new(),
-            registered: false,
+            team: team.map(Into::into),
+            groups: groups.iter().map(|g| (*g).into()).collect(),
+            registered,
+            name_header: http::HeaderValue::from_str(name).ok(),
+            team_header: team.and_then(|t| http::HeaderValue::from_str(t).ok()),
         }
+    }
+
+    /// An identity vouched for by a trusted token issuer but not declared here.
+    pub fn unregistered(name: &str) -> ConsumerInfo {
+        ConsumerInfo::new(name, None, &[], false)
     }
 }
 

@@ -194,7 +194,7 @@ impl Proxy {
 
         if let Some(issuer) = &snapshot.security.issuer {
             if path == TOKEN_PATH || path == JWKS_PATH {
-                return Ok(oauth2_endpoint(issuer, &path, req, fin).await);
+                return Ok(Box::pin(oauth2_endpoint(issuer, &path, req, fin)).await);
             }
         }
 
@@ -287,14 +287,21 @@ impl Proxy {
                     }
                 }
             }
-            let (mut parts, body) = req.into_parts();
-            let authorized = policies
-                .authorize(&snapshot.security, &mut parts, conn.client_cert.as_deref())
+            if policies.needs_authorize() {
+                let (mut parts, body) = req.into_parts();
+                // Boxed: token verification's future is large (JWKS fetch, introspection)
+                // and would otherwise enlarge every request's future, with or without auth.
+                let authorized = Box::pin(policies.authorize(
+                    &snapshot.security,
+                    &mut parts,
+                    conn.client_cert.as_deref(),
+                ))
                 .await;
-            req = Request::from_parts(parts, body);
-            match authorized {
-                Ok(found) => identity = found,
-                Err(denial) => deny!(denial),
+                req = Request::from_parts(parts, body);
+                match authorized {
+                    Ok(found) => identity = found,
+                    Err(denial) => deny!(denial),
+                }
             }
             if let Some(identity) = &identity {
                 fin.record.consumer = Some(identity.consumer.name.clone());
