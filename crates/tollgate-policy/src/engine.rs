@@ -430,13 +430,12 @@ impl ApiPolicies {
         }
     }
 
-    /// Whether the body must be read before proxying (validation).
-    pub fn buffers_body(&self, method: &Method) -> bool {
+    /// Whether the body must be read and validated before proxying: any
+    /// request that carries a body (a GET with a body is no way around the
+    /// schema), and POST, PUT and PATCH even without one.
+    pub fn buffers_body(&self, method: &Method, has_body: bool) -> bool {
         self.validator.is_some()
-            && !matches!(
-                *method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
-            )
+            && (has_body || matches!(*method, Method::POST | Method::PUT | Method::PATCH))
     }
 }
 

@@ -383,7 +383,7 @@ impl Proxy {
         // A body a policy must read is read whole (within its bound) before anything is sent.
         let mut buffered: Option<Bytes> = None;
         if let Some(validator) = policies
-            .filter(|p| p.buffers_body(&parts.method))
+            .filter(|p| p.buffers_body(&parts.method, has_body))
             .and_then(|p| p.validator.as_ref())
         {
             let bytes = match (body.take(), &request_stats) {

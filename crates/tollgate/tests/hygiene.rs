@@ -268,13 +268,30 @@ async fn bodies_are_validated_and_bounded() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
 
-    assert_eq!(up.hits(), 1, "only the valid body went upstream");
-    let records = gw.wait_for_records(7, Duration::from_secs(5)).await;
+    // A body on a GET is validated too: the method is no way around the schema.
+    let res = client
+        .get(gw.url("/orders"))
+        .header("content-type", "application/json")
+        .body(json!({"name": "pen"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    // A GET without a body has nothing to validate.
+    let res = client.get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    assert_eq!(
+        up.hits(),
+        2,
+        "only the valid body and the body-less GET went upstream"
+    );
+    let records = gw.wait_for_records(9, Duration::from_secs(5)).await;
     let denied: Vec<_> = records
         .iter()
         .filter(|r| r["outcome"] == "denied")
         .collect();
-    assert_eq!(denied.len(), 6, "{records:#?}");
+    assert_eq!(denied.len(), 7, "{records:#?}");
 }
 
 #[tokio::test]
