@@ -5,7 +5,9 @@
 //! (`mtls`), `Authorization: Bearer` (a JWT-shaped token goes to `jwt`,
 //! another to `key`, then `introspection`), `Authorization: Basic`, the key
 //! header (`X-API-Key`), the key query parameter. The first credential found
-//! decides: a wrong one is not compensated by a right one elsewhere.
+//! decides: a wrong one is not compensated by a right one elsewhere. Once it
+//! is accepted, every place the policy reads credentials from is stripped,
+//! not only the one that decided.
 
 use std::sync::Arc;
 
@@ -89,12 +91,7 @@ impl Authenticator {
         let result = self.identify(security, parts, cert).await;
         match result {
             Ok((identity, found)) => {
-                strip(
-                    parts,
-                    found,
-                    &self.key_header,
-                    self.key_query_param.as_deref(),
-                );
+                self.strip(parts, found);
                 Ok(identity)
             }
             Err(mut denial) => {
@@ -259,31 +256,59 @@ fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<std::borrow::Cow<'a, str>
     })
 }
 
-fn strip(parts: &mut Parts, found: Found, key_header: &HeaderName, query: Option<&str>) {
-    match found {
-        Found::Cert => {}
-        Found::Authorization => {
+impl Authenticator {
+    /// Removes the credential that decided and every other place this policy
+    /// reads one from: a client that sends its key twice (header and query,
+    /// as some SDKs do) must not have the second copy forwarded.
+    fn strip(&self, parts: &mut Parts, found: Found) {
+        let bearer = self.has(AuthMethod::Key)
+            || self.has(AuthMethod::Jwt)
+            || self.has(AuthMethod::Introspection);
+        let ours = |value: &HeaderValue| {
+            let value = value.as_bytes();
+            let scheme = value.split(|&b| b == b' ').next().unwrap_or(value);
+            (bearer && scheme.eq_ignore_ascii_case(b"bearer"))
+                || (self.has(AuthMethod::Basic) && scheme.eq_ignore_ascii_case(b"basic"))
+        };
+        if matches!(found, Found::Authorization)
+            || parts.headers.get_all(AUTHORIZATION).iter().any(ours)
+        {
             parts.headers.remove(AUTHORIZATION);
         }
-        Found::KeyHeader => {
-            parts.headers.remove(key_header);
-        }
-        Found::Query => {
-            if let Some(name) = query {
-                parts.uri = without_query_param(&parts.uri, name);
+        if self.has(AuthMethod::Key) {
+            parts.headers.remove(&self.key_header);
+            if let Some(name) = &self.key_query_param {
+                if parts
+                    .uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| same_param(p, name)))
+                {
+                    parts.uri = without_query_param(&parts.uri, name);
+                }
             }
         }
     }
 }
 
-/// The URI without every `name=…` pair of its query.
+/// Whether the `key=value` pair `pair` is the parameter `name`, also when
+/// its name is percent-encoded or differently cased (`api%5Fkey`, `API_KEY`):
+/// upstream frameworks decode names, and some match them case-insensitively.
+fn same_param(pair: &str, name: &str) -> bool {
+    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+    key == name
+        || percent_encoding::percent_decode_str(key)
+            .decode_utf8_lossy()
+            .eq_ignore_ascii_case(name)
+}
+
+/// The URI without every pair of its query that is the parameter `name` (see [`same_param`]).
 fn without_query_param(uri: &Uri, name: &str) -> Uri {
     let Some(query) = uri.query() else {
         return uri.clone();
     };
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .filter(|pair| !same_param(pair, name))
         .collect();
     let mut path_and_query = uri.path().to_string();
     if !kept.is_empty() {
@@ -309,6 +334,10 @@ mod tests {
         let uri: Uri = "/orders?a=1&api_key=tg_x%2Dy&b=2".parse().unwrap();
         assert_eq!(query_param(&uri, "api_key").as_deref(), Some("tg_x-y"));
         assert_eq!(without_query_param(&uri, "api_key"), "/orders?a=1&b=2");
+        let copies: Uri = "/o?api%5Fkey=1&API_KEY=2&api_key=3&api_keys=4"
+            .parse()
+            .unwrap();
+        assert_eq!(without_query_param(&copies, "api_key"), "/o?api_keys=4");
         let only: Uri = "/orders?api_key=k".parse().unwrap();
         assert_eq!(without_query_param(&only, "api_key"), "/orders");
     }

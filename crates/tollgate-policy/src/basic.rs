@@ -28,6 +28,8 @@ pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
 const VERIFIED_MAX: usize = 10_000;
 /// Concurrent argon2 verifications.
 const VERIFY_CONCURRENCY: usize = 4;
+/// The salt of the work done for an unknown username (any valid salt will do).
+const DECOY_SALT: &str = "dW5rbm93bi11c2VybmFtZQ";
 
 /// State that outlives snapshots: hashes computed for configured passwords
 /// and recently verified credentials.
@@ -110,19 +112,22 @@ impl BasicIndex {
         let (username, password) = decoded
             .split_once(':')
             .ok_or_else(|| Denial::invalid_credentials("malformed Basic credentials"))?;
-        let Some(user) = self.users.get(username) else {
-            return Err(invalid());
-        };
-
-        let mut digest = Sha256::new();
-        digest.update(registry.pepper);
-        digest.update(user.phc.as_bytes());
-        digest.update([0]);
-        digest.update(password.as_bytes());
-        let cache_key: [u8; 32] = digest.finalize().into();
-        if let Some(at) = registry.verified.get(&cache_key) {
-            if at.elapsed() < VERIFIED_TTL {
-                return Ok(user.consumer.clone());
+        // An unknown username costs the same argon2 work as a wrong password,
+        // under the same permits, so the answer's timing does not tell which
+        // usernames exist.
+        let user = self.users.get(username);
+        let mut cache_key = [0u8; 32];
+        if let Some(user) = user {
+            let mut digest = Sha256::new();
+            digest.update(registry.pepper);
+            digest.update(user.phc.as_bytes());
+            digest.update([0]);
+            digest.update(password.as_bytes());
+            cache_key = digest.finalize().into();
+            if let Some(at) = registry.verified.get(&cache_key) {
+                if at.elapsed() < VERIFIED_TTL {
+                    return Ok(user.consumer.clone());
+                }
             }
         }
 
@@ -131,20 +136,27 @@ impl BasicIndex {
             .acquire()
             .await
             .map_err(|_| Denial::auth_unavailable("password verification is shutting down"))?;
-        let phc = user.phc.clone();
+        let phc = user.map(|user| user.phc.clone());
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc).is_ok_and(|parsed| {
+        let ok = tokio::task::spawn_blocking(move || match phc {
+            Some(phc) => PasswordHash::new(&phc).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
-            })
+            }),
+            None => {
+                // What verifying does (hashing with the default parameters
+                // configured passwords are hashed with), for nothing.
+                let salt = SaltString::from_b64(DECOY_SALT).expect("a valid salt");
+                let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+                false
+            }
         })
         .await
         .unwrap_or(false);
-        if !ok {
+        let Some(user) = user.filter(|_| ok) else {
             return Err(invalid());
-        }
+        };
         if registry.verified.len() >= VERIFIED_MAX {
             registry.verified.clear();
         }

@@ -441,15 +441,29 @@ impl ApiPolicies {
 
 /// Headers identifying a caller that only the gateway may set: removed from
 /// every request before policies run, so a client cannot pose as a consumer.
+/// Spellings with `_` for `-` go too: CGI-style upstreams (WSGI, Rack, PHP)
+/// read `X_Consumer_Team` as `X-Consumer-Team`.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
-    headers.remove(&X_CONSUMER_NAME);
-    headers.remove(&X_CONSUMER_TEAM);
-    let claims: Vec<HeaderName> = headers
+    let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("x-claim-"))
+        .filter(|name| is_identity_header(name.as_str()))
         .cloned()
         .collect();
-    for name in claims {
+    for name in spoofed {
         headers.remove(name);
     }
+}
+
+/// `x-consumer-name`, `x-consumer-team` or `x-claim-*`, with `_` read as `-`.
+fn is_identity_header(name: &str) -> bool {
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+    };
+    let name = name.as_bytes();
+    same(name, X_CONSUMER_NAME.as_str().as_bytes())
+        || same(name, X_CONSUMER_TEAM.as_str().as_bytes())
+        || name.get(..8).is_some_and(|start| same(start, b"x-claim-"))
 }

@@ -1,12 +1,16 @@
 //! Path normalisation, done exactly once, before routing.
 //!
 //! The rule (also in `docs/routing.md`):
-//! 1. percent-encoded dots (`%2e`, `%2E`) are decoded; no other escape is
-//!    touched, so `%2F` never becomes a separator;
+//! 1. percent-encoded unreserved characters (letters, digits, `-`, `.`, `_`,
+//!    `~`: `%61`, `%2e`, `%7E`) are decoded, as RFC 3986 §6.2.2.2 makes them
+//!    equivalent and upstreams decode them; no other escape is touched, so
+//!    `%2F` never becomes a separator;
 //! 2. runs of `/` collapse into one;
 //! 3. `.` segments are removed and `..` removes the segment before it;
 //!    a `..` that would climb above `/` is a `bad_request`;
-//! 4. an encoded NUL (`%00`) or a raw control byte is a `bad_request`.
+//! 4. an encoded NUL (`%00`), a `%` not followed by two hex digits or a raw
+//!    control byte is a `bad_request` (a malformed escape could otherwise
+//!    become a valid one once decoded: `%%36%31` → `%61`).
 //!
 //! The normalised path is both what the router sees and what the upstream
 //! receives, so the two can never disagree about which resource is meant.
@@ -18,6 +22,7 @@ use std::borrow::Cow;
 pub enum PathError {
     AboveRoot,
     Forbidden,
+    BadEscape,
     NotAbsolute,
 }
 
@@ -26,6 +31,7 @@ impl PathError {
         match self {
             PathError::AboveRoot => "the path climbs above the root",
             PathError::Forbidden => "the path contains a forbidden character",
+            PathError::BadEscape => "the path contains a malformed percent-escape",
             PathError::NotAbsolute => "the path must start with '/'",
         }
     }
@@ -45,8 +51,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
 
-    // Step 1: decode encoded dots; refuse an encoded NUL.
-    let decoded = decode_dots(path)?;
+    // Step 1: decode encoded unreserved characters; refuse an encoded NUL
+    // and malformed escapes.
+    let decoded = decode_unreserved(path)?;
 
     // Steps 2 and 3: walk the segments.
     let ends_with_slash =
@@ -77,20 +84,27 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-fn decode_dots(path: &str) -> Result<String, PathError> {
+/// Decodes `%XX` when it stands for an unreserved character: otherwise
+/// `/%61dmin` would miss the routes of `/admin` and still reach the upstream's
+/// `/admin`.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            let pair = [bytes[i + 1], bytes[i + 2]];
-            if pair.eq_ignore_ascii_case(b"2e") {
-                out.push(b'.');
+        if bytes[i] == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+            let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) else {
+                return Err(PathError::BadEscape);
+            };
+            let b = (high * 16 + low) as u8;
+            if b == 0 {
+                return Err(PathError::Forbidden);
+            }
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b);
                 i += 3;
                 continue;
-            }
-            if &pair == b"00" {
-                return Err(PathError::Forbidden);
             }
         }
         out.push(bytes[i]);
@@ -127,7 +141,9 @@ mod tests {
         assert_eq!(norm("/admin/..%2fsecret").unwrap(), "/admin/..%2fsecret");
         assert_eq!(norm("/a/b/").unwrap(), "/a/b/");
         assert_eq!(norm("/a/b/..").unwrap(), "/a/");
-        assert_eq!(norm("/a/%41").unwrap(), "/a/%41");
+        assert_eq!(norm("/a/%41").unwrap(), "/a/A");
+        assert_eq!(norm("/%61dmin/%7e%2D%5f").unwrap(), "/admin/~-_");
+        assert_eq!(norm("/a/%2F%3f%25%20").unwrap(), "/a/%2F%3f%25%20");
         assert_eq!(norm("/a/..").unwrap(), "/");
         assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
     }
@@ -139,6 +155,9 @@ mod tests {
         assert_eq!(norm("/%2e%2e/etc"), Err(PathError::AboveRoot));
         assert_eq!(norm("/a%00b"), Err(PathError::Forbidden));
         assert_eq!(norm("relative"), Err(PathError::NotAbsolute));
+        assert_eq!(norm("/%%36%31dmin"), Err(PathError::BadEscape));
+        assert_eq!(norm("/a%4"), Err(PathError::BadEscape));
+        assert_eq!(norm("/a%zz"), Err(PathError::BadEscape));
     }
 
     /// Seeded random paths built from the pieces that matter: the rule's
@@ -157,6 +176,9 @@ mod tests {
             "%2f",
             "%2F..",
             "x%41",
+            "%%36%31",
+            "%6%31",
+            "%7e%25%32%65",
             "caf%C3%A9",
             "...",
             ".a",
@@ -181,6 +203,14 @@ mod tests {
             for segment in normal.split('/') {
                 assert!(segment != "." && segment != "..", "{path} -> {normal}");
                 assert!(!segment.eq_ignore_ascii_case("%2e"), "{path} -> {normal}");
+            }
+            // What is left encoded is never an unreserved character.
+            for escape in normal.split('%').skip(1) {
+                let b = u8::from_str_radix(&escape[..2], 16).unwrap();
+                assert!(
+                    !(b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+                    "{path} -> {normal}"
+                );
             }
             assert_eq!(
                 normalize_path(&normal).unwrap(),

@@ -784,9 +784,16 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     Ok(found)
 }
 
+/// A WebSocket handshake, the only upgrade tunnelled. Any other (`h2c`
+/// above all) is forwarded as a plain request without its `Upgrade`: once a
+/// tunnel is open, what goes through it meets no policy, so an upstream that
+/// switched to HTTP/2 would serve requests the gateway never saw.
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
         && req
             .headers()
             .get(header::CONNECTION)
