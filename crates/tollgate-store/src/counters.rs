@@ -66,7 +66,7 @@ mod tests {
         let tomorrow = now + 86_400;
         {
             let store = SqliteStore::open(&url).unwrap();
-            assert_eq!(store.schema_version().unwrap(), 2);
+            assert_eq!(store.schema_version().unwrap(), 3);
             store
                 .save_quota_counters(
                     [

@@ -1,11 +1,16 @@
-//! Tollgate's storage: the embedded SQLite database, its migrations, and the
-//! access record sink that writes into it.
+//! Tollgate's storage: the embedded SQLite database, its migrations, the
+//! access record sink that writes into it, and what the admin API reads and
+//! keeps there: access record queries ([`SqliteStore::query_access_records`])
+//! and admin tokens ([`AdminToken`]).
 //!
 //! Never used on a request path: the access log thread writes records through
-//! [`SqliteRecordSink`], and the admin API reads them back.
+//! [`SqliteRecordSink`], and the admin API reads them back. Never holds an
+//! admin token itself, only its SHA-256: its methods take no other form.
 
+mod admin_tokens;
 mod counters;
 mod migrations;
+mod query;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +22,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use tollgate_telemetry::record::Rfc3339;
 
+pub use admin_tokens::AdminToken;
+pub use query::{AccessPage, AccessQuery};
 pub use sink::SqliteRecordSink;
 
 /// How long a connection waits for another one's write lock before failing.
@@ -46,6 +53,14 @@ pub enum StoreError {
          refusing to use it"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// An access query's cursor is not one the store returned.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    #[error("an admin token named {0:?} already exists")]
+    AdminTokenNameTaken(String),
+    /// The token itself is already stored, under another name.
+    #[error("this admin token is already stored")]
+    AdminTokenHashTaken,
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

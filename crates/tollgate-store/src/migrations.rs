@@ -67,6 +67,54 @@ const MIGRATIONS: &[(i64, &str)] = &[
         ) WITHOUT ROWID;
         CREATE INDEX quota_counters_expires_at ON quota_counters (expires_at);",
     ),
+    (
+        3,
+        // For the admin API.
+        //
+        // Access record queries (`query.rs`) read newest first by id and page
+        // by id, so their indexes are ordered by id within their prefix, with
+        // `ts` after it to check a time range without reading the row:
+        //
+        // - `(api, id, ts)` replaces `(api, ts)`, which could serve an API's
+        //   records only by sorting them all. Same insert cost: inserts land
+        //   at the end of each API's range either way. Partial: unrouted
+        //   requests (a scanner's flood, say) cost it nothing.
+        // - Exceptional records — status 400 and over, denied or failed, or
+        //   with a reason — get a partial index of every filtered column: the
+        //   records an operator looks for are rare, and cost an insert here
+        //   only when they happen. Queries on it read no table row that does
+        //   not match. Its condition is repeated word for word in
+        //   `query::EXCEPTIONAL`. Every other insert pays ~4.5% more
+        //   instructions all the same (SQLite opens a cursor on each index
+        //   and evaluates the condition per row): worth it for the queries
+        //   operators make most.
+        // - No index on `consumer`: with many consumers, their ranges' ends
+        //   are many places in the index, and each batch dirties a page at
+        //   most of them. With 500 consumers (the `query_bench` example's
+        //   traffic) inserts cost 3.3 times as much CPU with one. Nor on
+        //   `service` (+40% CPU per insert), mostly implied by `api`, nor on
+        //   every `status` (+40%). Queries on those scan the table newest
+        //   first, stopping at a full page: fast for a common value, up to a
+        //   scan of the table (~60 ms a million records) for a rare one.
+        //
+        // Admin tokens are stored by their SHA-256, never themselves; see
+        // `admin_tokens.rs`.
+        "DROP INDEX access_records_api_ts;
+        CREATE INDEX access_records_api ON access_records (api, id, ts)
+            WHERE api IS NOT NULL;
+        CREATE INDEX access_records_exceptional ON access_records
+            (id, ts, status, outcome, reason, api, service, consumer)
+            WHERE status >= 400 OR outcome <> 'allowed' OR reason IS NOT NULL;
+
+        CREATE TABLE admin_tokens (
+            id           INTEGER PRIMARY KEY,
+            name         TEXT    NOT NULL UNIQUE,
+            token_hash   BLOB    NOT NULL UNIQUE CHECK (length(token_hash) = 32), -- SHA-256
+            role         TEXT    NOT NULL,
+            created_at   INTEGER NOT NULL, -- Unix seconds, UTC
+            last_used_at INTEGER           -- Unix seconds, UTC
+        );",
+    ),
 ];
 
 /// The highest version this build knows.
@@ -110,4 +158,50 @@ pub(crate) fn current_version(conn: &Connection) -> Result<i64, rusqlite::Error>
         [],
         |row| row.get(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by a Tollgate that knew only migrations 1 and 2
+    /// keeps its records and gains the new indexes.
+    #[test]
+    fn upgrades_a_database_at_version_2() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+        )
+        .unwrap();
+        for (version, sql) in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO migrations VALUES (?1, 'then')", [version])
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO access_records (ts, request_id, request_id_hash, client_ip, method,
+                 host, path, api, status, latency_ms, bytes_in, bytes_out, outcome, reason)
+             VALUES (1, 'a', 0, '::1', 'GET', 'h', '/', 'orders', 200, 1.0, 0, 0, 'allowed', NULL),
+                    (2, 'b', 0, '::1', 'GET', 'h', '/', NULL, 404, 1.0, 0, 0, 'error', 'no_route')",
+        )
+        .unwrap();
+
+        run(&mut conn).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 3);
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM access_records"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM access_records INDEXED BY access_records_api WHERE api = 'orders'"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM admin_tokens"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_master WHERE name = 'access_records_api_ts'"),
+            0
+        );
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
 }

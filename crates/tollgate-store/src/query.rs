@@ -1,0 +1,909 @@
+//! Access record queries for the admin API (`GET /admin/v1/logs`): filters,
+//! newest first, keyset pages.
+//!
+//! Records are read in id order (the order they were written), newest first;
+//! a page's cursor is the last id it returned, and the next page starts below
+//! it, so pages never repeat or skip a record, however many are written
+//! meanwhile. Filter values are always bound as parameters; the SQL text
+//! depends only on which filters are set and on the plan chosen for them.
+//!
+//! # Plans
+//!
+//! The sink's insert speed limits the indexes (see the schema in
+//! `migrations.rs`), so each query is steered to the cheapest of a few
+//! plans, every one of which reads in id order or sorts at most a page:
+//!
+//! - `request_id`: the `request_id_hash` column of the `ts` index, scanned
+//!   (only over `from`..`to` when given), then the few rows it points at.
+//! - A filter only exceptional records match (status 400 and over, an outcome
+//!   other than `allowed`, a reason): the partial index of those records,
+//!   which holds every filtered column, so no table row is read that does not
+//!   match.
+//! - `api`, alone or with a time range: the `(api, id, ts)` index.
+//! - Anything else: the table itself, newest first, stopping at a full page.
+//!
+//! A time range is read through the `ts` index instead, its matches' ids
+//! sorted, when that costs less than the scan above (an hour of yesterday,
+//! say, below a day of newer records). A scan in id order cannot stop at the
+//! range's start, as a record written late (a long request's) may be
+//! anywhere below; it stops only at a full page. How many records the range
+//! holds is estimated from the ids of the records at its ends, found in the
+//! `ts` index: ids follow time closely, if not exactly. With no other filter
+//! the scan's cost is known as well; with others, whose selectivity is not,
+//! the range is read through the index only when that costs less than the
+//! scan could (every row below the cursor). So no page costs much more than
+//! one scan of the table (~60 ms for a million records), and most cost a
+//! fraction of a millisecond: see the `query_bench` example.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, ToSql};
+use serde::Serialize;
+
+use crate::{sink, stored_access_record, SqliteStore, StoreError, StoredAccessRecord};
+
+/// Which access records to read: every filter set must match (an unset one
+/// matches anything).
+#[derive(Clone, Debug, Default)]
+pub struct AccessQuery {
+    /// Records at or after this time, in Unix microseconds.
+    pub from: Option<i64>,
+    /// Records before this time, in Unix microseconds.
+    pub to: Option<i64>,
+    pub api: Option<String>,
+    pub service: Option<String>,
+    pub consumer: Option<String>,
+    pub status: Option<u16>,
+    /// `allowed`, `denied` or `error`.
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    /// The page size: 0 means [`AccessQuery::DEFAULT_LIMIT`]; larger than
+    /// [`AccessQuery::MAX_LIMIT`] means that.
+    pub limit: usize,
+    /// [`AccessPage::next`] of the previous page, to read the one after it.
+    pub cursor: Option<String>,
+}
+
+impl AccessQuery {
+    /// The page size when [`AccessQuery::limit`] is 0.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// The largest page size.
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+/// One page of access records, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccessPage {
+    pub items: Vec<StoredAccessRecord>,
+    /// The cursor of the next page, or `None` if this one is the last.
+    pub next: Option<String>,
+}
+
+impl SqliteStore {
+    /// The page of access records matching `query`, newest first.
+    ///
+    /// Fails with [`StoreError::InvalidCursor`] when `query.cursor` is not a
+    /// cursor this store returned.
+    pub fn query_access_records(&self, query: &AccessQuery) -> Result<AccessPage, StoreError> {
+        let before = match &query.cursor {
+            Some(cursor) => decode_cursor(cursor)?,
+            None => i64::MAX,
+        };
+        let limit = match query.limit {
+            0 => AccessQuery::DEFAULT_LIMIT,
+            n => n.min(AccessQuery::MAX_LIMIT),
+        };
+        let conn = self.lock();
+        // One more than a page, to know whether there is a next one.
+        let plan = choose_plan(&conn, query, before, limit + 1)?;
+        let mut items = run(&conn, query, plan, before, limit + 1)?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|last| encode_cursor(last.id))
+        } else {
+            None
+        };
+        Ok(AccessPage { items, next })
+    }
+}
+
+/// How a query reads the table: see the module's documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    RequestId,
+    Exceptional,
+    Api,
+    Table,
+    /// The `ts` index's range, then the matches sorted by id.
+    TimeRange,
+}
+
+/// The index of exceptional records, and its condition: a query that uses it
+/// repeats the condition word for word (SQLite uses a partial index only for
+/// queries whose conditions imply its own) — harmless, as the filter that
+/// chose the plan implies it. Never change it: it is part of migration 3.
+const EXCEPTIONAL: &str = "status >= 400 OR outcome <> 'allowed' OR reason IS NOT NULL";
+
+/// Whether every record `query` can match is exceptional (see [`EXCEPTIONAL`]).
+fn only_exceptional(query: &AccessQuery) -> bool {
+    query.status.is_some_and(|status| status >= 400)
+        || query.outcome.as_deref().is_some_and(|o| o != "allowed")
+        || query.reason.is_some()
+}
+
+/// Relative costs per record, measured by forcing each plan over the
+/// `query_bench` example's million records: a step of a scan in id order is
+/// 1 (~60 ns for the table, ~50 for the api index); a record of a time range
+/// read through the `ts` index, its id sorted, costs [`TIME_RANGE_COST`]
+/// (~130 ns) when the index holds all the query needs, and
+/// [`TIME_RANGE_LOOKUP_COST`] (200–270 ns) when its row must be read to
+/// check other filters.
+const TIME_RANGE_COST: i64 = 2;
+const TIME_RANGE_LOOKUP_COST: i64 = 4;
+
+/// Chooses the plan for reading up to `limit` records of `query` below `before`.
+pub(crate) fn choose_plan(
+    conn: &Connection,
+    query: &AccessQuery,
+    before: i64,
+    limit: usize,
+) -> Result<Plan, StoreError> {
+    if query.request_id.is_some() {
+        return Ok(Plan::RequestId);
+    }
+    if only_exceptional(query) {
+        return Ok(Plan::Exceptional);
+    }
+    // The filters left (a reason or request id chose a plan above).
+    let filters_beyond_time = [
+        query.api.is_some(),
+        query.service.is_some(),
+        query.consumer.is_some(),
+        query.status.is_some(),
+        query.outcome.is_some(),
+    ];
+    let only_api = query.api.is_some() && filters_beyond_time.iter().filter(|f| **f).count() == 1;
+    let scan = if only_api { Plan::Api } else { Plan::Table };
+    if query.from.is_none() && query.to.is_none() {
+        return Ok(scan);
+    }
+
+    // Ids of the records at the range's ends, or past the newest record.
+    let Some(newest) = conn.query_row("SELECT max(id) FROM access_records", [], |row| {
+        row.get::<_, Option<i64>>(0)
+    })?
+    else {
+        return Ok(scan);
+    };
+    let past_newest = newest.saturating_add(1);
+    let end = |ts: Option<i64>| -> rusqlite::Result<i64> {
+        match ts {
+            None => Ok(past_newest),
+            Some(ts) => Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM access_records INDEXED BY access_records_ts
+                     WHERE ts >= ?1 ORDER BY ts LIMIT 1",
+                )?
+                .query_row([ts], |row| row.get(0))
+                .optional()?
+                .unwrap_or(past_newest)),
+        }
+    };
+    let start = if query.from.is_some() {
+        end(query.from)?
+    } else {
+        0
+    };
+    let stop = end(query.to)?;
+    let top = before.min(past_newest);
+    let in_range = stop.min(top).saturating_sub(start).max(0);
+
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let any_other = filters_beyond_time.iter().any(|f| *f);
+    let (scan_cost, range_cost) = if any_other {
+        // How far the scan goes depends on the other filters' selectivity,
+        // unknown: assume the worst, every row below the cursor.
+        (top, in_range.saturating_mul(TIME_RANGE_LOOKUP_COST))
+    } else {
+        // The table scan skips the records newer than the range, then stops
+        // at a full page, unless the range holds less than a page: then it
+        // goes on to the oldest record, as a record written late may be
+        // anywhere.
+        let skipped = top.saturating_sub(stop).max(0);
+        let read = if in_range > limit { limit } else { top };
+        (
+            skipped.saturating_add(read),
+            in_range.saturating_mul(TIME_RANGE_COST),
+        )
+    };
+    Ok(if range_cost < scan_cost {
+        Plan::TimeRange
+    } else {
+        scan
+    })
+}
+
+/// Runs `query` with `plan`, returning up to `limit` records below `before`.
+pub(crate) fn run(
+    conn: &Connection,
+    query: &AccessQuery,
+    plan: Plan,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<StoredAccessRecord>, StoreError> {
+    let (sql, params) = statement(query, plan, before, limit);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let params: Vec<(&str, &dyn ToSql)> = params
+        .iter()
+        .map(|(name, value)| (*name, value as &dyn ToSql))
+        .collect();
+    let rows = stmt.query_map(params.as_slice(), stored_access_record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The SQL of `query` with `plan`, and its named parameters' values.
+fn statement(
+    query: &AccessQuery,
+    plan: Plan,
+    before: i64,
+    limit: usize,
+) -> (String, Vec<(&'static str, Value)>) {
+    let mut terms: Vec<&str> = Vec::new();
+    let mut params: Vec<(&'static str, Value)> = Vec::new();
+    let text = |s: &Option<String>| s.clone().map(Value::Text);
+    // The time range is checked in the subquery of the request id and
+    // time range plans, in the outer query otherwise.
+    let time_terms = [
+        ("ts >= :from", ":from", query.from.map(Value::Integer)),
+        ("ts < :to", ":to", query.to.map(Value::Integer)),
+    ];
+    let mut inner_terms: Vec<&str> = Vec::new();
+    for (term, name, value) in time_terms {
+        if let Some(value) = value {
+            match plan {
+                Plan::RequestId | Plan::TimeRange => inner_terms.push(term),
+                _ => terms.push(term),
+            }
+            params.push((name, value));
+        }
+    }
+    let filters = [
+        ("api = :api", ":api", text(&query.api)),
+        ("service = :service", ":service", text(&query.service)),
+        ("consumer = :consumer", ":consumer", text(&query.consumer)),
+        (
+            "status = :status",
+            ":status",
+            query.status.map(|s| Value::Integer(s.into())),
+        ),
+        ("outcome = :outcome", ":outcome", text(&query.outcome)),
+        ("reason = :reason", ":reason", text(&query.reason)),
+        (
+            "request_id = :request_id",
+            ":request_id",
+            text(&query.request_id),
+        ),
+    ];
+    for (term, name, value) in filters {
+        if let Some(value) = value {
+            terms.push(term);
+            params.push((name, value));
+        }
+    }
+    terms.push("id < :before");
+    params.push((":before", Value::Integer(before)));
+    params.push((
+        ":limit",
+        Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ));
+
+    let columns = crate::STORED_COLUMNS;
+    let sql = match plan {
+        Plan::RequestId => {
+            let hash = query.request_id.as_deref().map_or(0, sink::request_id_hash);
+            params.push((":request_id_hash", Value::Integer(hash)));
+            inner_terms.push("request_id_hash = :request_id_hash");
+            format!(
+                "SELECT {columns} FROM access_records
+                 WHERE id IN (SELECT id FROM access_records INDEXED BY access_records_ts
+                              WHERE {})
+                   AND {}
+                 ORDER BY id DESC LIMIT :limit",
+                inner_terms.join(" AND "),
+                terms.join(" AND ")
+            )
+        }
+        Plan::TimeRange => {
+            // Sorts ids only (read from the index alone when the cursor is
+            // the only other term), then reads their rows.
+            inner_terms.extend(terms);
+            format!(
+                "SELECT {columns} FROM access_records
+                 WHERE id IN (SELECT id FROM access_records INDEXED BY access_records_ts
+                              WHERE {} ORDER BY id DESC LIMIT :limit)
+                 ORDER BY id DESC",
+                inner_terms.join(" AND ")
+            )
+        }
+        Plan::Exceptional => format!(
+            "SELECT {columns} FROM access_records INDEXED BY access_records_exceptional
+             WHERE ({EXCEPTIONAL}) AND {} ORDER BY id DESC LIMIT :limit",
+            terms.join(" AND ")
+        ),
+        Plan::Api => format!(
+            "SELECT {columns} FROM access_records INDEXED BY access_records_api
+             WHERE {} ORDER BY id DESC LIMIT :limit",
+            terms.join(" AND ")
+        ),
+        Plan::Table => format!(
+            "SELECT {columns} FROM access_records NOT INDEXED
+             WHERE {} ORDER BY id DESC LIMIT :limit",
+            terms.join(" AND ")
+        ),
+    };
+    (sql, params)
+}
+
+/// Cursors are opaque to clients; inside, a version and the last id, in hex.
+const CURSOR_PREFIX: &str = "1.";
+
+fn encode_cursor(id: i64) -> String {
+    format!("{CURSOR_PREFIX}{id:x}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, StoreError> {
+    cursor
+        .strip_prefix(CURSOR_PREFIX)
+        .filter(|hex| {
+            (1..=16).contains(&hex.len())
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .and_then(|id| i64::try_from(id).ok())
+        .filter(|id| *id > 0)
+        .ok_or(StoreError::InvalidCursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use tollgate_telemetry::record::unix_micros;
+    use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+
+    use super::*;
+
+    /// 2024-05-01T12:00:00Z in Unix microseconds.
+    const T0: i64 = 1_714_564_800_000_000;
+
+    /// `n` records a second apart, of every kind a filter tells apart; some
+    /// written late (a long request's), some retries of the one before.
+    fn records(n: usize) -> Vec<AccessRecord> {
+        let kinds: [(u16, Outcome, Option<&'static str>); 10] = [
+            (201, Outcome::Allowed, None),
+            (304, Outcome::Allowed, None),
+            (308, Outcome::Allowed, Some("https_redirect")),
+            (404, Outcome::Allowed, None),
+            (500, Outcome::Allowed, None),
+            (200, Outcome::Error, Some("upstream_error")),
+            (401, Outcome::Denied, Some("missing_credentials")),
+            (429, Outcome::Denied, Some("rate_limited")),
+            (404, Outcome::Error, Some("no_route")),
+            (502, Outcome::Error, Some("upstream_unavailable")),
+        ];
+        let mut state = 0x2545_f491_u64;
+        let mut next = move |m: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) as usize % m
+        };
+        let mut out: Vec<AccessRecord> = Vec::with_capacity(n);
+        for i in 0..n {
+            let late = if i % 17 == 3 { 40 } else { 0 };
+            let micros = T0 + i as i64 * 1_000_000 - late * 1_000_000 - next(900) as i64;
+            let (api, service) = [
+                (Some("orders"), Some("orders-svc")),
+                (Some("users"), Some("users-svc")),
+                (Some("search"), Some("catalog-svc")),
+                (Some("export"), Some("catalog-svc")),
+                (None, None),
+            ][[0, 0, 0, 1, 1, 2, 3, 4][next(8)]];
+            let consumer = [None, Some("acme"), Some("globex"), Some("initech")][next(4)];
+            let (status, outcome, reason) = if next(3) == 0 {
+                kinds[next(kinds.len())]
+            } else {
+                (200, Outcome::Allowed, None)
+            };
+            let request_id = match out.last() {
+                Some(previous) if i % 23 == 0 => previous.request_id.clone(),
+                _ => format!("req-{i:05}"),
+            };
+            out.push(AccessRecord {
+                ts: UNIX_EPOCH + Duration::from_micros(micros as u64),
+                request_id,
+                client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                method: "GET".to_owned(),
+                host: "api.example.com".to_owned(),
+                path: format!("/{i}"),
+                api: api.map(Into::into),
+                service: service.map(Into::into),
+                consumer: consumer.map(Into::into),
+                status,
+                upstream_status: None,
+                upstream_addr: None,
+                latency_ms: 1.0,
+                upstream_latency_ms: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                outcome,
+                reason,
+            });
+        }
+        out
+    }
+
+    fn store_with(records: &[AccessRecord]) -> SqliteStore {
+        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        let mut sink = store.access_record_sink().unwrap();
+        for batch in records.chunks(500) {
+            sink.write_batch(batch).unwrap();
+        }
+        store
+    }
+
+    fn matches(q: &AccessQuery, r: &AccessRecord) -> bool {
+        let ts = unix_micros(r.ts);
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|want| have == Some(want))
+        };
+        q.from.is_none_or(|from| ts >= from)
+            && q.to.is_none_or(|to| ts < to)
+            && eq(&q.api, r.api.as_deref())
+            && eq(&q.service, r.service.as_deref())
+            && eq(&q.consumer, r.consumer.as_deref())
+            && q.status.is_none_or(|status| status == r.status)
+            && eq(&q.outcome, Some(r.outcome.as_str()))
+            && eq(&q.reason, r.reason)
+            && eq(&q.request_id, Some(&r.request_id))
+    }
+
+    /// The ids `query` should return, newest first: the sink wrote
+    /// `records` as ids 1, 2, ….
+    fn expected(records: &[AccessRecord], query: &AccessQuery) -> Vec<i64> {
+        (1..=records.len() as i64)
+            .rev()
+            .filter(|id| matches(query, &records[*id as usize - 1]))
+            .collect()
+    }
+
+    /// Every page of `query` with `plan`, `limit` records at a time.
+    fn walk(store: &SqliteStore, query: &AccessQuery, plan: Plan, limit: usize) -> Vec<i64> {
+        let (mut ids, mut before) = (Vec::new(), i64::MAX);
+        loop {
+            let page = run(&store.lock(), query, plan, before, limit).unwrap();
+            ids.extend(page.iter().map(|r| r.id));
+            match page.last() {
+                Some(last) if page.len() == limit => before = last.id,
+                _ => return ids,
+            }
+        }
+    }
+
+    fn ts_of(records: &[AccessRecord], i: usize) -> i64 {
+        unix_micros(records[i].ts)
+    }
+
+    /// Queries with every filter, alone and together.
+    fn queries(records: &[AccessRecord]) -> Vec<AccessQuery> {
+        let q = AccessQuery::default;
+        let text = |s: &str| Some(s.to_owned());
+        let mut all = vec![q()];
+        for (from, to) in [
+            (Some(ts_of(records, 100)), Some(ts_of(records, 160))),
+            (Some(ts_of(records, 100)), None),
+            (None, Some(ts_of(records, 300))),
+            (Some(ts_of(records, 500)), Some(ts_of(records, 400))),
+        ] {
+            all.push(AccessQuery { from, to, ..q() });
+            all.push(AccessQuery {
+                from,
+                to,
+                consumer: text("acme"),
+                ..q()
+            });
+            all.push(AccessQuery {
+                from,
+                to,
+                api: text("orders"),
+                ..q()
+            });
+            all.push(AccessQuery {
+                from,
+                to,
+                status: Some(429),
+                ..q()
+            });
+            all.push(AccessQuery {
+                from,
+                to,
+                request_id: Some(records[120].request_id.clone()),
+                ..q()
+            });
+        }
+        for api in ["orders", "export", "nope"] {
+            all.push(AccessQuery {
+                api: text(api),
+                ..q()
+            });
+        }
+        for service in ["catalog-svc", "nope"] {
+            all.push(AccessQuery {
+                service: text(service),
+                ..q()
+            });
+        }
+        for consumer in ["acme", "nope"] {
+            all.push(AccessQuery {
+                consumer: text(consumer),
+                ..q()
+            });
+        }
+        for status in [200, 304, 308, 404, 500, 502, 999] {
+            all.push(AccessQuery {
+                status: Some(status),
+                ..q()
+            });
+        }
+        for outcome in ["allowed", "denied", "error", "nope"] {
+            all.push(AccessQuery {
+                outcome: text(outcome),
+                ..q()
+            });
+        }
+        for reason in ["https_redirect", "upstream_error", "no_route", "nope"] {
+            all.push(AccessQuery {
+                reason: text(reason),
+                ..q()
+            });
+        }
+        for i in [0, 22, 23, 299] {
+            all.push(AccessQuery {
+                request_id: Some(records[i].request_id.clone()),
+                ..q()
+            });
+        }
+        all.push(AccessQuery {
+            request_id: text("no-such-request"),
+            ..q()
+        });
+        all.push(AccessQuery {
+            api: text("orders"),
+            consumer: text("globex"),
+            status: Some(200),
+            outcome: text("allowed"),
+            ..q()
+        });
+        all.push(AccessQuery {
+            api: text("search"),
+            service: text("catalog-svc"),
+            outcome: text("denied"),
+            reason: text("rate_limited"),
+            status: Some(429),
+            ..q()
+        });
+        all.push(AccessQuery {
+            from: Some(ts_of(records, 50)),
+            to: Some(ts_of(records, 250)),
+            consumer: text("initech"),
+            outcome: text("error"),
+            ..q()
+        });
+        all
+    }
+
+    /// Each plan's answer is the filters' answer, page after page; the plan
+    /// chosen only changes how fast it comes.
+    #[test]
+    fn every_plan_returns_exactly_the_matching_records() {
+        let records = records(600);
+        let store = store_with(&records);
+        for query in queries(&records) {
+            let want = expected(&records, &query);
+            let mut plans = vec![Plan::Table, Plan::TimeRange];
+            if query.request_id.is_some() {
+                plans.push(Plan::RequestId);
+            }
+            if only_exceptional(&query) {
+                plans.push(Plan::Exceptional);
+            }
+            if query.api.is_some() {
+                plans.push(Plan::Api);
+            }
+            for plan in plans {
+                for limit in [1, 7, 1000] {
+                    assert_eq!(
+                        walk(&store, &query, plan, limit),
+                        want,
+                        "{plan:?}, limit {limit}: {query:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plans_read_in_id_order_through_their_index() {
+        let records = records(300);
+        let store = store_with(&records);
+        let text = |s: &str| Some(s.to_owned());
+        let cases = [
+            (
+                Plan::RequestId,
+                AccessQuery {
+                    request_id: text("r"),
+                    from: Some(1),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING COVERING INDEX access_records_ts (ts>?)",
+            ),
+            (
+                Plan::RequestId,
+                AccessQuery {
+                    request_id: text("r"),
+                    ..Default::default()
+                },
+                "SCAN access_records USING COVERING INDEX access_records_ts",
+            ),
+            (
+                Plan::Exceptional,
+                AccessQuery {
+                    status: Some(500),
+                    consumer: text("acme"),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING INDEX access_records_exceptional (id<?)",
+            ),
+            (
+                Plan::Api,
+                AccessQuery {
+                    api: text("orders"),
+                    to: Some(1),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING INDEX access_records_api (api=? AND id<?)",
+            ),
+            (
+                Plan::Table,
+                AccessQuery {
+                    consumer: text("acme"),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING INTEGER PRIMARY KEY (rowid<?)",
+            ),
+            (
+                Plan::TimeRange,
+                AccessQuery {
+                    from: Some(1),
+                    to: Some(2),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING COVERING INDEX access_records_ts (ts>? AND ts<?)",
+            ),
+            (
+                Plan::TimeRange,
+                AccessQuery {
+                    from: Some(1),
+                    consumer: text("acme"),
+                    ..Default::default()
+                },
+                "SEARCH access_records USING INDEX access_records_ts (ts>?)",
+            ),
+        ];
+        for (plan, query, step) in cases {
+            let (sql, params) = statement(&query, plan, 10, 10);
+            let conn = store.lock();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params: Vec<(&str, &dyn ToSql)> = params
+                .iter()
+                .map(|(name, value)| (*name, value as &dyn ToSql))
+                .collect();
+            let steps: Vec<String> = stmt
+                .query_map(params.as_slice(), |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(steps.iter().any(|s| s == step), "{plan:?}: {steps:#?}");
+            // Only the time range plan sorts, and then only ids or matches.
+            let sorts = steps.iter().any(|s| s.contains("TEMP B-TREE"));
+            assert_eq!(sorts, plan == Plan::TimeRange, "{plan:?}: {steps:#?}");
+            assert!(
+                !steps.iter().any(|s| s == "SCAN access_records"),
+                "{plan:?}: {steps:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn narrow_time_ranges_are_read_through_the_ts_index() {
+        let records = records(2000);
+        let store = store_with(&records);
+        let text = |s: &str| Some(s.to_owned());
+        let at = |i| Some(ts_of(&records, i));
+        let q = AccessQuery::default;
+        let cases = [
+            (q(), Plan::Table),
+            (
+                AccessQuery {
+                    api: text("orders"),
+                    ..q()
+                },
+                Plan::Api,
+            ),
+            (
+                AccessQuery {
+                    api: text("orders"),
+                    consumer: text("acme"),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    status: Some(200),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    status: Some(500),
+                    ..q()
+                },
+                Plan::Exceptional,
+            ),
+            (
+                AccessQuery {
+                    outcome: text("allowed"),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    outcome: text("denied"),
+                    ..q()
+                },
+                Plan::Exceptional,
+            ),
+            (
+                AccessQuery {
+                    reason: text("no_route"),
+                    ..q()
+                },
+                Plan::Exceptional,
+            ),
+            (
+                AccessQuery {
+                    request_id: text("r"),
+                    status: Some(500),
+                    ..q()
+                },
+                Plan::RequestId,
+            ),
+            // Ten old records: far fewer than the scan would pass.
+            (
+                AccessQuery {
+                    from: at(100),
+                    to: at(110),
+                    ..q()
+                },
+                Plan::TimeRange,
+            ),
+            (
+                AccessQuery {
+                    from: at(100),
+                    to: at(110),
+                    consumer: text("acme"),
+                    ..q()
+                },
+                Plan::TimeRange,
+            ),
+            (
+                AccessQuery {
+                    from: at(100),
+                    to: at(110),
+                    api: text("orders"),
+                    ..q()
+                },
+                Plan::TimeRange,
+            ),
+            // Most of the table: the scan fills a page at once.
+            (
+                AccessQuery {
+                    from: at(100),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    from: at(100),
+                    api: text("orders"),
+                    ..q()
+                },
+                Plan::Api,
+            ),
+            // Recent, but less than a page: the scan would not stop.
+            (
+                AccessQuery {
+                    from: at(1990),
+                    ..q()
+                },
+                Plan::TimeRange,
+            ),
+            // Recent, and more than a page.
+            (
+                AccessQuery {
+                    from: at(1500),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+        ];
+        for (query, plan) in cases {
+            assert_eq!(
+                choose_plan(&store.lock(), &query, i64::MAX, 101).unwrap(),
+                plan,
+                "{query:?}"
+            );
+        }
+        // Below a cursor in the range, the rest of it is what counts.
+        let query = AccessQuery {
+            from: at(100),
+            ..q()
+        };
+        assert_eq!(
+            choose_plan(&store.lock(), &query, 150, 101).unwrap(),
+            Plan::TimeRange
+        );
+        // An empty table.
+        let empty = SqliteStore::open("sqlite::memory:").unwrap();
+        let query = AccessQuery {
+            from: Some(T0),
+            ..q()
+        };
+        assert_eq!(
+            choose_plan(&empty.lock(), &query, i64::MAX, 101).unwrap(),
+            Plan::Table
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_anything_else() {
+        for id in [1, 9, 0xabc, i64::MAX] {
+            assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        }
+        for bad in [
+            "",
+            "1.",
+            "1.0",
+            "2.10",
+            "10",
+            "1.-5",
+            "1.+5",
+            "1.ABC",
+            "1. 5",
+            "1.8000000000000000",
+            "1.10000000000000000",
+            "1.zz",
+            "%%",
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::InvalidCursor)),
+                "{bad:?}"
+            );
+        }
+    }
+}
