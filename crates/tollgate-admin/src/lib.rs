@@ -1,7 +1,12 @@
-//! Tollgate's admin listener: liveness (`/healthz`), readiness (`/readyz`) and
-//! Prometheus metrics (`/metrics`). The admin API grows here.
+//! Tollgate's admin listener: liveness (`/healthz`), readiness (`/readyz`),
+//! Prometheus metrics (`/metrics`) — open, for probes and scrapers on the
+//! admin network — and the admin API under `/admin/v1/`, which always needs
+//! an admin token (see [`api`]).
 //!
 //! Never serves proxied traffic, and never exposes a credential.
+
+pub mod api;
+pub mod bootstrap;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +45,8 @@ pub struct AdminState {
     /// Set once the gateway has loaded its configuration and bound its
     /// listeners; `/readyz` answers 503 until then.
     pub ready: Arc<AtomicBool>,
+    /// The admin API's routes; `None` serves only the probes and metrics.
+    pub api: Option<axum::Router>,
 }
 
 impl AdminState {
@@ -72,9 +79,9 @@ pub async fn serve(
             },
         };
         let state = state.clone();
-        let service = service_fn(move |request| {
-            let response = respond(&state, &request);
-            async move { Ok::<_, Infallible>(response) }
+        let service = service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(dispatch(&state, request).await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -95,6 +102,50 @@ pub async fn serve(
         tracing::debug!("admin connections still open after the drain timeout");
     }
     Ok(())
+}
+
+/// `/admin/v1/…` to the API, the rest to the probes and metrics; every answer
+/// carries an `X-Request-Id`, and every error body its request id.
+async fn dispatch(state: &AdminState, request: Request<Incoming>) -> Response<axum::body::Body> {
+    let path = request.uri().path();
+    let is_api = path == "/admin/v1" || path.starts_with("/admin/v1/");
+    let Some(router) = state.api.clone().filter(|_| is_api) else {
+        return respond(state, &request).map(axum::body::Body::new);
+    };
+    let request_id = new_request_id();
+    let response = match tower::ServiceExt::oneshot(router, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    with_request_id(response, &request_id).await
+}
+
+/// Adds the request id to the header and, for errors, to the JSON error object.
+async fn with_request_id(
+    response: Response<axum::body::Body>,
+    request_id: &str,
+) -> Response<axum::body::Body> {
+    let (mut parts, body) = response.into_parts();
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        parts.headers.insert(REQUEST_ID, value);
+    }
+    if !(parts.status.is_client_error() || parts.status.is_server_error()) {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match http_body_util::BodyExt::collect(body).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut value) if value["error"].is_object() => {
+            value["error"]["request_id"] = request_id.into();
+            let bytes = Bytes::from(value.to_string());
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            bytes
+        }
+        _ => bytes,
+    };
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -265,8 +265,31 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    let bootstrap = tollgate_admin::bootstrap::ensure_admin_token(
+        &store,
+        &policy_state::data_dir(&config),
+        std::env::var(tollgate_admin::bootstrap::ADMIN_TOKEN_ENV).ok(),
+    )
+    .map_err(|e| anyhow::anyhow!("admin token: {e}"))?;
+    match &bootstrap {
+        tollgate_admin::bootstrap::Bootstrap::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "generated the first admin token; it is in this file (readable by this user only)"
+        ),
+        tollgate_admin::bootstrap::Bootstrap::FromEnvironment => tracing::info!(
+            "stored the first admin token from {}",
+            tollgate_admin::bootstrap::ADMIN_TOKEN_ENV
+        ),
+        tollgate_admin::bootstrap::Bootstrap::Existing => {}
+    }
+    let live = data_plane.clone();
+    let admin_api = tollgate_admin::api::router(tollgate_admin::api::AdminApi {
+        config: Arc::new(move || live.snapshot().config.clone()),
+        store: store.clone(),
+    });
     let admin_state = tollgate_admin::AdminState {
         ready: ready.clone(),
+        api: Some(admin_api),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(tollgate_admin::serve(

@@ -1,0 +1,410 @@
+//! The admin REST API under `/admin/v1/`: the YAML file's resources, read
+//! back by name, and the access records.
+//!
+//! Every request needs `Authorization: Bearer <admin token>`; tokens are kept
+//! as SHA-256 digests in the store. Resources come from the live
+//! configuration (what the data plane serves), with secrets redacted:
+//! `env:NAME` references are shown, literal values never.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tollgate_config::Config;
+use tollgate_store::{AccessQuery, SqliteStore, StoreError};
+
+/// The resource kinds readable by name, as the YAML file names them.
+pub const KINDS: &[&str] = &[
+    "teams",
+    "services",
+    "apis",
+    "consumers",
+    "identity_providers",
+    "subscriptions",
+];
+
+/// Largest page a list returns.
+const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+/// Shown instead of a secret written in the configuration itself.
+pub const REDACTED: &str = "<redacted>";
+
+/// What the admin API reads from.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// The configuration the data plane serves right now.
+    pub config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
+    pub store: SqliteStore,
+}
+
+pub fn router(api: AdminApi) -> Router {
+    Router::new()
+        .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/{kind}", get(list))
+        .route("/admin/v1/{kind}/{name}", get(one))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}
+
+/// An admin API error, in the body every Tollgate listener uses.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "admin API failure");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the admin API failed; see the gateway's log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // The request id is added by the admin listener, which also knows it.
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// Every `/admin/v1/` request needs a known admin token.
+async fn authenticate(
+    State(api): State<AdminApi>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token.trim().to_string());
+    let Some(token) = presented.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+            "the admin API needs Authorization: Bearer <admin token>",
+        ));
+    };
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let store = api.store.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let found = store.find_admin_token(&hash)?;
+        if let Some(token) = &found {
+            store.touch_admin_token(token.id, now_unix())?;
+        }
+        Ok::<_, StoreError>(found)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if found.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the admin token is not valid",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!("no admin endpoint at {}", request.uri().path()))
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A kind's resources as JSON objects, secrets redacted, sorted by name.
+fn resources(config: &Config, kind: &str) -> Option<Vec<Value>> {
+    fn each<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
+        items
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .collect()
+    }
+    let mut items = match kind {
+        "teams" => each(&config.teams),
+        "services" => each(&config.services),
+        "apis" => each(&config.apis),
+        "consumers" => each(&config.consumers),
+        "identity_providers" => each(&config.identity_providers),
+        "subscriptions" => each(&config.subscriptions)
+            .into_iter()
+            .map(|mut item| {
+                // Subscriptions are addressed by consumer and service.
+                let id = format!(
+                    "{}:{}",
+                    item["consumer"].as_str().unwrap_or(""),
+                    item["service"].as_str().unwrap_or("")
+                );
+                item["name"] = id.into();
+                item
+            })
+            .collect(),
+        _ => return None,
+    };
+    for item in &mut items {
+        redact(item);
+    }
+    items.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    Some(items)
+}
+
+fn name_of(item: &Value) -> &str {
+    item["name"].as_str().unwrap_or("")
+}
+
+/// Replaces literal secrets with [`REDACTED`]; `env:NAME` references stay.
+pub fn redact(value: &mut Value) {
+    const SECRET_FIELDS: &[&str] = &["secret", "client_secret", "password", "password_hash"];
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                let is_secret = SECRET_FIELDS.contains(&key.as_str());
+                if is_secret {
+                    redact_string(field);
+                } else if key == "keys" {
+                    // Consumer keys: `value` is a secret, `hash` is not.
+                    if let Value::Array(keys) = field {
+                        for key in keys {
+                            if let Some(value) = key.get_mut("value") {
+                                redact_string(value);
+                            }
+                        }
+                    }
+                } else {
+                    redact(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn redact_string(value: &mut Value) {
+    if let Value::String(text) = value {
+        if !text.starts_with("env:") {
+            *text = REDACTED.to_string();
+        }
+    }
+}
+
+async fn list(
+    State(api): State<AdminApi>,
+    Path(kind): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let config = (api.config)();
+    let Some(items) = resources(&config, &kind) else {
+        return Err(ApiError::not_found(format!(
+            "no resource kind `{kind}`; kinds: {}",
+            KINDS.join(", ")
+        )));
+    };
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?,
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(cursor) => Some(decode_cursor(cursor)?),
+    };
+    let filters: Vec<(&String, &String)> = params
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "limit" | "cursor"))
+        .collect();
+    let mut matching = items.into_iter().filter(|item| {
+        after.as_deref().is_none_or(|after| name_of(item) > after)
+            && filters
+                .iter()
+                .all(|(field, wanted)| matches(&item[field.as_str()], wanted))
+    });
+    let page: Vec<Value> = matching.by_ref().take(limit).collect();
+    let next = match (matching.next(), page.last()) {
+        (Some(_), Some(last)) => Some(encode_cursor(name_of(last))),
+        _ => None,
+    };
+    Ok(Json(json!({ "items": page, "next": next })))
+}
+
+/// A filter matches a scalar field by its text, or an array field that contains it.
+fn matches(field: &Value, wanted: &str) -> bool {
+    match field {
+        Value::String(s) => s == wanted,
+        Value::Number(n) => n.to_string() == wanted,
+        Value::Bool(b) => b.to_string() == wanted,
+        Value::Array(items) => items.iter().any(|item| matches(item, wanted)),
+        _ => false,
+    }
+}
+
+fn encode_cursor(name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::bad_request("invalid cursor"))
+}
+
+async fn one(
+    State(api): State<AdminApi>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let config = (api.config)();
+    let Some(items) = resources(&config, &kind) else {
+        return Err(ApiError::not_found(format!("no resource kind `{kind}`")));
+    };
+    items
+        .into_iter()
+        .find(|item| name_of(item) == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no {kind} named `{name}`")))
+}
+
+/// `GET /admin/v1/logs`: access records, newest first, filtered and paginated.
+async fn logs(
+    State(api): State<AdminApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut query = AccessQuery::default();
+    for (key, value) in &params {
+        match key.as_str() {
+            "from" => query.from = Some(parse_time(key, value)?),
+            "to" => query.to = Some(parse_time(key, value)?),
+            "api" => query.api = Some(value.clone()),
+            "service" => query.service = Some(value.clone()),
+            "consumer" => query.consumer = Some(value.clone()),
+            "outcome" => query.outcome = Some(value.clone()),
+            "reason" => query.reason = Some(value.clone()),
+            "request_id" => query.request_id = Some(value.clone()),
+            "status" => {
+                query.status = Some(
+                    value
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("status must be a number"))?,
+                )
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}"))
+                    })?
+            }
+            "cursor" => query.cursor = Some(value.clone()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}`: use from, to, api, service, consumer, status, \
+                     outcome, reason, request_id, limit, cursor"
+                )))
+            }
+        }
+    }
+    let store = api.store.clone();
+    let page = tokio::task::spawn_blocking(move || store.query_access_records(&query))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|error| match error {
+            StoreError::InvalidCursor => ApiError::bad_request("invalid cursor"),
+            other => ApiError::internal(other),
+        })?;
+    Ok(Json(json!({ "items": page.items, "next": page.next })))
+}
+
+/// RFC 3339 (`2026-12-04T10:00:00Z`) or Unix seconds, as Unix microseconds.
+fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds.saturating_mul(1_000_000));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+        .map_err(|_| ApiError::bad_request(format!("{field} must be RFC 3339 or Unix seconds")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_secrets_are_redacted_and_references_kept() {
+        let mut consumer = json!({
+            "name": "m",
+            "keys": [{ "value": "tg_literal" }, { "value": "env:KEY" }, { "hash": "sha256:ab" }],
+            "client_credentials": { "client_id": "m", "secret": "s3cret" },
+            "basic": { "username": "u", "password": "env:PW" },
+        });
+        redact(&mut consumer);
+        assert_eq!(consumer["keys"][0]["value"], REDACTED);
+        assert_eq!(consumer["keys"][1]["value"], "env:KEY");
+        assert_eq!(consumer["keys"][2]["hash"], "sha256:ab");
+        assert_eq!(consumer["client_credentials"]["secret"], REDACTED);
+        assert_eq!(consumer["client_credentials"]["client_id"], "m");
+        assert_eq!(consumer["basic"]["password"], "env:PW");
+        let mut idp = json!({ "introspection": { "client_secret": "x" }, "secret": "y" });
+        redact(&mut idp);
+        assert_eq!(idp["introspection"]["client_secret"], REDACTED);
+        assert_eq!(idp["secret"], REDACTED);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(
+            decode_cursor(&encode_cursor("orders-v1")).ok().as_deref(),
+            Some("orders-v1")
+        );
+        assert!(decode_cursor("%%%").is_err());
+    }
+}
