@@ -48,6 +48,8 @@ pub struct AdminApi {
 pub fn router(api: AdminApi) -> Router {
     Router::new()
         .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/analytics", get(crate::analytics::handler))
+        .route("/admin/v1/compliance", get(crate::compliance::handler))
         .route("/admin/v1/{kind}", get(list))
         .route("/admin/v1/{kind}/{name}", get(one))
         .fallback(not_found)

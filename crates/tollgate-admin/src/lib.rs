@@ -5,8 +5,10 @@
 //!
 //! Never serves proxied traffic, and never exposes a credential.
 
+pub mod analytics;
 pub mod api;
 pub mod bootstrap;
+pub mod compliance;
 
 use std::convert::Infallible;
 use std::future::Future;
