@@ -11,7 +11,9 @@
 //! traffic, then times [`SqliteStore::query_access_records`] for each filter,
 //! alone and combined, as the admin API's `GET /admin/v1/logs` would call it:
 //! the first page (median of 5), and the pages of a walk through the results
-//! (up to 200 pages).
+//! (up to 200 pages). Then times [`SqliteStore::analytics`] (`GET
+//! /admin/v1/analytics`) over the whole day and parts of it, with and
+//! without filters (median of 5).
 //!
 //! The generated traffic spreads over a day: five APIs of uneven popularity
 //! (one rare), 2% unrouted requests, 500 consumers of uneven activity plus
@@ -22,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use tollgate_store::{AccessQuery, SqliteStore};
+use tollgate_store::{AccessQuery, AnalyticsQuery, BucketWidth, SqliteStore};
 use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
 
 /// 2026-12-04T00:00:00Z, in Unix seconds: the generated day's start.
@@ -436,6 +438,87 @@ fn main() {
     for (name, query) in cases {
         time(&store, name, &query);
     }
+
+    let day = |bucket| AnalyticsQuery::new(end - 24 * hour, end, bucket);
+    let analytics: Vec<(&str, AnalyticsQuery)> = vec![
+        ("the day, by hour", day(BucketWidth::Hour)),
+        ("the day, by minute", day(BucketWidth::Minute)),
+        ("the day, in one bucket", day(BucketWidth::Day)),
+        (
+            "the last hour, by minute",
+            AnalyticsQuery::new(end - hour, end, BucketWidth::Minute),
+        ),
+        (
+            "an hour 20 hours ago, by minute",
+            AnalyticsQuery::new(end - 20 * hour, end - 19 * hour, BucketWidth::Minute),
+        ),
+        (
+            "6 hours, by hour",
+            AnalyticsQuery::new(end - 12 * hour, end - 6 * hour, BucketWidth::Hour),
+        ),
+        (
+            "the day, api (40%)",
+            AnalyticsQuery {
+                api: text("orders"),
+                ..day(BucketWidth::Hour)
+            },
+        ),
+        (
+            "the day, api (0.1%)",
+            AnalyticsQuery {
+                api: text("legacy-export"),
+                ..day(BucketWidth::Hour)
+            },
+        ),
+        (
+            "an hour, api (40%)",
+            AnalyticsQuery {
+                api: text("orders"),
+                ..AnalyticsQuery::new(end - 20 * hour, end - 19 * hour, BucketWidth::Minute)
+            },
+        ),
+        (
+            "the day, service (10%)",
+            AnalyticsQuery {
+                service: text("catalog-svc"),
+                ..day(BucketWidth::Hour)
+            },
+        ),
+        (
+            "the day, consumer (7.6%)",
+            AnalyticsQuery {
+                consumer: text("consumer-000"),
+                ..day(BucketWidth::Hour)
+            },
+        ),
+    ];
+    println!(
+        "\n{:<40} {:>7} {:>8} {:>10}",
+        "analytics", "records", "buckets", "median"
+    );
+    for (name, query) in analytics {
+        time_analytics(&store, name, &query);
+    }
+}
+
+/// Prints the median time of an analytics query, of 5.
+fn time_analytics(store: &SqliteStore, name: &str, query: &AnalyticsQuery) {
+    let mut answer = None;
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            answer = Some(store.analytics(query).expect("analytics"));
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    let answer = answer.expect("ran");
+    println!(
+        "{name:<40} {:>7} {:>8} {:>8.1}ms",
+        answer.totals.requests,
+        answer.buckets.len(),
+        times[2].as_secs_f64() * 1000.0
+    );
 }
 
 /// Prints the median time of the query's first page, then follows its pages

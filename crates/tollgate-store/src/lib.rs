@@ -1,13 +1,15 @@
 //! Tollgate's storage: the embedded SQLite database, its migrations, the
 //! access record sink that writes into it, and what the admin API reads and
 //! keeps there: access record queries ([`SqliteStore::query_access_records`])
-//! and admin tokens ([`AdminToken`]).
+//! and aggregates ([`SqliteStore::analytics`]), and admin tokens
+//! ([`AdminToken`]).
 //!
 //! Never used on a request path: the access log thread writes records through
 //! [`SqliteRecordSink`], and the admin API reads them back. Never holds an
 //! admin token itself, only its SHA-256: its methods take no other form.
 
 mod admin_tokens;
+mod analytics;
 mod counters;
 mod migrations;
 mod query;
@@ -23,6 +25,10 @@ use serde::Serialize;
 use tollgate_telemetry::record::Rfc3339;
 
 pub use admin_tokens::AdminToken;
+pub use analytics::{
+    Aggregate, Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount,
+    Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
+};
 pub use query::{AccessPage, AccessQuery};
 pub use sink::SqliteRecordSink;
 
@@ -56,6 +62,9 @@ pub enum StoreError {
     /// An access query's cursor is not one the store returned.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// An analytics query spans more buckets than it may.
+    #[error("the range spans {buckets} buckets, more than {max}")]
+    TooManyBuckets { buckets: u64, max: u64 },
     #[error("an admin token named {0:?} already exists")]
     AdminTokenNameTaken(String),
     /// The token itself is already stored, under another name.

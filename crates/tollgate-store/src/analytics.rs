@@ -1,0 +1,830 @@
+//! Access record aggregates in time buckets for the admin API
+//! (`GET /admin/v1/analytics`): requests, errors, denials by reason, latency
+//! percentiles and bytes per minute, hour or day, and the busiest consumers
+//! and APIs.
+//!
+//! # One pass, no new index
+//!
+//! The records of the range are read once, as rows stream out of SQLite, into
+//! per-bucket counters and latency histograms; nothing is sorted and no row
+//! is kept. Memory is bounded by the buckets (at most
+//! [`AnalyticsQuery::MAX_BUCKETS`]) times the latency bins each one uses
+//! (a few hundred at most in practice, never more than its records), plus one
+//! counter per distinct consumer and API.
+//!
+//! Aggregates need every record of the range, so an index helps only to skip
+//! the records outside it; the existing ones suffice, and a covering index of
+//! the aggregated columns would cost every insert on the access log thread
+//! (see the schema in `migrations.rs`) to save little: SQLite spends most
+//! of the time decoding the aggregated columns, whichever b-tree holds them
+//! (measured in the sqlite3 shell: such an index cut a million records'
+//! aggregate by a fifth and grew the database by 30%). A million records
+//! aggregate in about 0.3 s (see the `query_bench` example). Each query is
+//! steered to the cheapest of:
+//!
+//! - the table, in id order, when the range holds much of it;
+//! - the `ts` index, when the range holds less than a third of the table (an
+//!   hour of a day, say), each of its records then read by id;
+//! - the `(api, id, ts)` index, when an API is asked for over a wide range:
+//!   only that API's records are read.
+//!
+//! How many records the range holds is estimated as [`crate::query`] does,
+//! from the ids of the records at its ends (ids follow time closely).
+//!
+//! # Latency percentiles
+//!
+//! Each bucket counts latencies in bins of a log-linear histogram: the bins
+//! split every power of two into [`LATENCY_SUB_BINS`] equal parts, so a bin's
+//! width is at most 1/64 of its lower bound. A percentile is the nearest-rank
+//! one (the ⌈p·n⌉-th smallest latency), located exactly to its bin and
+//! reported as the bin's midpoint, clamped to the smallest and largest
+//! latency seen: within [`LATENCY_RELATIVE_ERROR`] (1/128, under 0.8%) of
+//! the exact value. Latencies of zero or less (or not a number) count as 0.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql};
+use serde::{Serialize, Serializer};
+use tollgate_telemetry::record::Rfc3339;
+
+use crate::{SqliteStore, StoreError};
+
+/// The width of a time bucket. Buckets are aligned to the Unix epoch, so to
+/// UTC minutes, hours and days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BucketWidth {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl BucketWidth {
+    /// Parses `minute`, `hour` or `day`.
+    pub fn parse(text: &str) -> Option<BucketWidth> {
+        match text {
+            "minute" => Some(BucketWidth::Minute),
+            "hour" => Some(BucketWidth::Hour),
+            "day" => Some(BucketWidth::Day),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketWidth::Minute => "minute",
+            BucketWidth::Hour => "hour",
+            BucketWidth::Day => "day",
+        }
+    }
+
+    /// The width in microseconds.
+    pub fn micros(self) -> i64 {
+        match self {
+            BucketWidth::Minute => 60_000_000,
+            BucketWidth::Hour => 3_600_000_000,
+            BucketWidth::Day => 86_400_000_000,
+        }
+    }
+}
+
+/// Which access records to aggregate, and how.
+#[derive(Clone, Debug)]
+pub struct AnalyticsQuery {
+    /// The range's start, in Unix microseconds; rounded down to a bucket's
+    /// start (see [`AnalyticsQuery::range`]).
+    pub from: i64,
+    /// The range's end (exclusive), in Unix microseconds; rounded up to a
+    /// bucket's end.
+    pub to: i64,
+    pub bucket: BucketWidth,
+    pub api: Option<String>,
+    pub service: Option<String>,
+    pub consumer: Option<String>,
+    /// How many consumers and APIs to rank; more than
+    /// [`AnalyticsQuery::MAX_TOP`] means that many.
+    pub top: usize,
+}
+
+impl AnalyticsQuery {
+    /// The most buckets a query may span.
+    pub const MAX_BUCKETS: u64 = 10_000;
+    /// The longest ranking of consumers and APIs.
+    pub const MAX_TOP: usize = 100;
+
+    /// A query of every record from `from` to `to` in `bucket`s, ranking the
+    /// top 10 consumers and APIs.
+    pub fn new(from: i64, to: i64, bucket: BucketWidth) -> AnalyticsQuery {
+        AnalyticsQuery {
+            from,
+            to,
+            bucket,
+            api: None,
+            service: None,
+            consumer: None,
+            top: 10,
+        }
+    }
+
+    /// The range actually aggregated: `from` rounded down and `to` rounded
+    /// up to whole buckets, in Unix microseconds; empty (`from == to`) when
+    /// `to` is not after `from`.
+    pub fn range(&self) -> (i64, i64) {
+        let width = i128::from(self.bucket.micros());
+        let from = i128::from(self.from).div_euclid(width) * width;
+        let to = (i128::from(self.to) + width - 1).div_euclid(width) * width;
+        // Within i64 but for the buckets at its ends, cut short.
+        let clamp = |t: i128| t.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+        let (from, to) = (clamp(from), clamp(to));
+        (from, to.max(from))
+    }
+
+    /// How many buckets [`AnalyticsQuery::range`] spans.
+    pub fn bucket_count(&self) -> u64 {
+        let (from, to) = self.range();
+        let span = i128::from(to) - i128::from(from);
+        u64::try_from(
+            (span + i128::from(self.bucket.micros()) - 1) / i128::from(self.bucket.micros()),
+        )
+        .unwrap_or(u64::MAX)
+    }
+}
+
+/// Latency histogram bins per power of two (2^[`LATENCY_SUB_BIN_BITS`]).
+pub const LATENCY_SUB_BINS: u32 = 1 << LATENCY_SUB_BIN_BITS;
+const LATENCY_SUB_BIN_BITS: u32 = 6;
+/// How far a reported latency percentile may be from the exact one,
+/// relative to it: half a bin's width.
+pub const LATENCY_RELATIVE_ERROR: f64 = 1.0 / (2 * LATENCY_SUB_BINS) as f64;
+
+/// What [`SqliteStore::analytics`] answers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Analytics {
+    /// The range aggregated ([`AnalyticsQuery::range`]); RFC 3339 in JSON.
+    #[serde(serialize_with = "rfc3339")]
+    pub from: i64,
+    #[serde(serialize_with = "rfc3339")]
+    pub to: i64,
+    pub bucket: BucketWidth,
+    pub totals: Aggregate,
+    /// The buckets holding at least one record, oldest first; those with
+    /// none are left out.
+    pub buckets: Vec<Bucket>,
+    /// The consumers with the most records, most first (ties by name);
+    /// anonymous requests are not ranked.
+    pub top_consumers: Vec<ConsumerCount>,
+    /// The APIs with the most records, most first (ties by name); requests
+    /// that matched no API are not ranked.
+    pub top_apis: Vec<ApiCount>,
+}
+
+/// The aggregates of a bucket, or of the whole range.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Aggregate {
+    /// Every record.
+    pub requests: u64,
+    /// Records the gateway failed (outcome `error`: no route, a bad request,
+    /// an upstream failure) and proxied ones the upstream answered with a
+    /// status of 500 or more.
+    pub errors: u64,
+    /// Records refused by a policy (outcome `denied`).
+    pub denied: u64,
+    /// Denied records by their reason (the error code); `unspecified` for a
+    /// denial without one.
+    pub denials_by_reason: BTreeMap<String, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub latency_ms: Percentiles,
+}
+
+/// One time bucket's aggregates.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Bucket {
+    /// The bucket's start; RFC 3339 in JSON.
+    #[serde(serialize_with = "rfc3339")]
+    pub start: i64,
+    #[serde(flatten)]
+    pub aggregate: Aggregate,
+}
+
+/// Latency percentiles in milliseconds, within [`LATENCY_RELATIVE_ERROR`];
+/// `None` (JSON `null`) without records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConsumerCount {
+    pub consumer: String,
+    pub requests: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiCount {
+    pub api: String,
+    pub requests: u64,
+}
+
+fn rfc3339<S: Serializer>(micros: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(Rfc3339::from_unix_micros(*micros).as_str())
+}
+
+impl SqliteStore {
+    /// Aggregates the access records of `query` in time buckets.
+    ///
+    /// Reads over a connection of its own, so other admin API requests do
+    /// not wait for it. Fails with [`StoreError::TooManyBuckets`] when the
+    /// range spans more than [`AnalyticsQuery::MAX_BUCKETS`].
+    pub fn analytics(&self, query: &AnalyticsQuery) -> Result<Analytics, StoreError> {
+        let buckets = query.bucket_count();
+        if buckets > AnalyticsQuery::MAX_BUCKETS {
+            return Err(StoreError::TooManyBuckets {
+                buckets,
+                max: AnalyticsQuery::MAX_BUCKETS,
+            });
+        }
+        let conn = self.location.connect()?;
+        let plan = choose_plan(&conn, query)?;
+        aggregate(&conn, query, plan)
+    }
+}
+
+/// How an analytics query reads the table: see the module's documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    Table,
+    TimeRange,
+    Api,
+}
+
+/// The time range plan is chosen when the range holds less than a third of
+/// the table. Measured with the `query_bench` example's million records: a
+/// scan steps over a record outside the range in ~85 ns, and a record read
+/// through the `ts` index costs ~185 ns more than one read by the scan
+/// (~220 ns to aggregate either way), so the index costs less when
+/// `in_range × (185 + 85) < table × 85`.
+const TIME_RANGE_COST: i64 = 3;
+
+/// Chooses the plan for `query`: see the module's documentation.
+pub(crate) fn choose_plan(conn: &Connection, query: &AnalyticsQuery) -> Result<Plan, StoreError> {
+    let (from, to) = query.range();
+    let wide = if query.api.is_some() {
+        Plan::Api
+    } else {
+        Plan::Table
+    };
+    // Separately: SQLite reads `min(id), max(id)` together by a scan, each
+    // alone by one step of the primary key.
+    let id = |sql| conn.query_row(sql, [], |row| row.get::<_, Option<i64>>(0));
+    let (Some(oldest), Some(newest)) = (
+        id("SELECT min(id) FROM access_records")?,
+        id("SELECT max(id) FROM access_records")?,
+    ) else {
+        return Ok(wide);
+    };
+    let past_newest = newest.saturating_add(1);
+    let mut first_at = conn.prepare_cached(
+        "SELECT id FROM access_records INDEXED BY access_records_ts
+         WHERE ts >= ?1 ORDER BY ts LIMIT 1",
+    )?;
+    let mut first_id_at = |ts: i64| -> rusqlite::Result<i64> {
+        Ok(first_at
+            .query_row([ts], |row| row.get(0))
+            .optional()?
+            .unwrap_or(past_newest))
+    };
+    let in_range = first_id_at(to)?.saturating_sub(first_id_at(from)?).max(0);
+    let table = past_newest.saturating_sub(oldest);
+    Ok(if in_range.saturating_mul(TIME_RANGE_COST) < table {
+        Plan::TimeRange
+    } else {
+        wide
+    })
+}
+
+/// The SQL of `query` with `plan`, and its named parameters' values.
+fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, Value)>) {
+    let (from, to) = query.range();
+    let mut terms = vec!["ts >= :from", "ts < :to"];
+    let mut params = vec![(":from", Value::Integer(from)), (":to", Value::Integer(to))];
+    let filters = [
+        ("api = :api", ":api", &query.api),
+        ("service = :service", ":service", &query.service),
+        ("consumer = :consumer", ":consumer", &query.consumer),
+    ];
+    for (term, name, value) in filters {
+        if let Some(value) = value {
+            terms.push(term);
+            params.push((name, Value::Text(value.clone())));
+        }
+    }
+    let source = match plan {
+        Plan::Table => "NOT INDEXED",
+        Plan::TimeRange => "INDEXED BY access_records_ts",
+        // `api = :api` implies the index's `api IS NOT NULL`.
+        Plan::Api => "INDEXED BY access_records_api",
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM access_records {source} WHERE {}",
+        terms.join(" AND ")
+    );
+    (sql, params)
+}
+
+/// The columns [`Accumulator::add`] reads, in its order.
+const COLUMNS: &str = "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, api, consumer";
+
+/// Runs `query` with `plan`.
+pub(crate) fn aggregate(
+    conn: &Connection,
+    query: &AnalyticsQuery,
+    plan: Plan,
+) -> Result<Analytics, StoreError> {
+    let (sql, params) = statement(query, plan);
+    let mut stmt = conn.prepare(&sql)?;
+    let params: Vec<(&str, &dyn ToSql)> = params
+        .iter()
+        .map(|(name, value)| (*name, value as &dyn ToSql))
+        .collect();
+    let mut rows = stmt.query(params.as_slice())?;
+    let mut acc = Accumulator::new(query);
+    while let Some(row) = rows.next()? {
+        acc.add(row)?;
+    }
+    Ok(acc.finish(query))
+}
+
+/// Aggregates records as they are read.
+struct Accumulator {
+    from: i64,
+    width: i64,
+    /// One per bucket of the range, created by its first record.
+    buckets: Vec<Option<Box<Counts>>>,
+    /// Denial reasons, numbered in the order first seen.
+    reasons: Vec<Box<str>>,
+    reason_ids: HashMap<Box<str>, usize>,
+    consumers: HashMap<Box<str>, u64>,
+    apis: HashMap<Box<str>, u64>,
+}
+
+/// A bucket's counts.
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    denied: u64,
+    /// By reason id.
+    denials: Vec<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    latency: Histogram,
+}
+
+impl Accumulator {
+    fn new(query: &AnalyticsQuery) -> Accumulator {
+        let (from, _) = query.range();
+        let count = usize::try_from(query.bucket_count()).unwrap_or(usize::MAX);
+        Accumulator {
+            from,
+            width: query.bucket.micros(),
+            buckets: std::iter::repeat_with(|| None).take(count).collect(),
+            reasons: Vec::new(),
+            reason_ids: HashMap::new(),
+            consumers: HashMap::new(),
+            apis: HashMap::new(),
+        }
+    }
+
+    /// Counts one row of [`COLUMNS`].
+    fn add(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        let ts: i64 = row.get(0)?;
+        let Some(slot) = usize::try_from(ts.saturating_sub(self.from) / self.width)
+            .ok()
+            .and_then(|index| self.buckets.get_mut(index))
+        else {
+            // The query's range holds the buckets': unreachable.
+            return Ok(());
+        };
+        let counts = slot.get_or_insert_with(Box::default);
+        counts.requests += 1;
+        counts.latency.add(real(row.get_ref(1)?));
+        let status = row.get_ref(2)?.as_i64().unwrap_or(0);
+        // As bytes: no UTF-8 check for a value compared with ASCII.
+        match row.get_ref(3)?.as_bytes()? {
+            b"error" => counts.errors += 1,
+            b"denied" => {
+                counts.denied += 1;
+                let reason = row.get_ref(4)?.as_str_or_null()?.unwrap_or("unspecified");
+                let id = match self.reason_ids.get(reason) {
+                    Some(id) => *id,
+                    None => {
+                        self.reasons.push(reason.into());
+                        self.reason_ids
+                            .insert(reason.into(), self.reasons.len() - 1);
+                        self.reasons.len() - 1
+                    }
+                };
+                if counts.denials.len() <= id {
+                    counts.denials.resize(id + 1, 0);
+                }
+                counts.denials[id] += 1;
+            }
+            _ if status >= 500 => counts.errors += 1,
+            _ => {}
+        }
+        counts.bytes_in = counts.bytes_in.saturating_add(count(row.get_ref(5)?));
+        counts.bytes_out = counts.bytes_out.saturating_add(count(row.get_ref(6)?));
+        for (column, totals) in [(7, &mut self.apis), (8, &mut self.consumers)] {
+            if let Some(name) = row.get_ref(column)?.as_str_or_null()? {
+                match totals.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        totals.insert(name.into(), 1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, query: &AnalyticsQuery) -> Analytics {
+        let (from, to) = query.range();
+        let reasons = &self.reasons;
+        let mut totals = Counts::default();
+        let mut buckets = Vec::new();
+        for (index, counts) in self.buckets.into_iter().enumerate() {
+            let Some(counts) = counts else { continue };
+            totals.requests += counts.requests;
+            totals.errors += counts.errors;
+            totals.denied += counts.denied;
+            if totals.denials.len() < counts.denials.len() {
+                totals.denials.resize(counts.denials.len(), 0);
+            }
+            for (total, n) in totals.denials.iter_mut().zip(&counts.denials) {
+                *total += n;
+            }
+            totals.bytes_in = totals.bytes_in.saturating_add(counts.bytes_in);
+            totals.bytes_out = totals.bytes_out.saturating_add(counts.bytes_out);
+            totals.latency.merge(&counts.latency);
+            buckets.push(Bucket {
+                start: from.saturating_add((index as i64).saturating_mul(self.width)),
+                aggregate: counts.aggregate(reasons),
+            });
+        }
+        let top = query.top.min(AnalyticsQuery::MAX_TOP);
+        Analytics {
+            from,
+            to,
+            bucket: query.bucket,
+            totals: totals.aggregate(reasons),
+            buckets,
+            top_consumers: ranked(self.consumers, top)
+                .map(|(consumer, requests)| ConsumerCount { consumer, requests })
+                .collect(),
+            top_apis: ranked(self.apis, top)
+                .map(|(api, requests)| ApiCount { api, requests })
+                .collect(),
+        }
+    }
+}
+
+impl Counts {
+    fn aggregate(&self, reasons: &[Box<str>]) -> Aggregate {
+        Aggregate {
+            requests: self.requests,
+            errors: self.errors,
+            denied: self.denied,
+            denials_by_reason: self
+                .denials
+                .iter()
+                .zip(reasons)
+                .filter(|(n, _)| **n > 0)
+                .map(|(n, reason)| (reason.to_string(), *n))
+                .collect(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            latency_ms: self.latency.percentiles(),
+        }
+    }
+}
+
+/// The `top` names with the highest counts, highest first, ties by name.
+fn ranked(counts: HashMap<Box<str>, u64>, top: usize) -> impl Iterator<Item = (String, u64)> {
+    let mut all: Vec<(Box<str>, u64)> = counts.into_iter().collect();
+    all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.into_iter()
+        .take(top)
+        .map(|(name, n)| (name.into_string(), n))
+}
+
+/// A REAL column as a latency: 0 for NULL or text.
+fn real(value: ValueRef<'_>) -> f64 {
+    match value {
+        ValueRef::Real(x) => x,
+        ValueRef::Integer(n) => n as f64,
+        _ => 0.0,
+    }
+}
+
+/// An INTEGER column as a byte count: 0 for NULL, text or a negative number.
+fn count(value: ValueRef<'_>) -> u64 {
+    match value {
+        ValueRef::Integer(n) => u64::try_from(n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Latencies in log-linear bins (see the module's documentation): a bin is
+/// a positive `f64`'s exponent and its mantissa's top
+/// [`LATENCY_SUB_BIN_BITS`] bits, so its number grows with the latencies it
+/// holds; bin 0 holds latencies of zero or less.
+#[derive(Default)]
+struct Histogram {
+    bins: HashMap<u32, u64>,
+    n: u64,
+    /// The smallest and largest latencies counted, to clamp percentiles to.
+    min: f64,
+    max: f64,
+}
+
+/// How far to shift an `f64`'s bits right for its bin number.
+const BIN_SHIFT: u32 = 52 - LATENCY_SUB_BIN_BITS;
+
+impl Histogram {
+    fn add(&mut self, latency_ms: f64) {
+        // Zero for zero, negatives and NaN; the largest finite for infinity.
+        let ms = if latency_ms > 0.0 {
+            latency_ms.min(f64::MAX)
+        } else {
+            0.0
+        };
+        *self.bins.entry(bin(ms)).or_default() += 1;
+        if self.n == 0 {
+            (self.min, self.max) = (ms, ms);
+        } else {
+            self.min = self.min.min(ms);
+            self.max = self.max.max(ms);
+        }
+        self.n += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        if other.n == 0 {
+            return;
+        }
+        for (bin, n) in &other.bins {
+            *self.bins.entry(*bin).or_default() += n;
+        }
+        if self.n == 0 {
+            (self.min, self.max) = (other.min, other.max);
+        } else {
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+        }
+        self.n += other.n;
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        if self.n == 0 {
+            return Percentiles::default();
+        }
+        let mut bins: Vec<(u32, u64)> = self.bins.iter().map(|(b, n)| (*b, *n)).collect();
+        bins.sort_unstable();
+        let at = |p: f64| -> Option<f64> {
+            // Nearest rank: the ⌈p·n⌉-th smallest, 1-based.
+            let rank = ((p * self.n as f64).ceil() as u64).clamp(1, self.n);
+            let mut seen = 0;
+            let (bin, _) = bins.iter().find(|(_, n)| {
+                seen += n;
+                seen >= rank
+            })?;
+            Some(midpoint(*bin).clamp(self.min, self.max))
+        };
+        Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// The bin of a latency of zero or more.
+fn bin(ms: f64) -> u32 {
+    // Sign bit clear, 11 exponent bits, LATENCY_SUB_BIN_BITS mantissa bits.
+    (ms.to_bits() >> BIN_SHIFT) as u32
+}
+
+/// The middle of a bin's latencies.
+fn midpoint(bin: u32) -> f64 {
+    if bin == 0 {
+        return 0.0;
+    }
+    let low = f64::from_bits(u64::from(bin) << BIN_SHIFT);
+    let high = f64::from_bits(u64::from(bin + 1) << BIN_SHIFT);
+    low + (high - low) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+
+    use super::*;
+
+    /// 2024-05-01T12:00:00Z in Unix microseconds.
+    const T0: i64 = 1_714_564_800_000_000;
+    const HOUR: i64 = 3_600_000_000;
+
+    /// `n` records ten seconds apart; every 13th written an hour late.
+    fn store_with(n: i64) -> SqliteStore {
+        let records: Vec<AccessRecord> = (0..n)
+            .map(|i| {
+                let late = if i % 13 == 12 { HOUR } else { 0 };
+                let (api, denied) = (["orders", "users", "search"][i as usize % 3], i % 7 == 0);
+                AccessRecord {
+                    ts: UNIX_EPOCH + Duration::from_micros((T0 + i * 10_000_000 - late) as u64),
+                    request_id: format!("r{i}"),
+                    client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    method: "GET".to_owned(),
+                    host: "h".to_owned(),
+                    path: "/".to_owned(),
+                    api: (i % 10 != 0).then(|| api.into()),
+                    service: Some("svc".into()),
+                    consumer: (i % 4 != 0).then(|| format!("c{}", i % 5).into()),
+                    status: if denied { 429 } else { 200 },
+                    upstream_status: None,
+                    upstream_addr: None,
+                    latency_ms: (i % 50) as f64 * 1.5,
+                    upstream_latency_ms: None,
+                    bytes_in: 1,
+                    bytes_out: 2,
+                    outcome: if denied {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Allowed
+                    },
+                    reason: denied.then_some("rate_limited"),
+                }
+            })
+            .collect();
+        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        store
+            .access_record_sink()
+            .unwrap()
+            .write_batch(&records)
+            .unwrap();
+        store
+    }
+
+    /// Whichever plan reads the table, the answer is the same.
+    #[test]
+    fn every_plan_aggregates_the_same_records() {
+        // 2000 records: about 5.5 hours.
+        let store = store_with(2000);
+        let conn = store.lock();
+        let q = AnalyticsQuery::new;
+        let mut queries = vec![
+            q(T0, T0 + 6 * HOUR, BucketWidth::Minute),
+            q(T0 + HOUR, T0 + 2 * HOUR, BucketWidth::Hour),
+            q(T0 - HOUR, T0 + HOUR / 2, BucketWidth::Minute),
+            q(T0 + 10 * HOUR, T0 + 11 * HOUR, BucketWidth::Hour),
+        ];
+        for i in 0..queries.len() {
+            queries.push(AnalyticsQuery {
+                api: Some("orders".into()),
+                consumer: Some("c1".into()),
+                ..queries[i].clone()
+            });
+        }
+        for query in queries {
+            let table = aggregate(&conn, &query, Plan::Table).unwrap();
+            assert!(table.totals.requests > 0 || query.from > T0 + 6 * HOUR);
+            let time_range = aggregate(&conn, &query, Plan::TimeRange).unwrap();
+            assert_eq!(table, time_range, "{query:?}");
+            if query.api.is_some() {
+                let api = aggregate(&conn, &query, Plan::Api).unwrap();
+                assert_eq!(table, api, "{query:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_ranges_are_read_through_the_ts_index() {
+        let store = store_with(2000);
+        let conn = store.lock();
+        let q = AnalyticsQuery::new;
+        let with_api = |query: AnalyticsQuery| AnalyticsQuery {
+            api: Some("orders".into()),
+            ..query
+        };
+        let cases = [
+            (q(T0, T0 + 6 * HOUR, BucketWidth::Hour), Plan::Table),
+            (q(T0 - HOUR, T0 + 3 * HOUR, BucketWidth::Hour), Plan::Table),
+            (q(T0, T0 + HOUR, BucketWidth::Minute), Plan::TimeRange),
+            (
+                q(T0 + 20 * HOUR, T0 + 21 * HOUR, BucketWidth::Hour),
+                Plan::TimeRange,
+            ),
+            (with_api(q(T0, T0 + 6 * HOUR, BucketWidth::Hour)), Plan::Api),
+            (
+                with_api(q(T0, T0 + HOUR, BucketWidth::Hour)),
+                Plan::TimeRange,
+            ),
+        ];
+        for (query, plan) in cases {
+            assert_eq!(choose_plan(&conn, &query).unwrap(), plan, "{query:?}");
+        }
+        let empty = SqliteStore::open("sqlite::memory:").unwrap();
+        let query = q(T0, T0 + HOUR, BucketWidth::Hour);
+        assert_eq!(choose_plan(&empty.lock(), &query).unwrap(), Plan::Table);
+    }
+
+    #[test]
+    fn plans_read_through_their_index() {
+        let store = store_with(10);
+        let conn = store.lock();
+        let query = AnalyticsQuery {
+            api: Some("orders".into()),
+            consumer: Some("c1".into()),
+            ..AnalyticsQuery::new(T0, T0 + HOUR, BucketWidth::Hour)
+        };
+        for (plan, step) in [
+            (Plan::Table, "SCAN access_records"),
+            (
+                Plan::TimeRange,
+                "SEARCH access_records USING INDEX access_records_ts (ts>? AND ts<?)",
+            ),
+            (
+                Plan::Api,
+                "SEARCH access_records USING INDEX access_records_api (api=?)",
+            ),
+        ] {
+            let (sql, params) = statement(&query, plan);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params: Vec<(&str, &dyn ToSql)> = params
+                .iter()
+                .map(|(name, value)| (*name, value as &dyn ToSql))
+                .collect();
+            let steps: Vec<String> = stmt
+                .query_map(params.as_slice(), |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(steps, [step], "{plan:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_round_out_to_whole_buckets() {
+        let hour = BucketWidth::Hour.micros();
+        let q = |from, to| AnalyticsQuery::new(from, to, BucketWidth::Hour);
+        assert_eq!(q(hour + 1, 3 * hour - 1).range(), (hour, 3 * hour));
+        assert_eq!(q(hour + 1, 3 * hour - 1).bucket_count(), 2);
+        assert_eq!(q(hour, 2 * hour).range(), (hour, 2 * hour));
+        assert_eq!(q(hour, 2 * hour).bucket_count(), 1);
+        assert_eq!(q(-1, 1).range(), (-hour, hour));
+        assert_eq!(q(5 * hour, hour).bucket_count(), 0);
+        assert_eq!(q(hour, hour).bucket_count(), 0);
+        let all = q(i64::MIN, i64::MAX);
+        assert!(all.bucket_count() > AnalyticsQuery::MAX_BUCKETS);
+        let (from, to) = all.range();
+        assert!(from <= i64::MIN + hour && to == i64::MAX);
+    }
+
+    #[test]
+    fn bins_grow_with_latencies_and_are_narrow() {
+        let mut previous = 0;
+        let mut ms = 1e-4;
+        while ms < 1e8 {
+            let b = bin(ms);
+            assert!(b >= previous, "{ms}");
+            previous = b;
+            let low = f64::from_bits(u64::from(b) << BIN_SHIFT);
+            let high = f64::from_bits(u64::from(b + 1) << BIN_SHIFT);
+            assert!(low <= ms && ms < high, "{ms}: {low}..{high}");
+            let error = (midpoint(b) - ms).abs() / ms;
+            assert!(error <= LATENCY_RELATIVE_ERROR, "{ms}: {error}");
+            ms *= 1.001;
+        }
+        assert_eq!(bin(0.0), 0);
+        assert_eq!(midpoint(0), 0.0);
+    }
+
+    #[test]
+    fn odd_latencies_are_counted_without_panicking() {
+        let mut h = Histogram::default();
+        for ms in [f64::NAN, -1.0, -0.0, f64::INFINITY, 0.0, 5e-324, 2.5] {
+            h.add(ms);
+        }
+        let p = h.percentiles();
+        assert_eq!(p.p50, Some(0.0));
+        assert_eq!(p.p99, Some(f64::MAX));
+        assert_eq!(Histogram::default().percentiles(), Percentiles::default());
+    }
+}

@@ -1,0 +1,406 @@
+//! `SqliteStore::analytics`, through the public API, against a brute-force
+//! computation over the same generated records. (Which plan reads the table
+//! is tested in `analytics.rs`.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tollgate_store::{
+    Analytics, AnalyticsQuery, BucketWidth, Percentiles, SqliteStore, StoreError,
+    LATENCY_RELATIVE_ERROR,
+};
+use tollgate_telemetry::record::unix_micros;
+use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+
+/// 2024-05-01T12:00:00Z in Unix microseconds.
+const T0: i64 = 1_714_564_800_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+/// xorshift64*: deterministic test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// `n` records over about three days, with quiet hours (so some buckets are
+/// empty), some written long after they arrived, latencies from
+/// microseconds to minutes (and a few odd ones), every outcome.
+fn records(n: usize) -> Vec<AccessRecord> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let apis = [
+        (Some("orders"), Some("orders-svc")),
+        (Some("orders"), Some("orders-svc")),
+        (Some("users"), Some("users-svc")),
+        (Some("search"), Some("catalog-svc")),
+        (Some("export"), Some("catalog-svc")),
+        (None, None),
+    ];
+    let consumers = [
+        None,
+        Some("acme"),
+        Some("acme"),
+        Some("globex"),
+        Some("initech"),
+        Some("umbrella"),
+    ];
+    let mut now = T0 + 17 * 60_000_000;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        now += rng.below(110_000_000) as i64;
+        // Nothing between 03:00 and 05:00.
+        let hour_of_day = (now / HOUR) % 24;
+        if (3..5).contains(&hour_of_day) {
+            now += 2 * HOUR;
+        }
+        // Every 37th arrived up to two hours before it was written (outside
+        // the quiet hours).
+        let mut late = if i % 37 == 36 {
+            rng.below(2 * HOUR as u64) as i64
+        } else {
+            0
+        };
+        if (3..5).contains(&((now - late) / HOUR % 24)) {
+            late = 0;
+        }
+        let (api, service) = apis[rng.below(apis.len() as u64) as usize];
+        let consumer = consumers[rng.below(consumers.len() as u64) as usize];
+        let (status, outcome, reason) = match rng.below(20) {
+            0 => (429, Outcome::Denied, Some("rate_limited")),
+            1 => (401, Outcome::Denied, Some("missing_credentials")),
+            2 => (403, Outcome::Denied, Some("forbidden")),
+            3 => (403, Outcome::Denied, None),
+            4 => (502, Outcome::Error, Some("upstream_unavailable")),
+            5 => (404, Outcome::Error, Some("no_route")),
+            6 => (500, Outcome::Allowed, None),
+            7 => (503, Outcome::Allowed, None),
+            8 => (404, Outcome::Allowed, None),
+            _ => (200, Outcome::Allowed, None),
+        };
+        let latency_ms = match i % 101 {
+            0 => 0.0,
+            1 => -1.0,
+            2 => 250_000.0,
+            _ => 10f64.powf(rng.unit() * 6.0 - 2.0),
+        };
+        out.push(AccessRecord {
+            ts: UNIX_EPOCH + Duration::from_micros((now - late) as u64),
+            request_id: format!("req-{i:05}"),
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            method: "GET".to_owned(),
+            host: "api.example.com".to_owned(),
+            path: format!("/{i}"),
+            api: api.map(Into::into),
+            service: service.map(Into::into),
+            consumer: consumer.map(Into::into),
+            status,
+            upstream_status: None,
+            upstream_addr: None,
+            latency_ms,
+            upstream_latency_ms: None,
+            bytes_in: rng.below(5000),
+            bytes_out: rng.below(50_000),
+            outcome,
+            reason,
+        });
+    }
+    out
+}
+
+fn store_with(records: &[AccessRecord]) -> SqliteStore {
+    let store = SqliteStore::open("sqlite::memory:").unwrap();
+    let mut sink = store.access_record_sink().unwrap();
+    for batch in records.chunks(500) {
+        sink.write_batch(batch).unwrap();
+    }
+    store
+}
+
+/// A bucket (or the totals), computed the slow way.
+#[derive(Default)]
+struct Expected {
+    requests: u64,
+    errors: u64,
+    denied: u64,
+    denials_by_reason: BTreeMap<String, u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    latencies: Vec<f64>,
+}
+
+impl Expected {
+    fn add(&mut self, r: &AccessRecord) {
+        self.requests += 1;
+        match r.outcome {
+            Outcome::Error => self.errors += 1,
+            Outcome::Allowed if r.status >= 500 => self.errors += 1,
+            Outcome::Denied => {
+                self.denied += 1;
+                *self
+                    .denials_by_reason
+                    .entry(r.reason.unwrap_or("unspecified").to_owned())
+                    .or_default() += 1;
+            }
+            Outcome::Allowed => {}
+        }
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+        self.latencies.push(r.latency_ms.max(0.0));
+    }
+
+    /// Checks `got` against these records.
+    fn check(mut self, got: &tollgate_store::Aggregate, what: &str) {
+        assert_eq!(got.requests, self.requests, "{what}: requests");
+        assert_eq!(got.errors, self.errors, "{what}: errors");
+        assert_eq!(got.denied, self.denied, "{what}: denied");
+        assert_eq!(got.denials_by_reason, self.denials_by_reason, "{what}");
+        assert_eq!(got.bytes_in, self.bytes_in, "{what}: bytes_in");
+        assert_eq!(got.bytes_out, self.bytes_out, "{what}: bytes_out");
+        self.latencies.sort_by(f64::total_cmp);
+        let exact = |p: f64| {
+            let n = self.latencies.len();
+            let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+            self.latencies[rank - 1]
+        };
+        let Percentiles { p50, p95, p99 } = got.latency_ms;
+        for (p, value) in [(0.50, p50), (0.95, p95), (0.99, p99)] {
+            let value = value.unwrap_or_else(|| panic!("{what}: no p{p}"));
+            let want = exact(p);
+            assert!(
+                (value - want).abs() <= want * LATENCY_RELATIVE_ERROR,
+                "{what}: p{p} is {value}, exactly {want}"
+            );
+        }
+    }
+}
+
+fn matches(q: &AnalyticsQuery, r: &AccessRecord) -> bool {
+    let (from, to) = q.range();
+    let ts = unix_micros(r.ts);
+    let eq = |want: &Option<String>, have: Option<&str>| {
+        want.as_deref().is_none_or(|want| have == Some(want))
+    };
+    from <= ts
+        && ts < to
+        && eq(&q.api, r.api.as_deref())
+        && eq(&q.service, r.service.as_deref())
+        && eq(&q.consumer, r.consumer.as_deref())
+}
+
+/// The `top` names of `names` by count, most first, ties by name.
+fn ranking<'a>(names: impl Iterator<Item = &'a str>, top: usize) -> Vec<(String, u64)> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for name in names {
+        *counts.entry(name).or_default() += 1;
+    }
+    let mut all: Vec<(String, u64)> = counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(top);
+    all
+}
+
+fn check(records: &[AccessRecord], got: &Analytics, q: &AnalyticsQuery) {
+    let what = format!("{q:?}");
+    let (from, to) = q.range();
+    assert_eq!((got.from, got.to), (from, to), "{what}");
+    assert_eq!(got.bucket, q.bucket);
+    let width = q.bucket.micros();
+    let matching: Vec<&AccessRecord> = records.iter().filter(|r| matches(q, r)).collect();
+
+    let mut totals = Expected::default();
+    let mut buckets: BTreeMap<i64, Expected> = BTreeMap::new();
+    for r in &matching {
+        totals.add(r);
+        let ts = unix_micros(r.ts);
+        buckets
+            .entry(ts.div_euclid(width) * width)
+            .or_default()
+            .add(r);
+    }
+    if matching.is_empty() {
+        assert_eq!(got.totals.requests, 0, "{what}");
+        assert_eq!(got.totals.latency_ms, Percentiles::default(), "{what}");
+    } else {
+        totals.check(&got.totals, &format!("{what}: totals"));
+    }
+    // Exactly the buckets with records, oldest first.
+    let starts: Vec<i64> = got.buckets.iter().map(|b| b.start).collect();
+    let want: Vec<i64> = buckets.keys().copied().collect();
+    assert_eq!(starts, want, "{what}");
+    for (bucket, (start, expected)) in got.buckets.iter().zip(buckets) {
+        expected.check(&bucket.aggregate, &format!("{what}: bucket {start}"));
+    }
+
+    let consumers = ranking(matching.iter().filter_map(|r| r.consumer.as_deref()), q.top);
+    let got_consumers: Vec<(String, u64)> = got
+        .top_consumers
+        .iter()
+        .map(|c| (c.consumer.clone(), c.requests))
+        .collect();
+    assert_eq!(got_consumers, consumers, "{what}");
+    let apis = ranking(matching.iter().filter_map(|r| r.api.as_deref()), q.top);
+    let got_apis: Vec<(String, u64)> = got
+        .top_apis
+        .iter()
+        .map(|a| (a.api.clone(), a.requests))
+        .collect();
+    assert_eq!(got_apis, apis, "{what}");
+}
+
+#[test]
+fn aggregates_equal_a_brute_force_count() {
+    let records = records(6000);
+    let store = store_with(&records);
+    let first = records.iter().map(|r| unix_micros(r.ts)).min().unwrap();
+    let last = records.iter().map(|r| unix_micros(r.ts)).max().unwrap();
+    let text = |s: &str| Some(s.to_owned());
+    let mut queries = Vec::new();
+    for bucket in [BucketWidth::Minute, BucketWidth::Hour, BucketWidth::Day] {
+        // Everything, unaligned ends.
+        queries.push(AnalyticsQuery::new(first - 7, last + 1, bucket));
+    }
+    let q = AnalyticsQuery::new;
+    let mid = first + 30 * HOUR + 123_456;
+    queries.extend([
+        // An hour, a few hours, more than half of it.
+        q(mid, mid + HOUR, BucketWidth::Minute),
+        q(mid, mid + 5 * HOUR, BucketWidth::Hour),
+        q(first + 2 * HOUR, last - 2 * HOUR, BucketWidth::Hour),
+        // Before and after every record.
+        q(first - 10 * HOUR, first - 2 * HOUR, BucketWidth::Hour),
+        q(last + 2 * HOUR, last + 3 * HOUR, BucketWidth::Minute),
+    ]);
+    let filtered = [
+        ("api", "orders"),
+        ("api", "export"),
+        ("api", "nope"),
+        ("service", "catalog-svc"),
+        ("consumer", "acme"),
+        ("consumer", "nobody"),
+    ];
+    for (field, value) in filtered {
+        for (from, to) in [(first, last + 1), (mid, mid + 3 * HOUR)] {
+            let mut query = q(from, to, BucketWidth::Hour);
+            match field {
+                "api" => query.api = text(value),
+                "service" => query.service = text(value),
+                _ => query.consumer = text(value),
+            }
+            queries.push(query);
+        }
+    }
+    queries.push(AnalyticsQuery {
+        api: text("orders"),
+        consumer: text("globex"),
+        service: text("orders-svc"),
+        ..q(first, last + 1, BucketWidth::Day)
+    });
+    for top in [0, 1, 2, 100, 1000] {
+        queries.push(AnalyticsQuery {
+            top,
+            ..q(first, last + 1, BucketWidth::Day)
+        });
+    }
+    for query in queries {
+        let got = store.analytics(&query).unwrap();
+        check(&records, &got, &query);
+    }
+}
+
+#[test]
+fn quiet_hours_leave_no_bucket() {
+    let records = records(3000);
+    let store = store_with(&records);
+    let first = records.iter().map(|r| unix_micros(r.ts)).min().unwrap();
+    let got = store
+        .analytics(&AnalyticsQuery::new(
+            first,
+            first + 48 * HOUR,
+            BucketWidth::Hour,
+        ))
+        .unwrap();
+    let hours: Vec<i64> = got.buckets.iter().map(|b| b.start / HOUR % 24).collect();
+    assert!(!hours.contains(&3) && !hours.contains(&4), "{hours:?}");
+    assert!(hours.contains(&2) && hours.contains(&5), "{hours:?}");
+    assert!(got.buckets.iter().all(|b| b.aggregate.requests > 0));
+}
+
+#[test]
+fn an_empty_range_has_no_buckets_and_null_percentiles() {
+    let store = SqliteStore::open("sqlite::memory:").unwrap();
+    let got = store
+        .analytics(&AnalyticsQuery::new(T0, T0 + HOUR, BucketWidth::Minute))
+        .unwrap();
+    assert!(got.buckets.is_empty());
+    assert!(got.top_consumers.is_empty() && got.top_apis.is_empty());
+    assert_eq!(got.totals.requests, 0);
+    let json = serde_json::to_value(&got).unwrap();
+    assert_eq!(json["totals"]["latency_ms"]["p99"], serde_json::Value::Null);
+    assert_eq!(json["from"], "2024-05-01T12:00:00.000000Z");
+    assert_eq!(json["to"], "2024-05-01T13:00:00.000000Z");
+}
+
+#[test]
+fn too_many_buckets_are_refused() {
+    let store = SqliteStore::open("sqlite::memory:").unwrap();
+    let minute = BucketWidth::Minute.micros();
+    let max = AnalyticsQuery::MAX_BUCKETS as i64;
+    let at_most = AnalyticsQuery::new(T0, T0 + max * minute, BucketWidth::Minute);
+    assert_eq!(at_most.bucket_count(), AnalyticsQuery::MAX_BUCKETS);
+    store.analytics(&at_most).unwrap();
+    // One more minute, if only a microsecond of it.
+    let over = AnalyticsQuery::new(T0, T0 + max * minute + 1, BucketWidth::Minute);
+    assert!(matches!(
+        store.analytics(&over),
+        Err(StoreError::TooManyBuckets { buckets, max: _ }) if buckets == AnalyticsQuery::MAX_BUCKETS + 1
+    ));
+    let forever = AnalyticsQuery::new(i64::MIN, i64::MAX, BucketWidth::Day);
+    assert!(matches!(
+        store.analytics(&forever),
+        Err(StoreError::TooManyBuckets { .. })
+    ));
+}
+
+/// The JSON the admin API sends: times in RFC 3339, a bucket's aggregates
+/// beside its start.
+#[test]
+fn serializes_as_the_admin_api_documents() {
+    let records = records(200);
+    let store = store_with(&records);
+    let got = store
+        .analytics(&AnalyticsQuery::new(
+            T0 + 1,
+            T0 + 6 * HOUR,
+            BucketWidth::Hour,
+        ))
+        .unwrap();
+    let json = serde_json::to_value(&got).unwrap();
+    assert_eq!(json["bucket"], "hour");
+    assert_eq!(json["from"], "2024-05-01T12:00:00.000000Z");
+    assert_eq!(json["to"], "2024-05-01T18:00:00.000000Z");
+    let bucket = &json["buckets"][0];
+    assert_eq!(bucket["start"], "2024-05-01T12:00:00.000000Z");
+    for field in ["requests", "errors", "denied", "bytes_in", "bytes_out"] {
+        assert!(bucket[field].is_u64(), "{field}: {bucket}");
+        assert!(json["totals"][field].is_u64(), "{field}");
+    }
+    assert!(bucket["denials_by_reason"].is_object());
+    assert!(bucket["latency_ms"]["p95"].is_f64(), "{bucket}");
+    assert!(json["top_consumers"][0]["consumer"].is_string());
+    assert!(json["top_consumers"][0]["requests"].is_u64());
+    assert!(json["top_apis"][0]["api"].is_string());
+}
