@@ -77,11 +77,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn internal(error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "admin API failure");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -367,7 +367,7 @@ async fn logs(
 }
 
 /// RFC 3339 (`2026-12-04T10:00:00Z`) or Unix seconds, as Unix microseconds.
-fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(seconds) = text.parse::<i64>() {
         return Ok(seconds.saturating_mul(1_000_000));
     }

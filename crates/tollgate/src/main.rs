@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
+use tollgate_admin::compliance::{self, Severity};
 use tollgate_config::{Config, ConfigError};
 use tollgate_policy::counters::{spawn_flusher, CounterPersistence, MemoryCounters};
 use tollgate_policy::PolicyRegistries;
@@ -56,8 +58,33 @@ enum Command {
     },
     /// Check a configuration file and list every error with its field path.
     Validate { file: PathBuf },
+    /// Report what in a configuration file goes against good policy (APIs
+    /// without auth, plain-HTTP upstreams, keys without expiry, weak or literal
+    /// secrets …). Exit 0 when no finding is at or above --fail-on, 1 when one
+    /// is, 2 when the file is not valid.
+    Audit {
+        /// The configuration file (its env: secrets must be set, as for `serve`).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// The least severity that fails the audit.
+        #[arg(
+            long,
+            default_value = "high",
+            value_parser = clap::builder::PossibleValuesParser::new(["low", "medium", "high", "critical"])
+                .try_map(|s| s.parse::<Severity>())
+        )]
+        fail_on: Severity,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +118,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Audit {
+            file,
+            format,
+            fail_on,
+        } => audit(&file, format, fail_on),
         Command::Serve {
             config,
             log_format,
@@ -147,6 +179,44 @@ fn compiles(config: Config) -> Result<Config, Vec<ConfigError>> {
         }
     }
     Ok(Arc::unwrap_or_clone(config))
+}
+
+/// `tollgate audit`: the compliance checks that need no store, on a file.
+fn audit(file: &Path, format: ReportFormat, fail_on: Severity) -> ExitCode {
+    let config = match tollgate_config::load_file(file) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_errors(file, &errors);
+            return ExitCode::from(2);
+        }
+    };
+    let report = compliance::audit(&config);
+    match format {
+        ReportFormat::Json => println!("{}", report.to_json()),
+        ReportFormat::Text => {
+            let counts = report.counts;
+            println!(
+                "{}: {} finding(s): {} critical, {} high, {} medium, {} low",
+                file.display(),
+                report.findings.len(),
+                counts.critical,
+                counts.high,
+                counts.medium,
+                counts.low
+            );
+            for finding in &report.findings {
+                println!(
+                    "  {:<8} {}  {}: {}",
+                    finding.severity, finding.resource, finding.id, finding.message
+                );
+            }
+        }
+    }
+    if report.at_or_above(fail_on) == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn print_errors(file: &Path, errors: &[ConfigError]) {
