@@ -149,6 +149,10 @@ pub struct OAuth2Server {
     /// generated once and kept in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<PathBuf>,
+    /// Token requests admitted per client IP, so client secrets cannot be
+    /// guessed at line rate.
+    #[serde(default = "defaults::token_rate_limit")]
+    pub rate_limit: crate::policy::RateLimit,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -197,5 +201,12 @@ mod defaults {
     }
     pub(super) fn token_ttl() -> Duration {
         Duration::from_secs(900)
+    }
+    pub(super) fn token_rate_limit() -> crate::policy::RateLimit {
+        crate::policy::RateLimit {
+            limit: 60,
+            window: Duration::from_secs(60),
+            by: crate::policy::LimitKey::Ip,
+        }
     }
 }

@@ -77,6 +77,12 @@ pub(crate) fn validate(config: &Config, err: &mut Err<'_>) {
         if server.issuer.is_empty() {
             err("oauth2_server.issuer".into(), "must not be empty".into());
         }
+        if server.rate_limit.limit == 0 || server.rate_limit.window.get().as_millis() < 1 {
+            err(
+                "oauth2_server.rate_limit".into(),
+                "limit must be at least 1 and window at least 1ms".into(),
+            );
+        }
         if server.token_ttl.get().is_zero() {
             err(
                 "oauth2_server.token_ttl".into(),

@@ -60,6 +60,8 @@ pub struct Security {
     pub introspection: Introspectors,
     /// `POST /oauth2/token` and `GET /.well-known/jwks.json`, when configured.
     pub issuer: Option<TokenIssuer>,
+    /// `oauth2_server.rate_limit`, applied to `POST /oauth2/token`.
+    pub issuer_limits: Option<RateLimits>,
     subscriptions: HashMap<(String, String), SubscriptionStatus>,
     pub counters: Arc<dyn CounterStore>,
 }
@@ -294,6 +296,9 @@ fn compile_security(
         jwt,
         introspection,
         issuer,
+        issuer_limits: config.oauth2_server.as_ref().map(|server| {
+            RateLimits::compile(std::slice::from_ref(&server.rate_limit), "oauth2_server")
+        }),
         subscriptions,
         counters: registries.counters.clone(),
     }

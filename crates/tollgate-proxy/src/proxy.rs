@@ -194,7 +194,9 @@ impl Proxy {
 
         if let Some(issuer) = &snapshot.security.issuer {
             if path == TOKEN_PATH || path == JWKS_PATH {
-                return Ok(Box::pin(oauth2_endpoint(issuer, &path, req, fin)).await);
+                return Ok(
+                    Box::pin(oauth2_endpoint(&snapshot.security, issuer, &path, req, fin)).await,
+                );
             }
         }
 
@@ -661,6 +663,7 @@ fn preflight_response(
 
 /// `POST /oauth2/token` and `GET /.well-known/jwks.json`.
 async fn oauth2_endpoint(
+    security: &tollgate_policy::Security,
     issuer: &tollgate_policy::oauth2::TokenIssuer,
     path: &str,
     req: Request<Incoming>,
@@ -679,6 +682,17 @@ async fn oauth2_endpoint(
             let error = GatewayError::method_not_allowed("use POST")
                 .with_header(header::ALLOW, HeaderValue::from_static("POST"));
             return error_response(&error, fin);
+        }
+        if let Some(limits) = &security.issuer_limits {
+            let input = tollgate_policy::rate_limit::LimitInput {
+                consumer: None,
+                client_ip: fin.record.client_ip,
+                api: TOKEN_PATH,
+                headers: req.headers(),
+            };
+            if let Err(denial) = limits.check(&*security.counters, &input).await {
+                return error_response(&GatewayError::from(denial), fin);
+            }
         }
         let (parts, body) = req.into_parts();
         let stats = RequestStats::default();

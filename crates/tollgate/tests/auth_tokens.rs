@@ -1239,3 +1239,47 @@ apis:
         assert!(!everything.contains(secret.as_str()), "{what} leaked");
     }
 }
+
+/// Client secrets cannot be guessed at line rate: `POST /oauth2/token` is
+/// limited per client IP (`oauth2_server.rate_limit`), failures and successes alike.
+#[tokio::test]
+async fn the_token_endpoint_is_rate_limited_per_client_ip() {
+    let up = upstream::echo("u");
+    let yaml = format!(
+        r#"
+oauth2_server: {{ issuer: https://gateway.example.com, rate_limit: {{ limit: 3, window: 1m, by: ip }} }}
+consumers:
+  - name: app
+    client_credentials: {{ client_id: app, secret: env:APP_SECRET }}
+services:
+  - {{ name: s, upstream: {{ targets: [{{ url: "{}" }}] }} }}
+apis:
+  - {{ name: a, service: s, match: {{ paths: [/] }} }}
+"#,
+        up.url()
+    );
+    let gw = common::gateway()
+        .config(&yaml)
+        .env("APP_SECRET", "the-right-client-secret-0123456789")
+        .start()
+        .await;
+    let token = |secret: &'static str| {
+        gw.client()
+            .post(gw.url("/oauth2/token"))
+            .basic_auth("app", Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    for guess in ["guess-1", "guess-2", "guess-3"] {
+        assert_eq!(token(guess).await.unwrap().status(), 401);
+    }
+    let res = token("the-right-client-secret-0123456789").await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let records = gw.wait_for_records(4, Duration::from_secs(5)).await;
+    assert!(records
+        .iter()
+        .any(|r| r["reason"] == "rate_limited" && r["outcome"] == "denied"));
+}
