@@ -54,6 +54,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the database file {path}: {source}")]
+    CreateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "the database is at schema version {found}, newer than this Tollgate knows ({known}); \
          refusing to use it"
@@ -162,6 +168,9 @@ impl SqliteStore {
                     source,
                 })?;
             }
+        }
+        if let Location::File(path) = &location {
+            create_private(path)?;
         }
         let mut conn = location.connect()?;
         migrations::run(&mut conn)?;
@@ -300,6 +309,24 @@ fn stored_access_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAcces
         outcome: row.get(17)?,
         reason: row.get(18)?,
     })
+}
+
+/// Creates a missing database file readable by its owner only: it holds
+/// admin token digests, quota counts and every client's access records.
+/// SQLite gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]

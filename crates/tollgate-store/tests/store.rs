@@ -333,3 +333,23 @@ fn bulk_insert_sanity() {
     );
     assert_eq!(store.count_access_records().unwrap(), total as u64);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_database_and_its_wal_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("tollgate.db");
+    let store = tollgate_store::SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
+    store.admin_token_count().unwrap();
+    store
+        .insert_admin_token("t", &[7u8; 32], "super_admin")
+        .unwrap();
+    for file in ["tollgate.db", "tollgate.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join("data").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
