@@ -270,10 +270,15 @@ impl Proxy {
             rate_limit: None,
         };
         let mut max_body = snapshot.max_body;
+        // A refusal sent before the request body was read closes the
+        // connection: the unread bytes must not be parsed as the next
+        // request, and the client must not reuse a connection hyper drops.
+        let mut unread_body = !http_body::Body::is_end_stream(req.body());
         macro_rules! deny {
-            ($denial:expr) => {
-                fail!(denied($denial, &applied))
-            };
+            ($denial:expr) => {{
+                let error = denied($denial, &applied);
+                fail!(if unread_body { error.closing() } else { error })
+            }};
         }
         if let Some(policies) = policies {
             if let Some(ip) = &policies.ip {
@@ -401,6 +406,7 @@ impl Proxy {
                 }
                 _ => Bytes::new(),
             };
+            unread_body = false;
             if let Err(denial) = validator.validate(parts.headers.get(header::CONTENT_TYPE), &bytes)
             {
                 deny!(denial);

@@ -240,3 +240,22 @@ async fn every_attempt_is_recorded_without_the_credential() {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 }
+
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_the_connection() {
+    let (gw, up) = start().await;
+    let res = gw
+        .client()
+        .post(gw.url("/orders"))
+        .body("x".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["connection"], "close");
+    // Without a body there is nothing unread: the connection stays open.
+    let res = gw.client().get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("connection").is_none());
+    assert_eq!(up.hits(), 0);
+}
