@@ -278,12 +278,8 @@ impl Authenticator {
         if self.has(AuthMethod::Key) {
             parts.headers.remove(&self.key_header);
             if let Some(name) = &self.key_query_param {
-                if parts
-                    .uri
-                    .query()
-                    .is_some_and(|q| q.split('&').any(|p| same_param(p, name)))
-                {
-                    parts.uri = without_query_param(&parts.uri, name);
+                if let Some(uri) = without_query_param(&parts.uri, name) {
+                    parts.uri = uri;
                 }
             }
         }
@@ -302,10 +298,12 @@ fn same_param(pair: &str, name: &str) -> bool {
 }
 
 /// The URI without every pair of its query that is the parameter `name` (see [`same_param`]).
-fn without_query_param(uri: &Uri, name: &str) -> Uri {
-    let Some(query) = uri.query() else {
-        return uri.clone();
-    };
+/// `None` when there is none to remove, so the common case builds nothing.
+fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    if !query.split('&').any(|pair| same_param(pair, name)) {
+        return None;
+    }
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| !same_param(pair, name))
@@ -322,7 +320,7 @@ fn without_query_param(uri: &Uri, name: &str) -> Uri {
     if let Some(authority) = uri.authority() {
         builder = builder.authority(authority.clone());
     }
-    builder.build().unwrap_or_else(|_| uri.clone())
+    Some(builder.build().unwrap_or_else(|_| uri.clone()))
 }
 
 #[cfg(test)]
@@ -333,13 +331,20 @@ mod tests {
     fn query_params_are_found_and_removed() {
         let uri: Uri = "/orders?a=1&api_key=tg_x%2Dy&b=2".parse().unwrap();
         assert_eq!(query_param(&uri, "api_key").as_deref(), Some("tg_x-y"));
-        assert_eq!(without_query_param(&uri, "api_key"), "/orders?a=1&b=2");
+        assert_eq!(
+            without_query_param(&uri, "api_key").unwrap(),
+            "/orders?a=1&b=2"
+        );
+        assert!(without_query_param(&uri, "token").is_none());
         let copies: Uri = "/o?api%5Fkey=1&API_KEY=2&api_key=3&api_keys=4"
             .parse()
             .unwrap();
-        assert_eq!(without_query_param(&copies, "api_key"), "/o?api_keys=4");
+        assert_eq!(
+            without_query_param(&copies, "api_key").unwrap(),
+            "/o?api_keys=4"
+        );
         let only: Uri = "/orders?api_key=k".parse().unwrap();
-        assert_eq!(without_query_param(&only, "api_key"), "/orders");
+        assert_eq!(without_query_param(&only, "api_key").unwrap(), "/orders");
     }
 
     #[test]

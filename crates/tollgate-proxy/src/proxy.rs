@@ -159,7 +159,8 @@ impl Proxy {
             )
             .closing());
         }
-        match content_length(headers) {
+        // Parsed once; the API's own body limit is checked against it after routing.
+        let declared_length = match content_length(headers) {
             Ok(Some(length)) if length > snapshot.max_body => {
                 fail!(GatewayError::payload_too_large(format!(
                     "the request body exceeds {} bytes",
@@ -167,9 +168,9 @@ impl Proxy {
                 ))
                 .closing());
             }
-            Ok(_) => {}
+            Ok(length) => length,
             Err(()) => fail!(GatewayError::bad_request("invalid Content-Length").closing()),
-        }
+        };
 
         if let Some(port) = snapshot.redirect_https_port {
             if !conn.tls {
@@ -202,14 +203,13 @@ impl Proxy {
 
         // A CORS preflight is routed by the method it asks about, and answered
         // by the API's `cors` policy when it has one.
-        let preflight_method = (req.method() == Method::OPTIONS
-            && Cors::is_preflight(req.method(), req.headers()))
-        .then(|| {
-            req.headers()
-                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
-                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        })
-        .flatten();
+        let preflight_method = Cors::is_preflight(req.method(), req.headers())
+            .then(|| {
+                req.headers()
+                    .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                    .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            })
+            .flatten();
         let lookup = |method: &Method| {
             snapshot.router.lookup(&RouteRequest {
                 host: &fin.record.host,
@@ -266,7 +266,10 @@ impl Proxy {
         let mut identity: Option<Identity> = None;
         let mut applied = Applied {
             policies,
-            origin: req.headers().get(header::ORIGIN).cloned(),
+            // Only the `cors` policy reads the request's origin back.
+            origin: policies
+                .filter(|p| p.cors.is_some())
+                .and_then(|_| req.headers().get(header::ORIGIN).cloned()),
             rate_limit: None,
         };
         let mut max_body = snapshot.max_body;
@@ -327,11 +330,7 @@ impl Proxy {
             }
             if let Some(limit) = policies.max_body {
                 max_body = max_body.min(limit);
-                if content_length(req.headers())
-                    .ok()
-                    .flatten()
-                    .is_some_and(|n| n > limit)
-                {
+                if declared_length.is_some_and(|n| n > limit) {
                     deny!(Denial::payload_too_large(format!(
                         "the request body exceeds {limit} bytes"
                     )));
@@ -352,8 +351,7 @@ impl Proxy {
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // The auth policy may have taken its credential out of the query.
-        let query_uri = parts.uri.clone();
-        let query = query_uri.query();
+        let query = parts.uri.query();
 
         forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
         // Room for the headers added below, so the map grows at most once.
