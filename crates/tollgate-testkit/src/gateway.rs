@@ -33,8 +33,18 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
+/// How many times [`GatewayBuilder::start`] tries when a chosen port was taken.
+pub const START_ATTEMPTS: u32 = 3;
+
+/// Why a gateway did not become ready.
+enum NotReady {
+    Exited(ExitStatus),
+    /// The last thing `/readyz` said.
+    Timeout(String),
+}
+
 /// Configures and starts a [`Gateway`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `.start().await`"]
 pub struct GatewayBuilder {
     bin: PathBuf,
@@ -126,11 +136,33 @@ impl GatewayBuilder {
 
     /// Writes the config, spawns the process and waits until `/readyz` answers
     /// 200. Panics, with the process's output, if it exits or is not ready in time.
+    ///
+    /// Free ports are chosen before the process binds them, so a test running
+    /// beside it may take one in between; a gateway that exits for that reason
+    /// is started again, on new ports (up to [`START_ATTEMPTS`] times).
     pub async fn start(self) -> Gateway {
         let ready_timeout = self.ready_timeout;
-        let mut gateway = self.spawn();
-        gateway.wait_ready(ready_timeout).await;
-        gateway
+        for attempt in 1.. {
+            let mut gateway = self.clone().spawn();
+            match gateway.wait_ready(ready_timeout).await {
+                Ok(()) => return gateway,
+                Err(NotReady::Exited(_))
+                    if attempt < START_ATTEMPTS
+                        && gateway.stderr().contains("Address already in use") =>
+                {
+                    continue
+                }
+                Err(NotReady::Exited(status)) => panic!(
+                    "the gateway exited with {status} before it was ready\n{}",
+                    gateway.logs()
+                ),
+                Err(NotReady::Timeout(last)) => panic!(
+                    "the gateway was not ready within {ready_timeout:?} ({last})\n{}",
+                    gateway.logs()
+                ),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Writes the config and spawns the process without waiting for it to be
@@ -402,17 +434,14 @@ impl Gateway {
         }
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) {
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), NotReady> {
         let client = plain_client();
         let url = format!("{}/readyz", self.admin_url());
         let until = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.exit = Some(status);
-                panic!(
-                    "the gateway exited with {status} before it was ready\n{}",
-                    self.logs()
-                );
+                return Err(NotReady::Exited(status));
             }
             let last = match client
                 .get(&url)
@@ -420,15 +449,12 @@ impl Gateway {
                 .send()
                 .await
             {
-                Ok(res) if res.status() == reqwest::StatusCode::OK => return,
+                Ok(res) if res.status() == reqwest::StatusCode::OK => return Ok(()),
                 Ok(res) => format!("/readyz answered {}", res.status()),
                 Err(e) => format!("/readyz failed: {e}"),
             };
             if Instant::now() >= until {
-                panic!(
-                    "the gateway was not ready within {timeout:?} ({last})\n{}",
-                    self.logs()
-                );
+                return Err(NotReady::Timeout(last));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
