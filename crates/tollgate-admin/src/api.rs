@@ -17,7 +17,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tollgate_config::Config;
 use tollgate_store::{AccessQuery, SqliteStore, StoreError};
 
@@ -128,7 +127,8 @@ async fn authenticate(
             "the admin API needs Authorization: Bearer <admin token>",
         ));
     };
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Admin tokens are random like API keys: the same digest serves both.
+    let hash = tollgate_policy::credentials::hash_key(&token);
     let store = api.store.clone();
     let found = tokio::task::spawn_blocking(move || {
         let found = store.find_admin_token(&hash)?;

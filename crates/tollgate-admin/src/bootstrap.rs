@@ -6,8 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
+use tollgate_policy::credentials;
 use tollgate_store::SqliteStore;
 
 /// The environment variable that sets the first admin token.
@@ -53,22 +52,16 @@ pub fn ensure_admin_token(
             (token, Bootstrap::Generated(path))
         }
     };
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let hash = credentials::hash_key(&token);
     store
         .insert_admin_token("bootstrap", &hash, "super_admin")
         .map_err(|e| e.to_string())?;
     Ok(outcome)
 }
 
-/// `tga_` and 256 random bits from the system generator, in base64url.
+/// `tga_` and 256 random bits, in base64url.
 pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the system random generator failed");
-    format!(
-        "{ADMIN_TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    credentials::random_token(ADMIN_TOKEN_PREFIX)
 }
 
 /// Creates `path` readable by its owner only, failing if it exists.

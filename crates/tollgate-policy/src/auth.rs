@@ -243,10 +243,7 @@ fn looks_like_jwt(token: &str) -> bool {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::counters::unix_seconds(std::time::SystemTime::now())
 }
 
 fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<std::borrow::Cow<'a, str>> {

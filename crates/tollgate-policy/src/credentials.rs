@@ -19,11 +19,17 @@ pub const KEY_PREFIX: &str = "tg_";
 
 /// A new API key: `tg_` and 256 random bits in base64url.
 pub fn generate_key() -> String {
+    random_token(KEY_PREFIX)
+}
+
+/// `prefix` and 256 bits from the system generator, in base64url: API keys
+/// and admin tokens alike, so a leaked one is recognisable by its prefix.
+pub fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the system random generator failed");
     format!(
-        "{KEY_PREFIX}{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
 }
