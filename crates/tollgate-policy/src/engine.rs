@@ -79,7 +79,7 @@ pub struct ApiPolicies {
     pub quota: Option<QuotaPolicy>,
     /// The smaller of `request_size.max_body` and the validator's bound.
     pub max_body: Option<u64>,
-    pub validator: Option<BodyValidator>,
+    pub validator: Option<Arc<BodyValidator>>,
     pub request_headers: Option<HeaderTransform>,
     pub response_headers: Option<HeaderTransform>,
 }
@@ -96,14 +96,18 @@ pub fn compile(
 ) -> Result<CompiledPolicies, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let security = compile_security(config, registries, &mut errors);
-    let services: HashMap<&str, &tollgate_config::Service> = config
+    let services: HashMap<&str, (usize, &tollgate_config::Service)> = config
         .services
         .iter()
-        .map(|s| (s.name.as_str(), s))
+        .enumerate()
+        .map(|(index, s)| (s.name.as_str(), (index, s)))
         .collect();
+    // A schema is compiled once per declaration, however many APIs inherit it;
+    // `None` marks one that failed (its error is reported once, at its own path).
+    let mut validators: HashMap<String, Option<Arc<BodyValidator>>> = HashMap::new();
     let mut apis = Vec::with_capacity(config.apis.len());
     for (i, api) in config.apis.iter().enumerate() {
-        let Some(service) = services.get(api.service.as_str()) else {
+        let Some(&(service_index, service)) = services.get(api.service.as_str()) else {
             apis.push(None);
             continue;
         };
@@ -113,26 +117,38 @@ pub fn compile(
             apis.push(None);
             continue;
         }
-        let scope = |pick: fn(&Policies) -> bool| {
+        // Where a policy was declared: its counter scope (shared by every API
+        // that inherits the declaration) and its field path.
+        let declared = |pick: fn(&Policies) -> bool| {
             if pick(&api.policies) {
-                format!("api:{}", api.name)
+                (format!("api:{}", api.name), format!("apis[{i}].policies"))
             } else if pick(&service.policies) {
-                format!("service:{}", service.name)
+                (
+                    format!("service:{}", service.name),
+                    format!("services[{service_index}].policies"),
+                )
             } else {
-                "global".to_string()
+                ("global".to_string(), "policies".to_string())
             }
         };
+        let scope = |pick: fn(&Policies) -> bool| declared(pick).0;
         let validator = match &effective.validate {
-            Some(policy) => match BodyValidator::compile(policy) {
-                Ok(v) => Some(v),
-                Err(message) => {
-                    errors.push(ConfigError::new(
-                        format!("apis[{i}].policies.validate.json_schema"),
-                        message,
-                    ));
-                    None
-                }
-            },
+            Some(policy) => {
+                let path = declared(|p| p.validate.is_some()).1;
+                validators
+                    .entry(path)
+                    .or_insert_with_key(|path| match BodyValidator::compile(policy) {
+                        Ok(validator) => Some(Arc::new(validator)),
+                        Err(message) => {
+                            errors.push(ConfigError::new(
+                                format!("{path}.validate.json_schema"),
+                                message,
+                            ));
+                            None
+                        }
+                    })
+                    .clone()
+            }
             None => None,
         };
         let size_limit = effective.request_size.as_ref().map(|s| s.max_body.bytes());

@@ -333,3 +333,53 @@ async fn serve_reads_tollgate_yaml_in_the_working_directory() {
     assert!(dir.path().join("tollgate-data/tollgate.db").exists());
     assert_eq!(serve.terminate().await, Some(0));
 }
+
+#[test]
+fn validate_compiles_policies_and_names_the_field_of_a_bad_schema() {
+    let (code, lines) = validate(
+        r#"
+services:
+  - name: orders
+    upstream: { targets: [{ url: "http://127.0.0.1:9001" }] }
+apis:
+  - name: orders-v1
+    service: orders
+    match: { paths: [/orders] }
+    policies:
+      validate: { json_schema: { type: objekt } }
+"#,
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("apis[0].policies.validate.json_schema: ")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_bad_global_schema_is_reported_once_at_its_own_path() {
+    let (code, lines) = validate(
+        r#"
+policies:
+  validate: { json_schema: { type: objekt } }
+services:
+  - name: orders
+    upstream: { targets: [{ url: "http://127.0.0.1:9001" }] }
+apis:
+  - { name: a, service: orders, match: { paths: [/a] } }
+  - { name: b, service: orders, match: { paths: [/b] } }
+"#,
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let schema_errors: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("validate.json_schema"))
+        .collect();
+    assert_eq!(schema_errors.len(), 1, "{lines:#?}");
+    assert!(
+        schema_errors[0].starts_with("policies.validate.json_schema: "),
+        "{lines:#?}"
+    );
+}
