@@ -136,10 +136,16 @@ impl Proxy {
         mut fin: Box<RecordFinisher>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Failure> {
+        // An answer sent before the request body was read closes the
+        // connection, whatever the error: the unread bytes must not be parsed
+        // as the next request, and the client must not reuse a connection
+        // hyper drops.
+        let mut unread_body = !http_body::Body::is_end_stream(req.body());
         macro_rules! fail {
-            ($error:expr) => {
-                return Err(($error, fin))
-            };
+            ($error:expr) => {{
+                let error = $error;
+                return Err((if unread_body { error.closing() } else { error }, fin));
+            }};
         }
 
         // Limits and framing: what a request may not be, whatever its route.
@@ -273,15 +279,10 @@ impl Proxy {
             rate_limit: None,
         };
         let mut max_body = snapshot.max_body;
-        // A refusal sent before the request body was read closes the
-        // connection: the unread bytes must not be parsed as the next
-        // request, and the client must not reuse a connection hyper drops.
-        let mut unread_body = !http_body::Body::is_end_stream(req.body());
         macro_rules! deny {
-            ($denial:expr) => {{
-                let error = denied($denial, &applied);
-                fail!(if unread_body { error.closing() } else { error })
-            }};
+            ($denial:expr) => {
+                fail!(denied($denial, &applied))
+            };
         }
         if let Some(policies) = policies {
             if let Some(ip) = &policies.ip {

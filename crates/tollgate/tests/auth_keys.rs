@@ -242,7 +242,7 @@ async fn every_attempt_is_recorded_without_the_credential() {
 }
 
 #[tokio::test]
-async fn a_refusal_before_the_body_is_read_closes_the_connection() {
+async fn an_answer_before_the_body_is_read_closes_the_connection() {
     let (gw, up) = start().await;
     let res = gw
         .client()
@@ -252,6 +252,16 @@ async fn a_refusal_before_the_body_is_read_closes_the_connection() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["connection"], "close");
+    // The same for the gateway's other early answers, such as no route.
+    let res = gw
+        .client()
+        .post(gw.url("/nowhere"))
+        .body("x".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
     assert_eq!(res.headers()["connection"], "close");
     // Without a body there is nothing unread: the connection stays open.
     let res = gw.client().get(gw.url("/orders")).send().await.unwrap();
