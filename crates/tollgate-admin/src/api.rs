@@ -9,48 +9,76 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use serde_json::{json, Value};
 use tollgate_config::Config;
 use tollgate_store::{AccessQuery, SqliteStore, StoreError};
 
-/// The resource kinds readable by name, as the YAML file names them.
-pub const KINDS: &[&str] = &[
-    "teams",
-    "services",
-    "apis",
-    "consumers",
-    "identity_providers",
-    "subscriptions",
-];
+use crate::control::ControlPlane;
 
 /// Largest page a list returns.
-const MAX_LIMIT: usize = 1000;
-const DEFAULT_LIMIT: usize = 100;
+pub(crate) const MAX_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// Shown instead of a secret written in the configuration itself.
 pub const REDACTED: &str = "<redacted>";
 
-/// What the admin API reads from.
+/// What the admin API reads from and writes through.
 #[derive(Clone)]
 pub struct AdminApi {
-    /// The configuration the data plane serves right now.
-    pub config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
+    pub control: Arc<ControlPlane>,
     pub store: SqliteStore,
 }
 
+impl AdminApi {
+    /// The configuration the data plane serves right now.
+    pub fn config(&self) -> Arc<Config> {
+        self.control.config()
+    }
+}
+
+/// Who called, as authenticated: the admin token's name.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub role: String,
+}
+
+/// The admin client's address, set by the admin listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 pub fn router(api: AdminApi) -> Router {
+    use crate::resources_api as r;
     Router::new()
         .route("/admin/v1/logs", get(logs))
         .route("/admin/v1/analytics", get(crate::analytics::handler))
         .route("/admin/v1/compliance", get(crate::compliance::handler))
-        .route("/admin/v1/{kind}", get(list))
-        .route("/admin/v1/{kind}/{name}", get(one))
+        .route("/admin/v1/audit", get(r::audit))
+        .route("/admin/v1/apply", post(r::apply))
+        .route("/admin/v1/export", get(r::export))
+        .route("/admin/v1/import/openapi", post(r::import_openapi))
+        .route("/admin/v1/consumers/{name}/keys", post(r::create_key))
+        .route(
+            "/admin/v1/consumers/{name}/keys/{id}",
+            axum::routing::delete(r::delete_key),
+        )
+        .route(
+            "/admin/v1/subscriptions/{id}/{action}",
+            post(r::decide_subscription),
+        )
+        .route("/admin/v1/{kind}", get(r::list).post(r::create))
+        .route(
+            "/admin/v1/{kind}/{name}",
+            get(r::one)
+                .put(r::replace)
+                .patch(r::patch)
+                .delete(r::remove),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api)
@@ -61,18 +89,30 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Merged into the error object (`errors` for validation failures).
+    details: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
         }
     }
 
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn with_detail(mut self, field: &'static str, value: Value) -> ApiError {
+        self.details = Some((field, value));
+        self
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
@@ -93,7 +133,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The request id is added by the admin listener, which also knows it.
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some((field, value)) = self.details {
+            body["error"][field] = value;
+        }
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -140,13 +183,18 @@ async fn authenticate(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    if found.is_none() {
+    let Some(found) = found else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "the admin token is not valid",
         ));
-    }
+    };
+    let mut request = request;
+    request.extensions_mut().insert(Caller {
+        name: found.name,
+        role: found.role,
+    });
     Ok(next.run(request).await)
 }
 
@@ -156,46 +204,6 @@ async fn not_found(request: Request) -> ApiError {
 
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// A kind's resources as JSON objects, secrets redacted, sorted by name.
-fn resources(config: &Config, kind: &str) -> Option<Vec<Value>> {
-    fn each<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
-        items
-            .iter()
-            .filter_map(|item| serde_json::to_value(item).ok())
-            .collect()
-    }
-    let mut items = match kind {
-        "teams" => each(&config.teams),
-        "services" => each(&config.services),
-        "apis" => each(&config.apis),
-        "consumers" => each(&config.consumers),
-        "identity_providers" => each(&config.identity_providers),
-        "subscriptions" => each(&config.subscriptions)
-            .into_iter()
-            .map(|mut item| {
-                // Subscriptions are addressed by consumer and service.
-                let id = format!(
-                    "{}:{}",
-                    item["consumer"].as_str().unwrap_or(""),
-                    item["service"].as_str().unwrap_or("")
-                );
-                item["name"] = id.into();
-                item
-            })
-            .collect(),
-        _ => return None,
-    };
-    for item in &mut items {
-        redact(item);
-    }
-    items.sort_by(|a, b| name_of(a).cmp(name_of(b)));
-    Some(items)
-}
-
-fn name_of(item: &Value) -> &str {
-    item["name"].as_str().unwrap_or("")
 }
 
 /// Replaces literal secrets with [`REDACTED`]; `env:NAME` references stay.
@@ -232,86 +240,6 @@ fn redact_string(value: &mut Value) {
             *text = REDACTED.to_string();
         }
     }
-}
-
-async fn list(
-    State(api): State<AdminApi>,
-    Path(kind): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let config = (api.config)();
-    let Some(items) = resources(&config, &kind) else {
-        return Err(ApiError::not_found(format!(
-            "no resource kind `{kind}`; kinds: {}",
-            KINDS.join(", ")
-        )));
-    };
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?,
-    };
-    let after = match params.get("cursor") {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor)?),
-    };
-    let filters: Vec<(&String, &String)> = params
-        .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "limit" | "cursor"))
-        .collect();
-    let mut matching = items.into_iter().filter(|item| {
-        after.as_deref().is_none_or(|after| name_of(item) > after)
-            && filters
-                .iter()
-                .all(|(field, wanted)| matches(&item[field.as_str()], wanted))
-    });
-    let page: Vec<Value> = matching.by_ref().take(limit).collect();
-    let next = match (matching.next(), page.last()) {
-        (Some(_), Some(last)) => Some(encode_cursor(name_of(last))),
-        _ => None,
-    };
-    Ok(Json(json!({ "items": page, "next": next })))
-}
-
-/// A filter matches a scalar field by its text, or an array field that contains it.
-fn matches(field: &Value, wanted: &str) -> bool {
-    match field {
-        Value::String(s) => s == wanted,
-        Value::Number(n) => n.to_string() == wanted,
-        Value::Bool(b) => b.to_string() == wanted,
-        Value::Array(items) => items.iter().any(|item| matches(item, wanted)),
-        _ => false,
-    }
-}
-
-fn encode_cursor(name: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
-}
-
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid cursor"))
-}
-
-async fn one(
-    State(api): State<AdminApi>,
-    Path((kind, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let config = (api.config)();
-    let Some(items) = resources(&config, &kind) else {
-        return Err(ApiError::not_found(format!("no resource kind `{kind}`")));
-    };
-    items
-        .into_iter()
-        .find(|item| name_of(item) == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no {kind} named `{name}`")))
 }
 
 /// `GET /admin/v1/logs`: access records, newest first, filtered and paginated.
@@ -399,14 +327,5 @@ mod tests {
         redact(&mut idp);
         assert_eq!(idp["introspection"]["client_secret"], REDACTED);
         assert_eq!(idp["secret"], REDACTED);
-    }
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        assert_eq!(
-            decode_cursor(&encode_cursor("orders-v1")).ok().as_deref(),
-            Some("orders-v1")
-        );
-        assert!(decode_cursor("%%%").is_err());
     }
 }

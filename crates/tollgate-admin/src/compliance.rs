@@ -446,7 +446,7 @@ pub async fn handler(
             }
         }
     }
-    let config = (api.config)();
+    let config = api.config();
     let now = OffsetDateTime::now_utc();
     let since = now - time::Duration::days(i64::from(settings.inactive_days));
     let store = api.store.clone();

@@ -9,6 +9,8 @@ pub mod analytics;
 pub mod api;
 pub mod bootstrap;
 pub mod compliance;
+pub mod control;
+mod resources_api;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,10 +71,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(error) => {
                     tracing::warn!(%error, "admin listener failed to accept a connection");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -83,7 +85,7 @@ pub async fn serve(
         let state = state.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(dispatch(&state, request).await) }
+            async move { Ok::<_, Infallible>(dispatch(&state, peer, request).await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -108,13 +110,18 @@ pub async fn serve(
 
 /// `/admin/v1/…` to the API, the rest to the probes and metrics; every answer
 /// carries an `X-Request-Id`, and every error body its request id.
-async fn dispatch(state: &AdminState, request: Request<Incoming>) -> Response<axum::body::Body> {
+async fn dispatch(
+    state: &AdminState,
+    peer: std::net::SocketAddr,
+    mut request: Request<Incoming>,
+) -> Response<axum::body::Body> {
     let path = request.uri().path();
     let is_api = path == "/admin/v1" || path.starts_with("/admin/v1/");
     let Some(router) = state.api.clone().filter(|_| is_api) else {
         return respond(state, &request).map(axum::body::Body::new);
     };
     let request_id = new_request_id();
+    request.extensions_mut().insert(api::ClientAddr(peer));
     let response = match tower::ServiceExt::oneshot(router, request).await {
         Ok(response) => response,
         Err(never) => match never {},

@@ -87,6 +87,10 @@ pub struct Consumer {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerKey {
+    /// Names the key in blocks, logs and the admin API; keys the admin API
+    /// issues always have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Secret>,
     /// `sha256:<hex>` of the key.
@@ -98,6 +102,13 @@ pub struct ConsumerKey {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires: Option<OffsetDateTime>,
+    /// When it was issued, for key-age checks.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub created: Option<OffsetDateTime>,
 }
 
 /// Credentials for `POST /oauth2/token` (client-credentials grant).
@@ -158,9 +169,52 @@ pub struct OAuth2Server {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
+    /// Its address in the admin API; `<consumer>:<service>` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub consumer: String,
     pub service: String,
     pub status: SubscriptionStatus,
+    /// Why the consumer asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The approver's comment on the last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl Subscription {
+    /// The id the admin API addresses it by.
+    pub fn key(&self) -> String {
+        match &self.id {
+            Some(id) => id.clone(),
+            None => format!("{}:{}", self.consumer, self.service),
+        }
+    }
+}
+
+/// An incident-response block: every request of a consumer, of one key, or
+/// from an address range is refused with 403 `blocked` until it expires or
+/// is lifted.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// A consumer key's `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<ipnet::IpNet>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires: Option<OffsetDateTime>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -8,8 +8,10 @@
 
 pub mod identity;
 pub mod model;
+pub mod openapi;
 pub mod pattern;
 pub mod policy;
+pub mod resources;
 pub mod secret;
 pub mod units;
 mod validate;
@@ -23,7 +25,7 @@ pub use model::*;
 pub use pattern::{HostPattern, PathPattern, Segment};
 pub use policy::*;
 pub use secret::Secret;
-pub use units::{Duration, Size};
+pub use units::{Duration, Size, Timestamp};
 
 /// One problem in a configuration, with the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +95,7 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
 
 /// serde_path_to_error writes `apis[2].match`; keep that form but drop the
 /// leading `.` it gives an empty path, and its `?` for unknown positions.
-fn render_path(path: &serde_path_to_error::Path) -> String {
+pub(crate) fn render_path(path: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for segment in path.iter() {
         match segment {

@@ -14,10 +14,10 @@ use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::identity::{
-    Consumer, IdentityProvider, OAuth2Server, Subscription, SubscriptionMode, Team,
+    Block, Consumer, IdentityProvider, OAuth2Server, Subscription, SubscriptionMode, Team,
 };
 use crate::policy::Policies;
-use crate::units::{Duration, Size};
+use crate::units::{Duration, Size, Timestamp};
 
 /// One YAML document: the node's settings and its resources.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -50,6 +50,8 @@ pub struct Config {
     pub oauth2_server: Option<OAuth2Server>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<Subscription>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<Block>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -344,6 +346,76 @@ pub struct Api {
     pub preserve_host: bool,
     #[serde(default, skip_serializing_if = "Policies::is_empty")]
     pub policies: Policies,
+    /// Informational (`"2"`, `"2024-06"`); the admin API shows it, routing ignores it.
+    /// A whole number may be written without quotes.
+    #[serde(
+        default,
+        deserialize_with = "version_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub version: Option<String>,
+    /// Where the API is in its life; see `docs/versions.md`.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// When the API will stop (or stopped) being served: the `Sunset` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<Timestamp>,
+    /// The API that replaces this one: its first path is sent as the
+    /// `Link: <…>; rel="successor-version"` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    /// When the API was deprecated: the `Deprecation` header. Without it, a
+    /// deprecated API's header carries the time this node first served it as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated_at: Option<Timestamp>,
+}
+
+/// `version: 2` and `version: "2"` alike; `version: 1.10` would silently be
+/// `1.1`, so a number with a fraction must be quoted.
+fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct VersionVisitor;
+    impl de::Visitor<'_> for VersionVisitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a version such as \"2\" or \"2024-06\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(
+                "write a version with a fraction in quotes (\"1.10\"), or it reads as a number",
+            ))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(VersionVisitor)
+}
+
+/// The stages of an API's life. Each one changes how the gateway answers for it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Not served: requests get what an unmatched request gets (`404 no_route`).
+    Draft,
+    /// Served.
+    #[default]
+    Published,
+    /// Served, with `Deprecation`, `Sunset` and `Link` headers on every answer.
+    Deprecated,
+    /// Answered by the gateway with `410 api_retired`; the upstream is never contacted.
+    Retired,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

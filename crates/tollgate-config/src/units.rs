@@ -1,12 +1,16 @@
-//! Human-written durations (`250ms`, `2s`, `1m`, `1y`) and sizes (`8KiB`, `10MiB`).
+//! Human-written durations (`250ms`, `2s`, `1m`, `1y`), sizes (`8KiB`, `10MiB`)
+//! and timestamps (`2027-05-01`, `2027-05-01T12:00:00Z`).
 //!
-//! Both serialise back to the same short form so that an exported config reads
-//! like the one a person wrote.
+//! All serialise back to the form a person wrote, so that an exported config
+//! reads like the one they wrote.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::OffsetDateTime;
 
 /// A duration written with a unit: `ms`, `s`, `m`, `h`, `d`, `w` or `y` (365 days).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -190,6 +194,80 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// An instant written as an RFC 3339 date-time (`2027-05-01T12:00:00Z`,
+/// `2027-05-01T14:00:00+02:00`) or a plain date (`2027-05-01`, meaning its
+/// midnight UTC). Serialises back in the form it was written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Timestamp {
+    at: OffsetDateTime,
+    date_only: bool,
+}
+
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]");
+
+impl Timestamp {
+    /// A date-time (not a plain date).
+    pub fn from_datetime(at: OffsetDateTime) -> Self {
+        Timestamp {
+            at,
+            date_only: false,
+        }
+    }
+
+    pub fn get(self) -> OffsetDateTime {
+        self.at
+    }
+
+    /// Seconds since the Unix epoch (negative before 1970).
+    pub fn unix_seconds(self) -> i64 {
+        self.at.unix_timestamp()
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(at) = OffsetDateTime::parse(s, &Rfc3339) {
+            return Ok(Timestamp::from_datetime(at));
+        }
+        match time::Date::parse(s, DATE) {
+            Ok(date) => Ok(Timestamp {
+                at: date.midnight().assume_utc(),
+                date_only: true,
+            }),
+            Err(_) => Err(format!(
+                "invalid date `{s}`: expected an RFC 3339 date-time like 2027-05-01T00:00:00Z or a date like 2027-05-01"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = if self.date_only {
+            self.at.date().format(DATE)
+        } else {
+            self.at.format(&Rfc3339)
+        };
+        f.write_str(&text.map_err(|_| fmt::Error)?)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +305,26 @@ mod tests {
         assert_eq!(Size(32 << 10).to_string(), "32KiB");
         assert_eq!(Size(100).to_string(), "100B");
         assert!("12 furlongs".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn timestamps_parse_both_forms_and_print_as_written() {
+        let date: Timestamp = "2027-05-01".parse().unwrap();
+        assert_eq!(date.unix_seconds(), 1_809_129_600);
+        assert_eq!(date.to_string(), "2027-05-01");
+        let datetime: Timestamp = "2027-05-01T02:00:00+02:00".parse().unwrap();
+        assert_eq!(datetime.unix_seconds(), 1_809_129_600);
+        assert_eq!(datetime.to_string(), "2027-05-01T02:00:00+02:00");
+        let utc: Timestamp = "2027-05-01T00:00:00Z".parse().unwrap();
+        assert_eq!(utc.get(), date.get());
+        for text in [
+            "",
+            "tomorrow",
+            "2027-13-01",
+            "2027-05-01 00:00",
+            "01/05/2027",
+        ] {
+            assert!(text.parse::<Timestamp>().is_err(), "{text}");
+        }
     }
 }

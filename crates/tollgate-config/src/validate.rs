@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::model::{Config, Target};
+use crate::model::{Api, Config, Target};
 use crate::pattern::{HostPattern, PathPattern};
 use crate::ConfigError;
 
@@ -179,9 +179,43 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
                 err(format!("{at}.strip_prefix"), "must start with '/'".into());
             }
         }
+        check_lifecycle(config, api, &at, &mut err);
     }
     crate::validate_security::validate(config, &mut err);
     errors
+}
+
+/// `version`, `successor` and the dates; a `sunset` is allowed at any stage.
+fn check_lifecycle(config: &Config, api: &Api, at: &str, err: &mut impl FnMut(String, String)) {
+    if let Some(version) = &api.version {
+        if version.trim().is_empty() || version.len() > 100 {
+            err(
+                format!("{at}.version"),
+                "must be 1 to 100 characters".into(),
+            );
+        }
+    }
+    if let Some(successor) = &api.successor {
+        if *successor == api.name {
+            err(
+                format!("{at}.successor"),
+                "an API cannot be its own successor".into(),
+            );
+        } else if !config.apis.iter().any(|other| other.name == *successor) {
+            err(
+                format!("{at}.successor"),
+                format!("no API named \"{successor}\""),
+            );
+        }
+    }
+    if let (Some(deprecated_at), Some(sunset)) = (api.deprecated_at, api.sunset) {
+        if sunset.get() < deprecated_at.get() {
+            err(
+                format!("{at}.sunset"),
+                format!("must not be before deprecated_at ({deprecated_at})"),
+            );
+        }
+    }
 }
 
 fn check_name(name: &str, path: &str, err: &mut impl FnMut(String, String)) {
@@ -280,5 +314,123 @@ apis:
         let yaml = "services:\n  - name: s\n    upstream: { targets: [{url: 'http://127.0.0.1:1'}], balance: random }\n";
         let errors = from_yaml(yaml).unwrap_err();
         assert_eq!(errors[0].path, "services[0].upstream.balance");
+    }
+
+    fn lifecycle_errors(apis: &str) -> Vec<String> {
+        let yaml = format!(
+            "services: [{{ name: s, upstream: {{ targets: [{{ url: 'http://127.0.0.1:1' }}] }} }}]\napis:\n{apis}"
+        );
+        match from_yaml(&yaml) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_fields_load_with_their_defaults() {
+        let yaml = r#"
+services: [{ name: s, upstream: { targets: [{ url: "http://127.0.0.1:1" }] } }]
+apis:
+  - { name: plain, service: s, match: { paths: [/a] } }
+  - name: old
+    service: s
+    match: { paths: [/v1] }
+    version: "1"
+    lifecycle: deprecated
+    deprecated_at: 2026-01-01T00:00:00Z
+    sunset: 2027-05-01
+    successor: plain
+  - { name: next, service: s, match: { paths: [/v3] }, lifecycle: draft, sunset: 2030-01-01 }
+"#;
+        let config = from_yaml(yaml).unwrap();
+        assert_eq!(config.apis[0].lifecycle, crate::Lifecycle::Published);
+        assert_eq!(config.apis[0].version, None);
+        let old = &config.apis[1];
+        assert_eq!(old.lifecycle, crate::Lifecycle::Deprecated);
+        assert_eq!(old.version.as_deref(), Some("1"));
+        assert_eq!(old.successor.as_deref(), Some("plain"));
+        assert_eq!(old.sunset.unwrap().to_string(), "2027-05-01");
+        assert_eq!(old.deprecated_at.unwrap().unix_seconds(), 1_767_225_600);
+        assert_eq!(config.apis[2].lifecycle, crate::Lifecycle::Draft);
+        // The admin API shows these fields back as they were written.
+        let shown = serde_json::to_value(old).unwrap();
+        assert_eq!(shown["lifecycle"], "deprecated");
+        assert_eq!(shown["sunset"], "2027-05-01");
+        assert_eq!(shown["deprecated_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(shown["version"], "1");
+    }
+
+    #[test]
+    fn a_successor_must_be_another_existing_api() {
+        let errors = lifecycle_errors(
+            "  - { name: a, service: s, match: { paths: [/a] } }\n  - { name: b, service: s, match: { paths: [/b] }, successor: x }\n  - { name: c, service: s, match: { paths: [/c] }, successor: c }\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "apis[1].successor: no API named \"x\"",
+                "apis[2].successor: an API cannot be its own successor",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_successor_may_come_later_in_the_file() {
+        let errors = lifecycle_errors(
+            "  - { name: v1, service: s, match: { paths: [/v1] }, lifecycle: retired, successor: v2 }\n  - { name: v2, service: s, match: { paths: [/v2] } }\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn bad_dates_and_lifecycles_name_their_field() {
+        for (field, value) in [
+            ("sunset", "next week"),
+            ("sunset", "2027-02-30"),
+            ("deprecated_at", "2027-05-01T00:00:00"),
+            ("lifecycle", "sunsetting"),
+        ] {
+            let errors = lifecycle_errors(&format!(
+                "  - {{ name: a, service: s, match: {{ paths: [/a] }}, {field}: '{value}' }}\n"
+            ));
+            assert_eq!(errors.len(), 1, "{field}: {value}: {errors:?}");
+            assert!(
+                errors[0].starts_with(&format!("apis[0].{field}: ")),
+                "{field}: {value}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sunset_is_allowed_at_any_stage_but_not_before_the_deprecation() {
+        for lifecycle in ["draft", "published", "deprecated", "retired"] {
+            let errors = lifecycle_errors(&format!(
+                "  - {{ name: a, service: s, match: {{ paths: [/a] }}, lifecycle: {lifecycle}, sunset: 2027-05-01 }}\n"
+            ));
+            assert!(errors.is_empty(), "{lifecycle}: {errors:?}");
+        }
+        let errors = lifecycle_errors(
+            "  - { name: a, service: s, match: { paths: [/a] }, lifecycle: deprecated, deprecated_at: 2027-06-01, sunset: 2027-05-01 }\n",
+        );
+        assert_eq!(
+            errors,
+            ["apis[0].sunset: must not be before deprecated_at (2027-06-01)"]
+        );
+        let errors =
+            lifecycle_errors("  - { name: a, service: s, match: { paths: [/a] }, version: '' }\n");
+        assert_eq!(errors, ["apis[0].version: must be 1 to 100 characters"]);
+    }
+
+    #[test]
+    fn a_version_is_text_or_a_whole_number() {
+        let yaml = "services: [{ name: s, upstream: { targets: [{ url: 'http://127.0.0.1:1' }] } }]\napis:\n  - { name: a, service: s, match: { paths: [/a] }, version: 2 }\n  - { name: b, service: s, match: { paths: [/b] }, version: '1.10' }\n";
+        let config = from_yaml(yaml).unwrap();
+        assert_eq!(config.apis[0].version.as_deref(), Some("2"));
+        assert_eq!(config.apis[1].version.as_deref(), Some("1.10"));
+        let errors = lifecycle_errors(
+            "  - { name: a, service: s, match: { paths: [/a] }, version: 1.10 }\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("apis[0].version: "), "{errors:?}");
     }
 }

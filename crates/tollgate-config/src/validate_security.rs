@@ -140,6 +140,8 @@ pub(crate) fn validate(config: &Config, err: &mut Err<'_>) {
         }
     }
 
+    check_blocks(config, &consumers, err);
+
     let has_introspection = config
         .identity_providers
         .iter()
@@ -513,4 +515,56 @@ pub(crate) fn warnings(config: &Config) -> Vec<crate::ConfigError> {
         }
     }
     out
+}
+
+/// Blocks name exactly one target, and a target that exists: a mistyped
+/// consumer or key would otherwise block nothing, silently.
+fn check_blocks(config: &Config, consumers: &HashSet<&str>, err: &mut Err<'_>) {
+    let mut key_ids = HashSet::new();
+    for (i, consumer) in config.consumers.iter().enumerate() {
+        for (k, key) in consumer.keys.iter().enumerate() {
+            if let Some(id) = &key.id {
+                if !key_ids.insert(id.as_str()) {
+                    err(
+                        format!("consumers[{i}].keys[{k}].id"),
+                        format!("duplicate key id `{id}`"),
+                    );
+                }
+            }
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, block) in config.blocks.iter().enumerate() {
+        let at = format!("blocks[{i}]");
+        if block.id.is_empty() {
+            err(format!("{at}.id"), "must not be empty".into());
+        } else if !ids.insert(block.id.as_str()) {
+            err(
+                format!("{at}.id"),
+                format!("duplicate block `{}`", block.id),
+            );
+        }
+        let targets = block.consumer.is_some() as u8
+            + block.key_id.is_some() as u8
+            + block.ip.is_some() as u8;
+        if targets != 1 {
+            err(
+                at.clone(),
+                "needs exactly one of consumer, key_id and ip".into(),
+            );
+        }
+        if let Some(consumer) = &block.consumer {
+            if !consumers.contains(consumer.as_str()) {
+                err(
+                    format!("{at}.consumer"),
+                    format!("no consumer named `{consumer}`"),
+                );
+            }
+        }
+        if let Some(key_id) = &block.key_id {
+            if !key_ids.contains(key_id.as_str()) {
+                err(format!("{at}.key_id"), format!("no key with id `{key_id}`"));
+            }
+        }
+    }
 }

@@ -55,6 +55,15 @@ struct KeyEntry {
     consumer: Arc<ConsumerInfo>,
     /// Unix seconds after which the key is refused.
     expires: Option<i64>,
+    /// An incident-response block of this key, if any.
+    blocked: Option<KeyBlock>,
+}
+
+/// A block of one key: refused with 403 `blocked` until `until` (Unix
+/// seconds), or until lifted.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyBlock {
+    pub until: Option<i64>,
 }
 
 /// Every consumer key of a snapshot.
@@ -65,7 +74,13 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
-    pub fn insert(&mut self, hash: [u8; 32], consumer: Arc<ConsumerInfo>, expires: Option<i64>) {
+    pub fn insert(
+        &mut self,
+        hash: [u8; 32],
+        consumer: Arc<ConsumerInfo>,
+        expires: Option<i64>,
+        blocked: Option<KeyBlock>,
+    ) {
         self.buckets
             .entry(bucket(&hash))
             .or_default()
@@ -73,6 +88,7 @@ impl KeyIndex {
                 hash,
                 consumer,
                 expires,
+                blocked,
             });
     }
 
@@ -92,6 +108,13 @@ impl KeyIndex {
             None => Err(Denial::invalid_credentials("the API key is not valid")),
             Some(entry) if entry.expires.is_some_and(|at| at <= now_unix) => {
                 Err(Denial::expired_credentials("the API key has expired"))
+            }
+            Some(entry)
+                if entry
+                    .blocked
+                    .is_some_and(|b| b.until.is_none_or(|at| now_unix < at)) =>
+            {
+                Err(Denial::blocked("this API key is blocked"))
             }
             Some(entry) => Ok(entry.consumer.clone()),
         }
@@ -180,11 +203,20 @@ mod tests {
     #[test]
     fn lookup_by_hash_with_expiry_and_rotation() {
         let mut index = KeyIndex::default();
-        index.insert(hash_key("old"), consumer("a"), Some(100));
-        index.insert(hash_key("new"), consumer("a"), None);
+        index.insert(hash_key("old"), consumer("a"), Some(100), None);
+        index.insert(hash_key("new"), consumer("a"), None, None);
+        index.insert(
+            hash_key("blocked"),
+            consumer("a"),
+            None,
+            Some(KeyBlock { until: Some(200) }),
+        );
+        assert_eq!(index.lookup("blocked", 150).unwrap_err().code, "blocked");
+        assert!(index.lookup("blocked", 200).is_ok());
         index.insert(
             parse_hash(&format_hash(&hash_key("c"))).unwrap(),
             consumer("c"),
+            None,
             None,
         );
         assert_eq!(&*index.lookup("new", 50).unwrap().name, "a");

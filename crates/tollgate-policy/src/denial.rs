@@ -49,6 +49,8 @@ constructors! {
     subscription_rejected => "subscription_rejected", FORBIDDEN;
     subscription_revoked => "subscription_revoked", FORBIDDEN;
     ip_denied => "ip_denied", FORBIDDEN;
+    /// An incident-response block of the consumer, its key or its address.
+    blocked => "blocked", FORBIDDEN;
     rate_limited => "rate_limited", TOO_MANY_REQUESTS;
     quota_exceeded => "quota_exceeded", TOO_MANY_REQUESTS;
     payload_too_large => "payload_too_large", PAYLOAD_TOO_LARGE;

@@ -1,6 +1,7 @@
 //! Compiling a configuration's identities and policies into what the request
 //! pipeline runs, and the phases that need more than one policy.
 
+use crate::blocks::Blocks;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -63,6 +64,9 @@ pub struct Security {
     /// `oauth2_server.rate_limit`, applied to `POST /oauth2/token`.
     pub issuer_limits: Option<RateLimits>,
     subscriptions: HashMap<(String, String), SubscriptionStatus>,
+    /// Incident-response blocks; consumer blocks are checked after
+    /// authentication, address blocks by the proxy on every request.
+    pub blocks: Blocks,
     pub counters: Arc<dyn CounterStore>,
 }
 
@@ -199,6 +203,7 @@ fn compile_security(
     registries: &PolicyRegistries,
     errors: &mut Vec<ConfigError>,
 ) -> Security {
+    let blocks = Blocks::compile(&config.blocks);
     let mut consumers = HashMap::new();
     let mut keys = KeyIndex::default();
     let mut basic = BasicIndex::default();
@@ -225,6 +230,7 @@ fn compile_security(
                     hash,
                     info.clone(),
                     key.expires.map(|at| at.unix_timestamp()),
+                    key.id.as_deref().and_then(|id| blocks.key_block(id)),
                 ),
                 Err(message) => errors.push(ConfigError::new(
                     format!("consumers[{i}].keys[{k}]"),
@@ -316,6 +322,7 @@ fn compile_security(
             RateLimits::compile(std::slice::from_ref(&server.rate_limit), "oauth2_server")
         }),
         subscriptions,
+        blocks,
         counters: registries.counters.clone(),
     }
 }
@@ -339,6 +346,11 @@ impl ApiPolicies {
             Some(auth) => Some(auth.authenticate(security, parts, cert).await?),
             None => None,
         };
+        if let Some(identity) = &identity {
+            security
+                .blocks
+                .check_consumer(&identity.consumer.name, crate::blocks::now_unix())?;
+        }
         if let (Some(acl), Some(identity)) = (&self.acl, &identity) {
             acl.check(identity, &parts.method)?;
         }

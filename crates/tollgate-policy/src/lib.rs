@@ -13,6 +13,7 @@
 pub mod acl;
 pub mod auth;
 pub mod basic;
+pub mod blocks;
 pub mod cors;
 pub mod counters;
 pub mod credentials;

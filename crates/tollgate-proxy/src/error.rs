@@ -63,6 +63,7 @@ macro_rules! constructors {
 constructors! {
     no_route => "no_route", NOT_FOUND, Downstream, false;
     method_not_allowed => "method_not_allowed", METHOD_NOT_ALLOWED, Downstream, false;
+    api_retired => "api_retired", GONE, Downstream, false;
     bad_request => "bad_request", BAD_REQUEST, Downstream, false;
     uri_too_long => "uri_too_long", URI_TOO_LONG, Downstream, false;
     headers_too_large => "headers_too_large", REQUEST_HEADER_FIELDS_TOO_LARGE, Downstream, false;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod forwarding;
 pub mod framing;
 pub mod health;
+pub mod lifecycle;
 pub mod normalize;
 pub mod pool;
 pub mod proxy;
@@ -43,6 +44,12 @@ pub struct DataPlane {
     tls: Option<Arc<tls::SniResolver>>,
     /// Roots client certificates must chain to; the TLS listener asks for one when set.
     client_ca: Option<Arc<rustls::RootCertStore>>,
+}
+
+/// A compiled snapshot not yet served; see [`DataPlane::prepare`].
+pub struct PreparedSnapshot {
+    snapshot: Arc<Snapshot>,
+    certificates: Option<tls::LoadedCertificates>,
 }
 
 /// The listeners the data plane serves, bound by the caller.
@@ -117,12 +124,40 @@ impl DataPlane {
     /// Compiles and swaps in a new configuration. On error the old snapshot keeps serving.
     /// Listener addresses are fixed at start-up: a change to them needs a restart.
     pub fn apply(&self, config: Arc<Config>) -> Result<(), Vec<ConfigError>> {
+        let prepared = self.prepare(config)?;
+        self.install(prepared);
+        Ok(())
+    }
+
+    /// Compiles `config` and reads its certificates without serving them:
+    /// what may fail, done before a change is committed anywhere.
+    pub fn prepare(&self, config: Arc<Config>) -> Result<PreparedSnapshot, Vec<ConfigError>> {
         let snapshot = Arc::new(Snapshot::compile(config.clone(), &self.registries)?);
-        if let (Some(resolver), Some(settings)) = (&self.tls, &config.listen.tls) {
-            resolver.reload(&settings.certificates)?;
+        let certificates = match (&self.tls, &config.listen.tls) {
+            (Some(_), Some(settings)) => {
+                Some(tls::LoadedCertificates::load(&settings.certificates)?)
+            }
+            _ => None,
+        };
+        Ok(PreparedSnapshot {
+            snapshot,
+            certificates,
+        })
+    }
+
+    /// Serves a prepared snapshot from the next request on. Cannot fail.
+    pub fn install(&self, prepared: PreparedSnapshot) {
+        let PreparedSnapshot {
+            snapshot,
+            certificates,
+        } = prepared;
+        let config = snapshot.config.clone();
+        if let (Some(resolver), Some(certificates)) = (&self.tls, certificates) {
+            resolver.replace(certificates);
         }
         self.proxy.snapshot.store(snapshot.clone());
         self.health.reconcile(&snapshot);
+        self.registries.deprecations.retain_deprecated(&config);
         let live: HashSet<(String, String)> = config
             .services
             .iter()
@@ -136,7 +171,6 @@ impl DataPlane {
         self.registries
             .targets
             .retain(|service, url| live.contains(&(service.to_string(), url.to_string())));
-        Ok(())
     }
 
     /// Serves until `shutdown` turns true, then drains in-flight requests for

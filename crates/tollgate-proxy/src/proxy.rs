@@ -78,6 +78,8 @@ struct Applied<'a> {
     policies: Option<&'a ApiPolicies>,
     origin: Option<HeaderValue>,
     rate_limit: Option<RateLimitStatus>,
+    /// `Deprecation`, `Sunset` and `Link` for a deprecated API.
+    lifecycle_headers: &'a [(http::HeaderName, HeaderValue)],
 }
 
 impl Proxy {
@@ -141,9 +143,14 @@ impl Proxy {
         // as the next request, and the client must not reuse a connection
         // hyper drops.
         let mut unread_body = !http_body::Body::is_end_stream(req.body());
+        // Once routed, a deprecated API's headers go on every answer, errors included.
+        let mut lifecycle_headers: &[(http::HeaderName, HeaderValue)] = &[];
         macro_rules! fail {
             ($error:expr) => {{
-                let error = $error;
+                let mut error = $error;
+                error
+                    .extra_headers
+                    .extend(lifecycle_headers.iter().cloned());
                 return Err((if unread_body { error.closing() } else { error }, fin));
             }};
         }
@@ -265,6 +272,7 @@ impl Proxy {
         fin.record.api = Some(api.name.clone());
         fin.record.service = Some(service.name.clone());
         fin.metrics = Some(api.metrics.clone());
+        lifecycle_headers = &api.lifecycle.headers;
 
         // Only the gateway says who the caller is.
         tollgate_policy::engine::remove_identity_headers(req.headers_mut());
@@ -277,12 +285,24 @@ impl Proxy {
                 .filter(|p| p.cors.is_some())
                 .and_then(|_| req.headers().get(header::ORIGIN).cloned()),
             rate_limit: None,
+            lifecycle_headers,
         };
+        // A retired API is answered here, before any policy: there is nothing
+        // left to protect, and the caller learns where to go.
+        if let Some(retired) = &api.lifecycle.retired {
+            fail!(with_cors(retired.clone(), &applied));
+        }
         let mut max_body = snapshot.max_body;
         macro_rules! deny {
             ($denial:expr) => {
                 fail!(denied($denial, &applied))
             };
+        }
+        if snapshot.security.blocks.has_ips() {
+            let now = tollgate_policy::blocks::now_unix();
+            if let Err(denial) = snapshot.security.blocks.check_ip(fin.record.client_ip, now) {
+                deny!(denial);
+            }
         }
         if let Some(policies) = policies {
             if let Some(ip) = &policies.ip {
@@ -293,7 +313,10 @@ impl Proxy {
             if preflight {
                 if let Some(cors) = &policies.cors {
                     match cors.preflight(req.headers()) {
-                        Ok(headers) => return Ok(preflight_response(headers, fin)),
+                        Ok(mut headers) => {
+                            headers.extend(lifecycle_headers.iter().cloned());
+                            return Ok(preflight_response(headers, fin));
+                        }
                         Err(denial) => deny!(denial),
                     }
                 }
@@ -566,6 +589,15 @@ fn respond(
     if let Some(status) = &applied.rate_limit {
         status.apply(&mut parts.headers);
     }
+    // The gateway's `Deprecation` and `Sunset` replace the upstream's; its
+    // `Link` joins the upstream's own links (pagination and the like).
+    for (name, value) in applied.lifecycle_headers {
+        if name == header::LINK {
+            parts.headers.append(name.clone(), value.clone());
+        } else {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
     parts
         .headers
         .entry(header::X_CONTENT_TYPE_OPTIONS)
@@ -629,14 +661,7 @@ pub fn error_response(
 
 /// A policy's refusal, with the CORS headers a browser needs to read it.
 fn denied(denial: Denial, applied: &Applied<'_>) -> GatewayError {
-    let mut error = GatewayError::from(denial);
-    if let Some(policies) = applied.policies {
-        let mut headers = http::HeaderMap::new();
-        policies.cors_headers(applied.origin.as_ref(), &mut headers);
-        for (name, value) in headers.iter() {
-            error.extra_headers.push((name.clone(), value.clone()));
-        }
-    }
+    let mut error = with_cors(GatewayError::from(denial), applied);
     if let Some(status) = &applied.rate_limit {
         let mut headers = http::HeaderMap::new();
         status.apply(&mut headers);
@@ -644,6 +669,18 @@ fn denied(denial: Denial, applied: &Applied<'_>) -> GatewayError {
             if !error.extra_headers.iter().any(|(n, _)| n == name) {
                 error.extra_headers.push((name.clone(), value.clone()));
             }
+        }
+    }
+    error
+}
+
+/// An answer for a routed API, with the CORS headers a browser needs to read it.
+fn with_cors(mut error: GatewayError, applied: &Applied<'_>) -> GatewayError {
+    if let Some(policies) = applied.policies {
+        let mut headers = http::HeaderMap::new();
+        policies.cors_headers(applied.origin.as_ref(), &mut headers);
+        for (name, value) in headers.iter() {
+            error.extra_headers.push((name.clone(), value.clone()));
         }
     }
     error

@@ -411,4 +411,44 @@ mod tests {
             RouteMatch::Found { api: 0 }
         );
     }
+
+    #[test]
+    fn a_version_header_api_beats_the_headerless_one_on_its_path_in_any_order() {
+        let none: Vec<String> = vec![];
+        let p = strings(&["/orders"]);
+        let get = strings(&["GET"]);
+        let version = |api: usize, value: &'static str| {
+            let mut spec = spec(api, &none, &p, &none);
+            spec.headers = vec![(
+                HeaderName::from_static("x-api-version"),
+                HeaderValue::from_static(value),
+            )];
+            spec
+        };
+        // The header-less API lists methods, which ranks below a header condition.
+        let orders = [
+            vec![spec(0, &none, &p, &get), version(2, "2"), version(3, "3")],
+            vec![version(3, "3"), version(2, "2"), spec(0, &none, &p, &get)],
+        ];
+        for specs in orders {
+            let router = Router::new(specs);
+            for (value, api) in [(Some("2"), 2), (Some("3"), 3), (Some("4"), 0), (None, 0)] {
+                let mut headers = HeaderMap::new();
+                if let Some(value) = value {
+                    headers.insert("x-api-version", HeaderValue::from_static(value));
+                }
+                let request = RouteRequest {
+                    host: "",
+                    path: "/orders/1",
+                    method: &Method::GET,
+                    headers: &headers,
+                };
+                assert_eq!(
+                    router.lookup(&request),
+                    RouteMatch::Found { api },
+                    "{value:?}"
+                );
+            }
+        }
+    }
 }

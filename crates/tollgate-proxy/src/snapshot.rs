@@ -12,11 +12,12 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use metrics::{Counter, Histogram};
-use tollgate_config::{Config, ConfigError, PassiveHealth, UpstreamProtocol};
+use tollgate_config::{Config, ConfigError, Lifecycle, PassiveHealth, UpstreamProtocol};
 use tollgate_policy::{ApiPolicies, PolicyRegistries, Security};
 use tollgate_telemetry::metrics as names;
 
 use crate::client::{ClientKey, ClientRegistry, UpstreamClient};
+use crate::lifecycle::{ApiLifecycle, DeprecationRegistry};
 use crate::router::{RouteSpec, Router};
 use crate::upstream::{Balancer, PickInput, TargetRegistry, TargetState};
 
@@ -26,6 +27,8 @@ pub struct Registries {
     pub clients: ClientRegistry,
     /// Counters, key caches and the token signing key.
     pub policy: PolicyRegistries,
+    /// When each deprecated API without `deprecated_at` was first compiled as deprecated.
+    pub deprecations: DeprecationRegistry,
 }
 
 impl Registries {
@@ -34,6 +37,7 @@ impl Registries {
             targets: TargetRegistry::default(),
             clients: ClientRegistry::default(),
             policy,
+            deprecations: DeprecationRegistry::default(),
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct ApiRuntime {
     pub metrics: Arc<ApiMetrics>,
     /// `None` when no policy applies: the pipeline then skips every policy phase.
     pub policies: Option<Arc<ApiPolicies>>,
+    /// A deprecated API's headers, a retired API's answer.
+    pub lifecycle: ApiLifecycle,
 }
 
 pub struct ServiceRuntime {
@@ -232,6 +238,14 @@ impl Snapshot {
                 }
                 continue;
             };
+            // A draft is compiled (so its errors show) but not routed: its
+            // requests get what any unmatched request gets.
+            let policies = compiled_policies
+                .as_mut()
+                .and_then(|c| c.apis.get_mut(i).and_then(Option::take));
+            if api.lifecycle == Lifecycle::Draft {
+                continue;
+            }
             let headers = api
                 .matcher
                 .headers
@@ -260,9 +274,8 @@ impl Snapshot {
                     .filter(|p| !p.is_empty()),
                 preserve_host: api.preserve_host,
                 metrics: Arc::new(ApiMetrics::new(&api.name)),
-                policies: compiled_policies
-                    .as_mut()
-                    .and_then(|c| c.apis.get_mut(i).and_then(Option::take)),
+                policies,
+                lifecycle: ApiLifecycle::compile(api, &config, &registries.deprecations),
             });
         }
         let security = match compiled_policies {

@@ -18,6 +18,15 @@ struct NamedCert {
     key: Arc<CertifiedKey>,
 }
 
+/// Certificates read and parsed, ready for [`SniResolver::replace`].
+pub struct LoadedCertificates(Vec<NamedCert>);
+
+impl LoadedCertificates {
+    pub fn load(files: &[CertificateFiles]) -> Result<LoadedCertificates, Vec<ConfigError>> {
+        Ok(LoadedCertificates(load_all(files)?))
+    }
+}
+
 /// Picks the certificate for a handshake's SNI: an exact name, then a
 /// wildcard, then the first certificate.
 pub struct SniResolver {
@@ -39,8 +48,13 @@ impl SniResolver {
 
     /// Replaces the certificates (on reload).
     pub fn reload(&self, files: &[CertificateFiles]) -> Result<(), Vec<ConfigError>> {
-        self.certs.store(Arc::new(load_all(files)?));
+        self.replace(LoadedCertificates::load(files)?);
         Ok(())
+    }
+
+    /// Serves `certs` from the next handshake on.
+    pub fn replace(&self, certs: LoadedCertificates) {
+        self.certs.store(Arc::new(certs.0));
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {

@@ -66,7 +66,7 @@ mod tests {
         let tomorrow = now + 86_400;
         {
             let store = SqliteStore::open(&url).unwrap();
-            assert_eq!(store.schema_version().unwrap(), 3);
+            assert_eq!(store.schema_version().unwrap(), crate::migrations::latest());
             store
                 .save_quota_counters(
                     [

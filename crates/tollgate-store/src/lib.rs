@@ -13,6 +13,8 @@ mod analytics;
 mod counters;
 mod migrations;
 mod query;
+mod resources;
+pub mod sealing;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,9 @@ pub use analytics::{
     Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
 pub use query::{AccessPage, AccessQuery};
+pub use resources::{
+    AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
+};
 pub use sink::SqliteRecordSink;
 
 /// How long a connection waits for another one's write lock before failing.
@@ -76,6 +81,24 @@ pub enum StoreError {
     /// The token itself is already stored, under another name.
     #[error("this admin token is already stored")]
     AdminTokenHashTaken,
+    /// A write expected a resource at another revision (`If-Match`).
+    #[error("{kind}/{name} changed since it was read (now at revision {found})")]
+    Conflict {
+        kind: String,
+        name: String,
+        found: i64,
+    },
+    /// Another writer committed since the caller read the configuration.
+    #[error("the configuration moved from revision {based_on} to {current} meanwhile")]
+    Stale { based_on: i64, current: i64 },
+    #[error("{kind}/{name} already exists")]
+    Exists { kind: String, name: String },
+    #[error("{kind}/{name} does not exist")]
+    Missing { kind: String, name: String },
+    #[error(transparent)]
+    Sealing(#[from] sealing::SealError),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -115,10 +115,52 @@ const MIGRATIONS: &[(i64, &str)] = &[
             last_used_at INTEGER           -- Unix seconds, UTC
         );",
     ),
+    (
+        4,
+        // The configuration's resources and their audit trail; see
+        // `resources.rs`. `seq` keeps the order resources were created in,
+        // which is the order they are compiled in. Bodies are sealed (see
+        // `sealing.rs`): only kind, name and team are in clear.
+        "CREATE TABLE config_state (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            revision INTEGER NOT NULL
+        );
+        INSERT INTO config_state (id, revision) VALUES (1, 0);
+
+        CREATE TABLE resources (
+            seq        INTEGER PRIMARY KEY,
+            kind       TEXT    NOT NULL,
+            name       TEXT    NOT NULL,
+            team       TEXT,
+            origin     TEXT    NOT NULL CHECK (origin IN ('file', 'admin')),
+            body       BLOB    NOT NULL,
+            revision   INTEGER NOT NULL, -- config revision of the last write: the ETag
+            created_at INTEGER NOT NULL, -- Unix seconds, UTC
+            updated_at INTEGER NOT NULL,
+            UNIQUE (kind, name)
+        );
+
+        CREATE TABLE audit_log (
+            id        INTEGER PRIMARY KEY,
+            at        INTEGER NOT NULL, -- Unix microseconds, UTC
+            revision  INTEGER NOT NULL,
+            actor     TEXT    NOT NULL,
+            client_ip TEXT,
+            action    TEXT    NOT NULL,
+            kind      TEXT    NOT NULL,
+            name      TEXT    NOT NULL,
+            diff      TEXT    NOT NULL  -- JSON, secrets redacted
+        );
+        CREATE INDEX audit_log_resource ON audit_log (kind, name, id);
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    ),
 ];
 
 /// The highest version this build knows.
-fn latest() -> i64 {
+pub(crate) fn latest() -> i64 {
     MIGRATIONS.last().map_or(0, |(version, _)| *version)
 }
 
@@ -187,7 +229,7 @@ mod tests {
         .unwrap();
 
         run(&mut conn).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 3);
+        assert_eq!(current_version(&conn).unwrap(), latest());
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM access_records"), 2);
         assert_eq!(

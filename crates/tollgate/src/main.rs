@@ -13,10 +13,13 @@ use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 use tollgate_admin::compliance::{self, Severity};
+use tollgate_admin::control::{self, Actor, ControlPlane, WriteError};
 use tollgate_config::{Config, ConfigError};
 use tollgate_policy::counters::{spawn_flusher, CounterPersistence, MemoryCounters};
 use tollgate_policy::PolicyRegistries;
 use tollgate_proxy::{DataPlane, Listeners};
+use tollgate_store::sealing::{KeySource, MasterKey, Sealer, MASTER_KEY_ENV};
+use tollgate_store::{ConfigState, Origin, SqliteStore};
 use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request;
@@ -26,6 +29,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Default place `serve` looks for a configuration when `--config` is not given.
 const DEFAULT_CONFIG: &str = "tollgate.yaml";
+/// The new key `rotate-master-key` writes before resealing, renamed over
+/// the old one once every value is sealed with it.
+const PENDING_MASTER_KEY_FILE: &str = "master-key.new";
 /// Access records waiting to be written before new ones are dropped.
 const DEFAULT_LOG_BUFFER: usize = 65_536;
 /// How often changed quota counters are written to the store.
@@ -164,21 +170,28 @@ fn compiles(config: Config) -> Result<Config, Vec<ConfigError>> {
         .build()
         .map_err(|e| vec![ConfigError::new("", e.to_string())])?;
     let _guard = runtime.enter();
-    let registries = PolicyRegistries::new(Arc::new(MemoryCounters::new()), None);
     let config = Arc::new(config);
+    check_compiles(&config)?;
+    Ok(Arc::unwrap_or_clone(config))
+}
+
+/// [`compiles`] inside a runtime.
+fn check_compiles(config: &Arc<Config>) -> Result<(), Vec<ConfigError>> {
+    let registries = PolicyRegistries::new(Arc::new(MemoryCounters::new()), None);
     match DataPlane::compile(config.clone(), registries) {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(errors) => {
             let errors: Vec<ConfigError> = errors
                 .into_iter()
                 .filter(|e| !(e.path == "oauth2_server" && config.oauth2_server.is_some()))
                 .collect();
-            if !errors.is_empty() {
-                return Err(errors);
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors)
             }
         }
     }
-    Ok(Arc::unwrap_or_clone(config))
 }
 
 /// `tollgate audit`: the compliance checks that need no store, on a file.
@@ -282,13 +295,18 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     }
     let counters = Arc::new(MemoryCounters::new());
     let signing_key = policy_state::signing_key(&config).map_err(|e| anyhow::anyhow!(e))?;
-    let registries = PolicyRegistries::new(counters.clone(), signing_key);
-    // Refuse a configuration that cannot compile (unreadable CA files and the
-    // like) before the database is created.
-    let compiled = DataPlane::compile(config.clone(), registries).map_err(invalid_config)?;
+    // Refuse a file that cannot compile on its own (unreadable CA files and
+    // the like) before the database is created.
+    check_compiles(&config).map_err(invalid_config)?;
 
     let store = tollgate_store::SqliteStore::open(&config.storage.database)
         .with_context(|| format!("cannot open the database {}", config.storage.database))?;
+    let sealer = Arc::new(open_sealer(&policy_state::data_dir(&config))?);
+    // The store is the source of truth: the file's resources are applied to
+    // it, then everything it holds is served.
+    let (state, merged) = apply_file_to_store(&store, &sealer, &config, config_path.as_deref())?;
+    let registries = PolicyRegistries::new(counters.clone(), signing_key);
+    let compiled = DataPlane::compile(Arc::new(merged), registries).map_err(invalid_config)?;
     let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(
         store
             .access_record_sink()
@@ -352,9 +370,16 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         ),
         tollgate_admin::bootstrap::Bootstrap::Existing => {}
     }
-    let live = data_plane.clone();
+    let control = ControlPlane::new(
+        store.clone(),
+        sealer,
+        data_plane.clone(),
+        (*config).clone(),
+        state,
+    );
+    tokio::spawn(control.clone().follow(shutdown_rx.clone()));
     let admin_api = tollgate_admin::api::router(tollgate_admin::api::AdminApi {
-        config: Arc::new(move || live.snapshot().config.clone()),
+        control: control.clone(),
         store: store.clone(),
     });
     let admin_state = tollgate_admin::AdminState {
@@ -371,7 +396,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     ));
 
     if let Some(path) = config_path {
-        tokio::spawn(reload::watch(path, data_plane.clone(), shutdown_rx.clone()));
+        tokio::spawn(reload::watch(path, control.clone(), shutdown_rx.clone()));
     }
     tokio::spawn(wait_for_termination(shutdown_tx));
 
@@ -403,6 +428,83 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The master key (`TOLLGATE_MASTER_KEY`, else `<data dir>/master-key`,
+/// created on first start) and, after an interrupted rotation, the new key
+/// too, so every stored value opens.
+fn open_sealer(data_dir: &Path) -> anyhow::Result<Sealer> {
+    let (key, source) = MasterKey::load_or_create(std::env::var(MASTER_KEY_ENV).ok(), data_dir)
+        .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
+    match &source {
+        KeySource::Created(path) => tracing::info!(
+            path = %path.display(),
+            key_id = %key.id(),
+            "generated the master key that seals stored secrets; back this file up"
+        ),
+        KeySource::File(_) | KeySource::Environment => {
+            tracing::debug!(key_id = %key.id(), "master key loaded")
+        }
+    }
+    let mut sealer = Sealer::new(key);
+    let pending = data_dir.join(PENDING_MASTER_KEY_FILE);
+    if source != KeySource::Environment && pending.exists() {
+        let text = std::fs::read_to_string(&pending)
+            .with_context(|| format!("cannot read {}", pending.display()))?;
+        let key =
+            MasterKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", pending.display()))?;
+        tracing::warn!(
+            path = %pending.display(),
+            "a master key rotation was interrupted; run `tollgate rotate-master-key` again"
+        );
+        sealer = sealer.also_opening(key);
+    }
+    Ok(sealer)
+}
+
+/// Applies the file's resources to the store (see
+/// [`tollgate_admin::control::sync_edits`]) and returns what the store then
+/// holds with the configuration it makes. Without a file, the store's
+/// resources are served as they are.
+fn apply_file_to_store(
+    store: &SqliteStore,
+    sealer: &Sealer,
+    file: &Config,
+    path: Option<&Path>,
+) -> anyhow::Result<(ConfigState, Config)> {
+    let state = store
+        .load_resources(sealer)
+        .context("cannot read the configuration from the store")?;
+    let edits = match path {
+        Some(_) => control::sync_edits(&state, file, Origin::File, false),
+        None => Vec::new(),
+    };
+    let actor = Actor {
+        name: match path {
+            Some(path) => format!("file:{}", path.display()),
+            None => "defaults".into(),
+        },
+        client_ip: None,
+    };
+    let plan = control::plan(file, &state, &edits, &actor).map_err(|error| match error {
+        WriteError::Invalid(errors) => invalid_config(errors),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    if plan.writes.is_empty() {
+        return Ok((state, plan.config));
+    }
+    let revision = store
+        .commit(sealer, Some(state.revision), &plan.writes, &plan.audit)
+        .context("cannot apply the configuration file to the store")?;
+    tracing::info!(
+        revision,
+        changes = plan.writes.len(),
+        "applied the configuration file's resources to the store"
+    );
+    let state = store
+        .load_resources(sealer)
+        .context("cannot read the configuration from the store")?;
+    Ok((state, plan.config))
 }
 
 fn invalid_config(errors: Vec<ConfigError>) -> anyhow::Error {

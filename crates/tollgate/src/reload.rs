@@ -1,5 +1,6 @@
 //! Hot reload: on SIGHUP, or when the configuration file's content changes,
-//! compile a new snapshot and swap it in. An invalid file is logged and
+//! apply its node settings and resources through the control plane (its
+//! resources go to the store, audited). An invalid file is logged and
 //! ignored; the running configuration keeps serving.
 
 use std::path::PathBuf;
@@ -8,12 +9,12 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tollgate_proxy::DataPlane;
+use tollgate_admin::control::{Actor, ControlPlane};
 
 /// How often the file is checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn watch(path: PathBuf, data_plane: Arc<DataPlane>, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch(path: PathBuf, control: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => Some(hangup),
         Err(error) => {
@@ -43,11 +44,11 @@ pub async fn watch(path: PathBuf, data_plane: Arc<DataPlane>, mut shutdown: watc
             continue;
         }
         last = Some(current.clone());
-        reload(&path, &current, &data_plane);
+        reload(&path, &current, &control).await;
     }
 }
 
-fn reload(path: &std::path::Path, content: &[u8], data_plane: &DataPlane) {
+async fn reload(path: &std::path::Path, content: &[u8], control: &ControlPlane) {
     let text = String::from_utf8_lossy(content);
     let config = match tollgate_config::from_yaml(&text) {
         Ok(config) => config,
@@ -58,16 +59,28 @@ fn reload(path: &std::path::Path, content: &[u8], data_plane: &DataPlane) {
             return;
         }
     };
-    let running = data_plane.snapshot();
-    if config.listen != running.config.listen || config.storage != running.config.storage {
+    let running = control.config();
+    if config.listen != running.listen || config.storage != running.storage {
         tracing::warn!("listen and storage changes take effect after a restart");
     }
-    match data_plane.apply(Arc::new(config)) {
-        Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
-        Err(errors) => {
+    let actor = Actor {
+        name: format!("file:{}", path.display()),
+        client_ip: None,
+    };
+    match control.sync_file(&actor, &config).await {
+        Ok(committed) => tracing::info!(
+            path = %path.display(),
+            revision = committed.revision,
+            changes = committed.changes.len(),
+            "configuration reloaded"
+        ),
+        Err(tollgate_admin::control::WriteError::Invalid(errors)) => {
             for error in &errors {
                 tracing::error!(path = %path.display(), %error, "reload rejected; the previous configuration keeps serving");
             }
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "reload failed; the previous configuration keeps serving")
         }
     }
 }

@@ -201,7 +201,7 @@ async fn a_reload_with_a_missing_ca_file_keeps_the_old_config() {
     gw.sighup();
     eventually(RECORDS, || async {
         let stderr = gw.stderr();
-        stderr.contains("reload rejected") && stderr.contains("services[0].upstream.targets")
+        stderr.contains("reload rejected") && stderr.contains("services/svc.upstream.targets")
     })
     .await;
 

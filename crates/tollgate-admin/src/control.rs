@@ -1,0 +1,720 @@
+//! The control plane's write path: every change to the configuration's
+//! resources — from the admin API, `tollgate apply`, or the configuration
+//! file — goes through [`ControlPlane::write`], which
+//!
+//! 1. applies the edits to the resources of the revision it last loaded,
+//! 2. assembles them with the node's settings and validates the whole,
+//! 3. compiles the data plane's next snapshot (what could fail, fails here),
+//! 4. commits the edits and their audit entries in one store transaction,
+//!    which bumps the config revision, and only then
+//! 5. swaps the compiled snapshot in.
+//!
+//! A change that fails 2 or 3 is refused whole and the old snapshot keeps
+//! serving; a crash before 4 completes loses only the uncommitted change.
+//! Writes are serialised by one lock; a commit that finds the revision
+//! moved (another node, or a file sync) reloads and plans again.
+//! [`ControlPlane::follow`] polls the store's revision every second so that
+//! changes made by others reach this node's data plane too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tollgate_config::resources::{self, Kind};
+use tollgate_config::{Config, ConfigError};
+use tollgate_proxy::DataPlane;
+use tollgate_store::sealing::Sealer;
+use tollgate_store::{
+    AuditEntry, ConfigState, Expect, Origin, ResourceWrite, SqliteStore, StoreError,
+};
+
+use crate::api::redact;
+
+/// How often [`ControlPlane::follow`] looks for other writers' changes.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Who makes a change, for the audit log.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+    pub client_ip: Option<String>,
+}
+
+/// One resource created, replaced or deleted (no body).
+#[derive(Clone, Debug)]
+pub struct Edit {
+    pub kind: Kind,
+    pub name: String,
+    pub body: Option<Value>,
+    pub expect: Expect,
+    pub origin: Origin,
+    /// The audit log's verb: `create`, `update`, `delete`, `approve` …;
+    /// `None` derives create/update/delete from what the edit does.
+    pub action: Option<String>,
+}
+
+impl Edit {
+    pub fn put(kind: Kind, name: impl Into<String>, body: Value, expect: Expect) -> Edit {
+        Edit {
+            kind,
+            name: name.into(),
+            body: Some(body),
+            expect,
+            origin: Origin::Admin,
+            action: None,
+        }
+    }
+
+    pub fn delete(kind: Kind, name: impl Into<String>, expect: Expect) -> Edit {
+        Edit {
+            kind,
+            name: name.into(),
+            body: None,
+            expect,
+            origin: Origin::Admin,
+            action: None,
+        }
+    }
+
+    pub fn with_action(mut self, action: &str) -> Edit {
+        self.action = Some(action.to_string());
+        self
+    }
+
+    pub fn from_file(mut self) -> Edit {
+        self.origin = Origin::File;
+        self
+    }
+}
+
+/// What a write changed, one line per resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub action: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A write's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Committed {
+    /// The config revision now served (unchanged when nothing changed or on a dry run).
+    pub revision: i64,
+    pub changes: Vec<Change>,
+    pub dry_run: bool,
+}
+
+/// Why a write was refused.
+#[derive(Debug)]
+pub enum WriteError {
+    NotFound {
+        kind: Kind,
+        name: String,
+    },
+    Exists {
+        kind: Kind,
+        name: String,
+    },
+    /// `If-Match` named another revision than the resource's.
+    Conflict {
+        kind: Kind,
+        name: String,
+        revision: i64,
+    },
+    /// The resulting configuration does not validate or compile.
+    Invalid(Vec<ConfigError>),
+    Internal(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::NotFound { kind, name } => write!(f, "no {kind} named `{name}`"),
+            WriteError::Exists { kind, name } => write!(f, "{kind}/{name} already exists"),
+            WriteError::Conflict {
+                kind,
+                name,
+                revision,
+            } => write!(
+                f,
+                "{kind}/{name} changed: it is at revision {revision} (its ETag is \"{revision}\")"
+            ),
+            WriteError::Invalid(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                write!(f, "invalid configuration: {}", lines.join("; "))
+            }
+            WriteError::Internal(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The edits applied to a state, checked: what to commit and what to serve.
+pub struct Plan {
+    pub config: Config,
+    pub writes: Vec<ResourceWrite>,
+    pub audit: Vec<AuditEntry>,
+    pub changes: Vec<Change>,
+}
+
+/// Applies `edits` to `state`'s resources and assembles the result with
+/// `node`'s settings. Pure: checks expectations against `state` and
+/// validates; compiling is the caller's next step.
+pub fn plan(
+    node: &Config,
+    state: &ConfigState,
+    edits: &[Edit],
+    actor: &Actor,
+) -> Result<Plan, WriteError> {
+    let mut list: Vec<(Kind, String, Value, i64)> = state
+        .resources
+        .iter()
+        .filter_map(|r| {
+            Some((
+                Kind::parse(&r.kind)?,
+                r.name.clone(),
+                r.body.clone(),
+                r.revision,
+            ))
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for edit in edits {
+        let found = list
+            .iter()
+            .position(|(kind, name, _, _)| *kind == edit.kind && *name == edit.name);
+        let not_found = || WriteError::NotFound {
+            kind: edit.kind,
+            name: edit.name.clone(),
+        };
+        match (edit.expect, found) {
+            (Expect::Absent, Some(_)) => {
+                return Err(WriteError::Exists {
+                    kind: edit.kind,
+                    name: edit.name.clone(),
+                })
+            }
+            (Expect::Present | Expect::Revision(_), None) => return Err(not_found()),
+            (Expect::Revision(expected), Some(i)) if list[i].3 != expected => {
+                return Err(WriteError::Conflict {
+                    kind: edit.kind,
+                    name: edit.name.clone(),
+                    revision: list[i].3,
+                })
+            }
+            _ => {}
+        }
+        let before = found.map(|i| list[i].2.clone());
+        match (&edit.body, found) {
+            (Some(body), Some(i)) if list[i].2 == *body => continue,
+            (Some(body), Some(i)) => list[i].2 = body.clone(),
+            (Some(body), None) => list.push((edit.kind, edit.name.clone(), body.clone(), 0)),
+            (None, Some(i)) => {
+                list.remove(i);
+            }
+            (None, None) => return Err(not_found()),
+        }
+        let action = edit.action.clone().unwrap_or_else(|| {
+            match (&before, &edit.body) {
+                (None, _) => "create",
+                (Some(_), Some(_)) => "update",
+                (Some(_), None) => "delete",
+            }
+            .to_string()
+        });
+        pending.push((edit, action, before));
+    }
+    let config = resources::assemble(
+        node,
+        list.iter()
+            .map(|(kind, name, body, _)| (*kind, name.as_str(), body)),
+    )
+    .map_err(WriteError::Invalid)?;
+    let mut writes = Vec::new();
+    let mut audit = Vec::new();
+    let mut changes = Vec::new();
+    for (edit, action, before) in pending {
+        writes.push(ResourceWrite {
+            kind: edit.kind.as_str().to_string(),
+            name: edit.name.clone(),
+            team: resources::team_of(&config, edit.kind, &edit.name),
+            origin: edit.origin,
+            body: edit.body.clone(),
+            expect: edit.expect,
+        });
+        audit.push(AuditEntry {
+            actor: actor.name.clone(),
+            client_ip: actor.client_ip.clone(),
+            action: action.clone(),
+            kind: edit.kind.as_str().to_string(),
+            name: edit.name.clone(),
+            diff: diff(before.as_ref(), edit.body.as_ref()),
+        });
+        changes.push(Change {
+            action,
+            kind: edit.kind.as_str().to_string(),
+            name: edit.name.clone(),
+        });
+    }
+    Ok(Plan {
+        config,
+        writes,
+        audit,
+        changes,
+    })
+}
+
+/// `{"before", "after"}` with secrets redacted; only the top-level fields
+/// that differ when both exist.
+fn diff(before: Option<&Value>, after: Option<&Value>) -> Value {
+    let redacted = |value: Option<&Value>| {
+        value.cloned().map(|mut v| {
+            redact(&mut v);
+            v
+        })
+    };
+    let (mut before, mut after) = (redacted(before), redacted(after));
+    if let (Some(Value::Object(old)), Some(Value::Object(new))) = (&mut before, &mut after) {
+        let same: Vec<String> = old
+            .iter()
+            .filter(|(k, v)| new.get(*k) == Some(v) && *k != "name" && *k != "id")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in same {
+            old.remove(&key);
+            new.remove(&key);
+        }
+    }
+    json!({ "before": before, "after": after })
+}
+
+/// The edits that make the store hold a file's resources: creates and
+/// updates by name, and deletes of what the file put there before and no
+/// longer lists (resources created through the admin API are never
+/// deleted by the file). With `prune`, every resource the file does not
+/// list is deleted, whatever its origin.
+pub fn sync_edits(state: &ConfigState, file: &Config, origin: Origin, prune: bool) -> Vec<Edit> {
+    let wanted = resources::split(file);
+    let mut edits = Vec::new();
+    for resource in &wanted {
+        let current = state
+            .resources
+            .iter()
+            .find(|r| r.kind == resource.kind.as_str() && r.name == resource.name);
+        if current.is_some_and(|c| c.body == resource.body) {
+            continue;
+        }
+        let mut edit = Edit::put(
+            resource.kind,
+            resource.name.clone(),
+            resource.body.clone(),
+            Expect::Anything,
+        );
+        edit.origin = origin;
+        edits.push(edit);
+    }
+    for stored in &state.resources {
+        let listed = wanted
+            .iter()
+            .any(|w| w.kind.as_str() == stored.kind && w.name == stored.name);
+        let removable = prune || (origin == Origin::File && stored.origin == Origin::File);
+        if listed || !removable {
+            continue;
+        }
+        if let Some(kind) = Kind::parse(&stored.kind) {
+            edits.push(Edit::delete(kind, stored.name.clone(), Expect::Present));
+        }
+    }
+    // Deletes first, dependants before what they depend on; then creates
+    // in the file's order. Validation sees the whole anyway.
+    edits.sort_by_key(|e| match e.body {
+        None => (0, std::cmp::Reverse(e.kind)),
+        Some(_) => (1, std::cmp::Reverse(Kind::Teams)),
+    });
+    edits
+}
+
+/// The live configuration's resources and the means to change them.
+pub struct ControlPlane {
+    store: SqliteStore,
+    sealer: Arc<Sealer>,
+    data_plane: Arc<DataPlane>,
+    node: ArcSwap<Config>,
+    state: ArcSwap<ConfigState>,
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl ControlPlane {
+    /// `state` is what `data_plane` serves, assembled with `node`.
+    pub fn new(
+        store: SqliteStore,
+        sealer: Arc<Sealer>,
+        data_plane: Arc<DataPlane>,
+        node: Config,
+        state: ConfigState,
+    ) -> Arc<ControlPlane> {
+        Arc::new(ControlPlane {
+            store,
+            sealer,
+            data_plane,
+            node: ArcSwap::from_pointee(resources::node_settings(&node)),
+            state: ArcSwap::from_pointee(state),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The resources of the revision served.
+    pub fn state(&self) -> Arc<ConfigState> {
+        self.state.load_full()
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> Arc<Config> {
+        self.data_plane.snapshot().config.clone()
+    }
+
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    /// Checks, commits and serves `edits` as one change; see the module docs.
+    /// A dry run stops before the commit.
+    pub async fn write(
+        &self,
+        actor: &Actor,
+        edits: &[Edit],
+        dry_run: bool,
+    ) -> Result<Committed, WriteError> {
+        let _guard = self.writes.lock().await;
+        self.write_locked(actor, edits, dry_run, None).await
+    }
+
+    /// A reloaded configuration file: its node settings and its resources
+    /// (see [`sync_edits`]) served together, or neither.
+    pub async fn sync_file(&self, actor: &Actor, file: &Config) -> Result<Committed, WriteError> {
+        let _guard = self.writes.lock().await;
+        let node = Arc::new(resources::node_settings(file));
+        loop {
+            let state = self.state.load_full();
+            let edits = sync_edits(&state, file, Origin::File, false);
+            let committed = self
+                .write_locked(actor, &edits, false, Some(node.clone()))
+                .await;
+            match committed {
+                // The file's view of the store was stale: plan again.
+                Err(WriteError::Conflict { .. } | WriteError::NotFound { .. })
+                    if self.refresh_locked().await? => {}
+                other => {
+                    if other.is_ok() {
+                        self.node.store(node);
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn write_locked(
+        &self,
+        actor: &Actor,
+        edits: &[Edit],
+        dry_run: bool,
+        new_node: Option<Arc<Config>>,
+    ) -> Result<Committed, WriteError> {
+        loop {
+            let state = self.state.load_full();
+            let node = new_node.clone().unwrap_or_else(|| self.node.load_full());
+            let plan = plan(&node, &state, edits, actor)?;
+            let config = Arc::new(plan.config);
+            let prepared = self
+                .data_plane
+                .prepare(config.clone())
+                .map_err(|errors| invalid(&config, errors))?;
+            if dry_run || plan.writes.is_empty() {
+                if !dry_run && new_node.is_some() {
+                    self.data_plane.install(prepared);
+                }
+                return Ok(Committed {
+                    revision: state.revision,
+                    changes: plan.changes,
+                    dry_run,
+                });
+            }
+            let store = self.store.clone();
+            let sealer = self.sealer.clone();
+            let base = state.revision;
+            let (writes, audit) = (plan.writes, plan.audit);
+            let committed =
+                blocking(move || store.commit(&sealer, Some(base), &writes, &audit)).await?;
+            match committed {
+                Ok(revision) => {
+                    self.data_plane.install(prepared);
+                    self.reload_state().await?;
+                    return Ok(Committed {
+                        revision,
+                        changes: plan.changes,
+                        dry_run,
+                    });
+                }
+                Err(StoreError::Stale { .. }) => {
+                    // Another writer went first: serve theirs, then plan again.
+                    self.refresh_locked().await?;
+                }
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+    }
+
+    /// Brings the data plane to the store's revision if another writer moved it.
+    pub async fn refresh(&self) -> Result<bool, WriteError> {
+        let _guard = self.writes.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<bool, WriteError> {
+        let store = self.store.clone();
+        let revision = blocking(move || store.config_revision())
+            .await?
+            .map_err(store_error)?;
+        if revision == self.state.load().revision {
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let sealer = self.sealer.clone();
+        let state = blocking(move || store.load_resources(&sealer))
+            .await?
+            .map_err(store_error)?;
+        let node = self.node.load_full();
+        let config = Arc::new(assemble(&node, &state)?);
+        let prepared = self
+            .data_plane
+            .prepare(config.clone())
+            .map_err(|errors| invalid(&config, errors))?;
+        self.data_plane.install(prepared);
+        tracing::info!(revision = state.revision, "configuration revision loaded");
+        self.state.store(Arc::new(state));
+        Ok(true)
+    }
+
+    async fn reload_state(&self) -> Result<(), WriteError> {
+        let store = self.store.clone();
+        let sealer = self.sealer.clone();
+        let state = blocking(move || store.load_resources(&sealer))
+            .await?
+            .map_err(store_error)?;
+        self.state.store(Arc::new(state));
+        Ok(())
+    }
+
+    /// Follows the store's revision until shutdown: changes committed by
+    /// another process reach this data plane within [`FOLLOW_INTERVAL`].
+    pub async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = self.refresh().await {
+                tracing::error!(%error, "cannot serve the store's configuration revision; the previous one keeps serving");
+            }
+        }
+    }
+}
+
+/// The resources of `state` with `node`'s settings.
+pub fn assemble(node: &Config, state: &ConfigState) -> Result<Config, WriteError> {
+    resources::assemble(
+        node,
+        state
+            .resources
+            .iter()
+            .filter_map(|r| Some((Kind::parse(&r.kind)?, r.name.as_str(), &r.body))),
+    )
+    .map_err(WriteError::Invalid)
+}
+
+/// Compilation errors, with paths that name resources.
+fn invalid(config: &Config, errors: Vec<ConfigError>) -> WriteError {
+    WriteError::Invalid(
+        errors
+            .into_iter()
+            .map(|e| ConfigError::new(resources::resource_path(config, &e.path), e.message))
+            .collect(),
+    )
+}
+
+fn store_error(error: StoreError) -> WriteError {
+    let kind = |k: &str| Kind::parse(k).unwrap_or(Kind::Teams);
+    match error {
+        StoreError::Conflict {
+            kind: k,
+            name,
+            found,
+        } => WriteError::Conflict {
+            kind: kind(&k),
+            name,
+            revision: found,
+        },
+        StoreError::Exists { kind: k, name } => WriteError::Exists {
+            kind: kind(&k),
+            name,
+        },
+        StoreError::Missing { kind: k, name } => WriteError::NotFound {
+            kind: kind(&k),
+            name,
+        },
+        other => WriteError::Internal(other.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, WriteError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WriteError::Internal(format!("store task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_store::StoredResource;
+
+    fn state(resources: &[(&str, &str, Value, Origin)]) -> ConfigState {
+        ConfigState {
+            revision: 3,
+            resources: resources
+                .iter()
+                .map(|(kind, name, body, origin)| StoredResource {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    team: None,
+                    origin: *origin,
+                    body: body.clone(),
+                    revision: 2,
+                    created_at: 0,
+                    updated_at: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            name: "t".into(),
+            client_ip: None,
+        }
+    }
+
+    #[test]
+    fn plans_check_expectations_and_validate_the_whole() {
+        let node = Config::default();
+        let team = json!({"name": "shop"});
+        let s = state(&[("teams", "shop", team.clone(), Origin::Admin)]);
+        let plan = plan(
+            &node,
+            &s,
+            &[Edit::put(
+                Kind::Teams,
+                "shop",
+                team.clone(),
+                Expect::Anything,
+            )],
+            &actor(),
+        )
+        .unwrap();
+        assert!(plan.writes.is_empty(), "an unchanged body is no write");
+        assert!(matches!(
+            super::plan(
+                &node,
+                &s,
+                &[Edit::put(Kind::Teams, "shop", team.clone(), Expect::Absent)],
+                &actor()
+            ),
+            Err(WriteError::Exists { .. })
+        ));
+        assert!(matches!(
+            super::plan(
+                &node,
+                &s,
+                &[Edit::put(
+                    Kind::Teams,
+                    "shop",
+                    team.clone(),
+                    Expect::Revision(1)
+                )],
+                &actor()
+            ),
+            Err(WriteError::Conflict { revision: 2, .. })
+        ));
+        let consumer = json!({"name": "alice", "team": "nowhere"});
+        match super::plan(
+            &node,
+            &s,
+            &[Edit::put(
+                Kind::Consumers,
+                "alice",
+                consumer,
+                Expect::Absent,
+            )],
+            &actor(),
+        ) {
+            Err(WriteError::Invalid(errors)) => {
+                assert_eq!(errors[0].path, "consumers/alice.team", "{errors:?}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn audit_diffs_redact_secrets_and_keep_only_changes() {
+        let before = json!({"name": "c", "groups": ["a"], "client_credentials": {"client_id": "c", "secret": "old-secret"}});
+        let after = json!({"name": "c", "groups": ["a"], "client_credentials": {"client_id": "c", "secret": "new-secret"}});
+        let d = diff(Some(&before), Some(&after));
+        let text = d.to_string();
+        assert!(
+            !text.contains("old-secret") && !text.contains("new-secret"),
+            "{text}"
+        );
+        assert!(d["before"].get("groups").is_none());
+        assert_eq!(d["after"]["name"], "c");
+    }
+
+    #[test]
+    fn file_sync_prunes_only_what_the_file_put_there() {
+        let file = tollgate_config::from_yaml("teams: [{ name: a }]").unwrap();
+        let s = state(&[
+            (
+                "teams",
+                "old-from-file",
+                json!({"name": "old-from-file"}),
+                Origin::File,
+            ),
+            (
+                "teams",
+                "from-api",
+                json!({"name": "from-api"}),
+                Origin::Admin,
+            ),
+        ]);
+        let names = |edits: Vec<Edit>| -> Vec<String> {
+            edits
+                .iter()
+                .map(|e| format!("{}{}", if e.body.is_some() { "+" } else { "-" }, e.name))
+                .collect()
+        };
+        assert_eq!(
+            names(sync_edits(&s, &file, Origin::File, false)),
+            ["-old-from-file", "+a"]
+        );
+        assert_eq!(
+            names(sync_edits(&s, &file, Origin::Admin, true)),
+            ["-old-from-file", "-from-api", "+a"]
+        );
+        assert_eq!(names(sync_edits(&s, &file, Origin::Admin, false)), ["+a"]);
+    }
+}
