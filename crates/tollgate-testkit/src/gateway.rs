@@ -55,6 +55,40 @@ pub struct GatewayBuilder {
     ready_timeout: Duration,
 }
 
+/// The binary, arguments and environment of a gateway process.
+#[derive(Clone, Debug)]
+struct Launch {
+    bin: PathBuf,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl Launch {
+    /// `tollgate serve --config FILE …`, output appended to the log files.
+    fn spawn(&self, config_path: &Path, stdout_path: &Path, stderr_path: &Path) -> Child {
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        };
+        Command::new(&self.bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(config_path)
+            .args(&self.args)
+            .env("RUST_BACKTRACE", "1")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(open(stdout_path))
+            .stderr(open(stderr_path))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} failed: {e}", self.bin.display()))
+    }
+}
+
 /// A running gateway process; killed when dropped.
 #[derive(Debug)]
 pub struct Gateway {
@@ -71,6 +105,8 @@ pub struct Gateway {
     stdout_path: PathBuf,
     stderr_path: PathBuf,
     _certificates: Vec<TlsFiles>,
+    /// What started the process, to start it again ([`Gateway::restart`]).
+    launch: Launch,
     // Last, so the files outlive everything that may still read them.
     dir: TempDir,
 }
@@ -181,21 +217,14 @@ impl GatewayBuilder {
 
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
-        let stdout = File::create(&stdout_path).expect("create stdout.log");
-        let stderr = File::create(&stderr_path).expect("create stderr.log");
-        let child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(&self.args)
-            .env("RUST_BACKTRACE", "1")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {} failed: {e}", self.bin.display()));
+        File::create(&stdout_path).expect("create stdout.log");
+        File::create(&stderr_path).expect("create stderr.log");
+        let launch = Launch {
+            bin: self.bin.clone(),
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+        };
+        let child = launch.spawn(&config_path, &stdout_path, &stderr_path);
         let pid = child.id().expect("a just-spawned child has a pid");
 
         Gateway {
@@ -211,6 +240,7 @@ impl GatewayBuilder {
             stdout_path,
             stderr_path,
             _certificates: self.certificates,
+            launch,
             dir,
         }
     }
@@ -325,6 +355,36 @@ impl Gateway {
             "kill -{name} {} failed ({status}); has the process exited?",
             self.pid
         );
+    }
+
+    /// Kills the process with SIGKILL — a crash: no drain, no flush — and
+    /// waits for it to be gone.
+    pub async fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.start_kill();
+            self.exit = self.child.wait().await.ok();
+        }
+    }
+
+    /// Starts the process again (after it exited, or was [`Gateway::kill`]ed)
+    /// on the same directory, config file and ports, with the same
+    /// arguments and environment plus `extra_envs`, and waits until it is ready.
+    pub async fn restart(&mut self, extra_envs: &[(&str, &str)]) {
+        self.kill().await;
+        let mut launch = self.launch.clone();
+        launch
+            .envs
+            .extend(extra_envs.iter().map(|(k, v)| (k.into(), v.into())));
+        self.child = launch.spawn(&self.config_path, &self.stdout_path, &self.stderr_path);
+        self.pid = self.child.id().expect("a just-spawned child has a pid");
+        self.exit = None;
+        if let Err(error) = self.wait_ready(READY_TIMEOUT).await {
+            let why = match error {
+                NotReady::Exited(status) => format!("exited with {status}"),
+                NotReady::Timeout(last) => format!("not ready ({last})"),
+            };
+            panic!("the restarted gateway {why}\n{}", self.logs());
+        }
     }
 
     /// Waits for the process to exit. Panics, with its output, after `timeout`.

@@ -1,5 +1,6 @@
 //! The `tollgate` binary: the command line and the wiring of the crates.
 
+mod admin_client;
 mod policy_state;
 mod reload;
 
@@ -83,8 +84,77 @@ enum Command {
         )]
         fail_on: Severity,
     },
+    /// Make a running node's resources those of FILE, through its admin API,
+    /// and print the diff: creates and updates by name; with --prune, also
+    /// deletes what FILE does not list. One change: all of it or nothing.
+    Apply {
+        file: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the resources FILE does not list.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Print a running node's resources as YAML that `apply` takes back
+    /// unchanged (literal secrets shown as <redacted>, which `apply` keeps).
+    Export {
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Create (or update) the APIs of an OpenAPI 3 document on an existing
+    /// service of a running node: one API per operation, request-body schemas
+    /// as validate policies.
+    ImportOpenapi {
+        /// The OpenAPI 3.0/3.1 document, JSON or YAML.
+        spec: PathBuf,
+        /// The service the APIs route to.
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Seal every stored secret under a new master key, then make it the
+    /// key. Run with the node stopped. With TOLLGATE_MASTER_KEY set, the new
+    /// key comes from TOLLGATE_NEW_MASTER_KEY and you update the former.
+    RotateMasterKey {
+        /// The node's configuration file (for its database); without it,
+        /// ./tollgate.yaml if present, else the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+/// Which node's admin API a command talks to.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The admin listener's URL.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    admin_url: String,
+    /// An admin token (or the TOLLGATE_ADMIN_TOKEN variable).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminTarget {
+    fn target(self) -> admin_client::Target {
+        admin_client::Target {
+            url: self.admin_url,
+            token: self.token,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,6 +199,66 @@ fn main() -> ExitCode {
             format,
             fail_on,
         } => audit(&file, format, fail_on),
+        Command::Apply {
+            file,
+            dry_run,
+            prune,
+            admin,
+        } => client_command(async move {
+            let document =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let answer = admin
+                .target()
+                .send(
+                    http::Method::POST,
+                    &format!("/admin/v1/apply?dry_run={dry_run}&prune={prune}"),
+                    Some(document),
+                )
+                .await?;
+            Ok(if answer.status == 200 {
+                admin_client::print_changes(&answer)
+            } else {
+                admin_client::report_error(&answer)
+            })
+        }),
+        Command::Export { admin } => client_command(async move {
+            let answer = admin
+                .target()
+                .send(http::Method::GET, "/admin/v1/export", None)
+                .await?;
+            if answer.status != 200 {
+                return Ok(admin_client::report_error(&answer));
+            }
+            print!("{}", String::from_utf8_lossy(&answer.body));
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::ImportOpenapi {
+            spec,
+            service,
+            team,
+            dry_run,
+            admin,
+        } => client_command(async move {
+            let document =
+                std::fs::read(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+            let mut query = format!(
+                "/admin/v1/import/openapi?service={}&dry_run={dry_run}",
+                encode(&service)
+            );
+            if let Some(team) = team {
+                query.push_str(&format!("&team={}", encode(&team)));
+            }
+            let answer = admin
+                .target()
+                .send(http::Method::POST, &query, Some(document))
+                .await?;
+            Ok(if answer.status == 200 {
+                admin_client::print_changes(&answer)
+            } else {
+                admin_client::report_error(&answer)
+            })
+        }),
+        Command::RotateMasterKey { config } => rotate_master_key(config.as_deref()),
         Command::Serve {
             config,
             log_format,
@@ -158,6 +288,109 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an admin-client command on a small runtime; failures to reach the
+/// node are printed, with exit code 1.
+fn client_command(
+    command: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Percent-encodes a query parameter's value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `tollgate rotate-master-key`: writes the new key beside the old one
+/// (`master-key.new`), reseals every stored value with it in one
+/// transaction, then renames it over the old key. Interrupted anywhere, the
+/// node still opens everything: it reads both files (see [`open_sealer`]).
+fn rotate_master_key(config: Option<&Path>) -> ExitCode {
+    let result = (|| -> anyhow::Result<String> {
+        let config = match load_serve_config(config) {
+            Ok((config, _)) => config,
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::bail!("invalid configuration: {}", lines.join("; "));
+            }
+        };
+        let data_dir = policy_state::data_dir(&config);
+        let store = SqliteStore::open(&config.storage.database)
+            .with_context(|| format!("cannot open the database {}", config.storage.database))?;
+        let old = open_sealer(&data_dir)?;
+        store
+            .load_resources(&old)
+            .context("the current master key does not open the stored resources")?;
+        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+            if !text.trim().is_empty() {
+                let new_text = std::env::var("TOLLGATE_NEW_MASTER_KEY").context(
+                    "with TOLLGATE_MASTER_KEY set, give the new key in TOLLGATE_NEW_MASTER_KEY",
+                )?;
+                let new = Sealer::new(MasterKey::parse(&new_text)?);
+                let count = store.reseal_resources(&old, &new)?;
+                return Ok(format!(
+                    "resealed {count} resource(s) under key {}; set TOLLGATE_MASTER_KEY to the new key before starting the node",
+                    new.current().id()
+                ));
+            }
+        }
+        let pending = data_dir.join(PENDING_MASTER_KEY_FILE);
+        let new_key = match std::fs::read_to_string(&pending) {
+            // An interrupted rotation: finish it with the key it chose.
+            Ok(text) => MasterKey::parse(&text)?,
+            Err(_) => {
+                let key = MasterKey::generate();
+                tollgate_store::sealing::write_private(&pending, &key.encode())?;
+                key
+            }
+        };
+        let id = new_key.id();
+        let count = store.reseal_resources(&old, &Sealer::new(new_key))?;
+        std::fs::rename(
+            &pending,
+            data_dir.join(tollgate_store::sealing::MASTER_KEY_FILE),
+        )
+        .with_context(|| format!("cannot move {} into place", pending.display()))?;
+        Ok(format!(
+            "resealed {count} resource(s) under the new master key {id}"
+        ))
+    })();
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }
