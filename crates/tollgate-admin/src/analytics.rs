@@ -88,6 +88,68 @@ fn now_micros() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
+/// `GET /admin/v1/analytics/deprecated[?from=&to=]`: for every deprecated
+/// or retired API, who called it in the range (default: the last 30 days),
+/// busiest first — the consumers its owners must tell before the sunset.
+pub async fn deprecated_usage(
+    State(api): State<AdminApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = time::OffsetDateTime::now_utc();
+    let now_micros = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let mut from = now_micros - 30 * 86_400 * 1_000_000;
+    let mut to = now_micros + 1;
+    for (key, value) in &params {
+        match key.as_str() {
+            "from" => from = parse_time(key, value)?,
+            "to" => to = parse_time(key, value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}`: use from, to"
+                )))
+            }
+        }
+    }
+    let config = api.config();
+    let apis: Vec<&tollgate_config::Api> = config
+        .apis
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.lifecycle,
+                tollgate_config::Lifecycle::Deprecated | tollgate_config::Lifecycle::Retired
+            )
+        })
+        .collect();
+    let names: Vec<String> = apis.iter().map(|a| a.name.clone()).collect();
+    let store = api.store.clone();
+    let usage = tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|name| store.api_usage_by_consumer(name, from, to))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let items: Vec<serde_json::Value> = apis
+        .iter()
+        .zip(usage)
+        .map(|(api, consumers)| {
+            serde_json::json!({
+                "api": api.name,
+                "version": api.version,
+                "lifecycle": api.lifecycle,
+                "sunset": api.sunset,
+                "successor": api.successor,
+                "requests": consumers.iter().map(|c| c.requests).sum::<u64>(),
+                "consumers": consumers,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,17 @@
 //! The admin REST API under `/admin/v1/`: the YAML file's resources, read
 //! back by name, and the access records.
 //!
-//! Every request needs `Authorization: Bearer <admin token>`; tokens are kept
-//! as SHA-256 digests in the store. Resources come from the live
+//! Every request but `POST /admin/v1/login` needs `Authorization: Bearer
+//! <admin token>` or a console session cookie; tokens and session ids are
+//! kept as SHA-256 digests in the store. What the caller may then do is
+//! [`crate::authz`]'s to say. Resources come from the live
 //! configuration (what the data plane serves), with secrets redacted:
 //! `env:NAME` references are shown, literal values never.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Extension, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +21,7 @@ use serde_json::{json, Value};
 use tollgate_config::Config;
 use tollgate_store::{AccessQuery, SqliteStore, StoreError};
 
+use crate::authz::{Directory, Principal};
 use crate::control::ControlPlane;
 
 /// Largest page a list returns.
@@ -41,7 +44,9 @@ impl AdminApi {
     }
 }
 
-/// Who called, as authenticated: the admin token's name.
+/// Who called, as authenticated: the user's name, or the admin token's
+/// when it belongs to no user; its `role` is the token's (`user` for a
+/// user's). What the caller may do is its [`Principal`]'s.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub name: String,
@@ -54,9 +59,22 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 
 pub fn router(api: AdminApi) -> Router {
     use crate::resources_api as r;
+    use crate::users as u;
     Router::new()
+        .route(u::LOGIN_ROUTE, post(u::login))
+        .route("/admin/v1/logout", post(u::logout))
+        .route("/admin/v1/users", get(u::list).post(u::create))
+        .route(
+            "/admin/v1/users/{name}",
+            get(u::one).patch(u::patch).delete(u::remove),
+        )
+        .route("/admin/v1/users/{name}/tokens", post(u::issue_token))
         .route("/admin/v1/logs", get(logs))
         .route("/admin/v1/analytics", get(crate::analytics::handler))
+        .route(
+            "/admin/v1/analytics/deprecated",
+            get(crate::analytics::deprecated_usage),
+        )
         .route("/admin/v1/compliance", get(crate::compliance::handler))
         .route("/admin/v1/audit", get(r::audit))
         .route("/admin/v1/apply", post(r::apply))
@@ -80,7 +98,13 @@ pub fn router(api: AdminApi) -> Router {
                 .delete(r::remove),
         )
         .fallback(not_found)
+        // Layers run last added first: authentication, then authorization.
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            crate::authz::authorize,
+        ))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(Extension(Arc::new(crate::users::Passwords::new())))
         .with_state(api)
 }
 
@@ -110,6 +134,15 @@ impl ApiError {
     pub(crate) fn with_detail(mut self, field: &'static str, value: Value) -> ApiError {
         self.details = Some((field, value));
         self
+    }
+
+    /// A detail merged into the error object, for tests.
+    #[cfg(test)]
+    pub(crate) fn detail(&self, field: &str) -> Option<&Value> {
+        self.details
+            .as_ref()
+            .filter(|(name, _)| *name == field)
+            .map(|(_, value)| value)
     }
 
     pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
@@ -148,12 +181,22 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Every `/admin/v1/` request needs a known admin token.
+/// Every `/admin/v1/` request but `/admin/v1/login` needs a known admin
+/// token (`Authorization: Bearer`) or console session (the
+/// [`crate::users::SESSION_COOKIE`] cookie); the [`Principal`] it stands
+/// for, and the [`Caller`], go in the request's extensions.
 async fn authenticate(
     State(api): State<AdminApi>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let login = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == crate::users::LOGIN_ROUTE);
+    if login {
+        return Ok(next.run(request).await);
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -162,40 +205,76 @@ async fn authenticate(
             v.split_once(' ')
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         })
-        .map(|(_, token)| token.trim().to_string());
-    let Some(token) = presented.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_credentials",
-            "the admin API needs Authorization: Bearer <admin token>",
-        ));
-    };
-    // Admin tokens are random like API keys: the same digest serves both.
-    let hash = tollgate_policy::credentials::hash_key(&token);
+        .map(|(_, token)| token.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let session = crate::users::session_cookie(request.headers());
     let store = api.store.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let found = store.find_admin_token(&hash)?;
-        if let Some(token) = &found {
-            store.touch_admin_token(token.id, now_unix())?;
+    let (principal, role) = match (presented, session) {
+        (Some(token), _) => {
+            // Admin tokens are random like API keys: the same digest serves both.
+            let hash = tollgate_policy::credentials::hash_key(&token);
+            let found = blocking(move || {
+                let Some(token) = store.find_admin_token(&hash)? else {
+                    return Ok(None);
+                };
+                store.touch_admin_token(token.id, now_unix())?;
+                let principal = match token.user_id {
+                    None => Some(Principal::token(&token.name, &token.role)),
+                    Some(id) => store
+                        .find_user_by_id(id)?
+                        .map(|user| Principal::user(&user.name, &user.memberships)),
+                };
+                Ok::<_, StoreError>(principal.map(|p| (p, token.role)))
+            })
+            .await?;
+            found.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_credentials",
+                    "the admin token is not valid",
+                )
+            })?
         }
-        Ok::<_, StoreError>(found)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    let Some(found) = found else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "the admin token is not valid",
-        ));
+        (None, Some(session)) => {
+            let hash = tollgate_policy::credentials::hash_key(&session);
+            let user = blocking(move || store.find_session_user(&hash, now_unix())).await?;
+            let user = user.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_credentials",
+                    "the session has ended: sign in again",
+                )
+            })?;
+            (
+                Principal::user(&user.name, &user.memberships),
+                tollgate_store::USER_TOKEN_ROLE.to_string(),
+            )
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_credentials",
+                "the admin API needs Authorization: Bearer <admin token>",
+            ))
+        }
     };
     let mut request = request;
     request.extensions_mut().insert(Caller {
-        name: found.name,
-        role: found.role,
+        name: principal.name.clone(),
+        role,
     });
+    request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
+}
+
+/// Runs a blocking store call off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -243,11 +322,16 @@ fn redact_string(value: &mut Value) {
 }
 
 /// `GET /admin/v1/logs`: access records, newest first, filtered and paginated.
+/// A team member reads only the records of their teams' services.
 async fn logs(
     State(api): State<AdminApi>,
+    Extension(principal): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut query = AccessQuery::default();
+    let mut query = AccessQuery {
+        services: Directory::new(&api.config()).visible_services(&principal),
+        ..AccessQuery::default()
+    };
     for (key, value) in &params {
         match key.as_str() {
             "from" => query.from = Some(parse_time(key, value)?),

@@ -23,7 +23,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tollgate_config::{Config, Secret};
+use tollgate_config::{Config, Lifecycle, Secret};
 use tollgate_store::{AccessQuery, SqliteStore, StoreError};
 
 use crate::api::{AdminApi, ApiError};
@@ -108,11 +108,16 @@ impl Finding {
 pub struct ComplianceSettings {
     /// A consumer with no access record in this many days is reported.
     pub inactive_days: u32,
+    /// A key issued (`created`) more than this many days ago is reported.
+    pub max_key_age_days: u32,
 }
 
 impl Default for ComplianceSettings {
     fn default() -> Self {
-        ComplianceSettings { inactive_days: 90 }
+        ComplianceSettings {
+            inactive_days: 90,
+            max_key_age_days: 365,
+        }
     }
 }
 
@@ -175,10 +180,20 @@ pub fn audit(config: &Config) -> Report {
 
 /// Every check that needs only the configuration (and the time, for expiry).
 pub fn check(config: &Config, now: OffsetDateTime) -> Vec<Finding> {
+    check_with(config, now, &ComplianceSettings::default())
+}
+
+/// [`check`] with chosen thresholds.
+pub fn check_with(
+    config: &Config,
+    now: OffsetDateTime,
+    settings: &ComplianceSettings,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
     check_apis(config, &mut findings);
+    check_sunsets(config, now, &mut findings);
     check_upstreams(config, &mut findings);
-    check_keys(config, now, &mut findings);
+    check_keys(config, now, settings, &mut findings);
     check_hmac_secrets(config, &mut findings);
     check_literal_secrets(config, &mut findings);
     findings
@@ -277,10 +292,53 @@ fn is_loopback(host: &str) -> bool {
 
 /// `key_without_expiry` and `key_expired_still_configured`. Keys are named by
 /// position: their values are secrets.
-fn check_keys(config: &Config, now: OffsetDateTime, out: &mut Vec<Finding>) {
+/// `deprecated_past_sunset`: a deprecated API still served after the
+/// sunset it announced.
+fn check_sunsets(config: &Config, now: OffsetDateTime, out: &mut Vec<Finding>) {
+    for api in &config.apis {
+        let Some(sunset) = api
+            .sunset
+            .filter(|_| api.lifecycle == Lifecycle::Deprecated)
+        else {
+            continue;
+        };
+        if sunset.get() <= now {
+            out.push(Finding::new(
+                "deprecated_past_sunset",
+                Severity::Medium,
+                format!("apis/{}", api.name),
+                format!(
+                    "deprecated with a sunset of {} and still served: retire it or announce a new sunset",
+                    rfc3339(sunset.get())
+                ),
+            ));
+        }
+    }
+}
+
+fn check_keys(
+    config: &Config,
+    now: OffsetDateTime,
+    settings: &ComplianceSettings,
+    out: &mut Vec<Finding>,
+) {
+    let max_age = time::Duration::days(i64::from(settings.max_key_age_days));
     for consumer in &config.consumers {
         let resource = format!("consumers/{}", consumer.name);
         for (k, key) in consumer.keys.iter().enumerate() {
+            if let Some(created) = key.created.filter(|created| now - *created > max_age) {
+                out.push(Finding::new(
+                    "key_too_old",
+                    Severity::Medium,
+                    resource.clone(),
+                    format!(
+                        "keys[{k}] was issued {} ({} days ago, more than {}): issue a new key and retire this one",
+                        rfc3339(created),
+                        (now - created).whole_days(),
+                        settings.max_key_age_days
+                    ),
+                ));
+            }
             match key.expires {
                 None => out.push(Finding::new(
                     "key_without_expiry",
@@ -434,14 +492,19 @@ pub async fn handler(
                     })?;
             }
             "max_key_age_days" => {
-                return Err(ApiError::bad_request(
-                    "max_key_age_days is not supported: the configuration records when a key \
-                     expires, not when it was made",
-                ))
+                settings.max_key_age_days = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "max_key_age_days must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
+                        ))
+                    })?;
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter `{other}`: use inactive_days"
+                    "unknown parameter `{other}`: use inactive_days, max_key_age_days"
                 )))
             }
         }
@@ -455,7 +518,7 @@ pub async fn handler(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let mut findings = check(&config, now);
+    let mut findings = check_with(&config, now, &settings);
     findings.extend(inactive_consumers(&config, &settings, &active));
     Ok(Json(Report::new(findings)))
 }
@@ -493,6 +556,35 @@ mod tests {
         "services:\n  - { name: s, upstream: { targets: [{ url: 'http://127.0.0.1:9000' }] } }\n";
     const LIMITED_KEY_AUTH: &str =
         "{ auth: { methods: [key] }, rate_limit: [{ limit: 10, window: 1s }] }";
+
+    #[test]
+    fn old_keys_and_deprecated_apis_past_their_sunset_are_reported() {
+        let yaml = format!(
+            "{SERVICE}consumers:\n  - name: c\n    keys:\n      - {{ id: old, hash: 'sha256:{zero}', expires: '2027-01-01T00:00:00Z', created: '2025-01-01T00:00:00Z' }}\n      - {{ id: new, hash: 'sha256:{one}', expires: '2027-01-01T00:00:00Z', created: '2026-05-01T00:00:00Z' }}\n\
+             apis:\n  - {{ name: gone, service: s, match: {{ paths: [/g] }}, lifecycle: deprecated, sunset: 2026-05-01, policies: {LIMITED_KEY_AUTH} }}\n\
+             \x20 - {{ name: later, service: s, match: {{ paths: [/l] }}, lifecycle: deprecated, sunset: 2026-07-01, policies: {LIMITED_KEY_AUTH} }}\n",
+            zero = "0".repeat(64),
+            one = "1".repeat(64),
+        );
+        let found = findings(&yaml);
+        let ids = ids(&found);
+        assert!(ids.contains(&("key_too_old", "consumers/c")), "{ids:?}");
+        assert_eq!(ids.iter().filter(|(id, _)| *id == "key_too_old").count(), 1);
+        assert!(
+            ids.contains(&("deprecated_past_sunset", "apis/gone")),
+            "{ids:?}"
+        );
+        assert!(
+            !ids.contains(&("deprecated_past_sunset", "apis/later")),
+            "{ids:?}"
+        );
+        let strict = ComplianceSettings {
+            max_key_age_days: 10,
+            ..ComplianceSettings::default()
+        };
+        let strict = check_with(&config(&yaml), NOW, &strict);
+        assert_eq!(strict.iter().filter(|f| f.id == "key_too_old").count(), 2);
+    }
 
     #[test]
     fn an_api_without_effective_auth_is_high() {
@@ -662,7 +754,14 @@ mod tests {
     fn consumers_without_recent_records_are_inactive() {
         let config = config("consumers:\n  - { name: busy }\n  - { name: idle }\n");
         let active = HashSet::from(["busy".to_string()]);
-        let found = inactive_consumers(&config, &ComplianceSettings { inactive_days: 30 }, &active);
+        let found = inactive_consumers(
+            &config,
+            &ComplianceSettings {
+                inactive_days: 30,
+                ..ComplianceSettings::default()
+            },
+            &active,
+        );
         assert_eq!(ids(&found), [("consumer_inactive", "consumers/idle")]);
         assert!(found[0].message.contains("30 days"));
         assert_eq!(found[0].severity, Severity::Low);

@@ -126,6 +126,8 @@ pub enum WriteError {
     },
     /// The resulting configuration does not validate or compile.
     Invalid(Vec<ConfigError>),
+    /// The writer may not make this change (see [`crate::authz`]).
+    Forbidden(String),
     Internal(String),
 }
 
@@ -146,7 +148,7 @@ impl std::fmt::Display for WriteError {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(f, "invalid configuration: {}", lines.join("; "))
             }
-            WriteError::Internal(message) => f.write_str(message),
+            WriteError::Forbidden(message) | WriteError::Internal(message) => f.write_str(message),
         }
     }
 }
@@ -296,9 +298,18 @@ fn diff(before: Option<&Value>, after: Option<&Value>) -> Value {
 /// deleted by the file). With `prune`, every resource the file does not
 /// list is deleted, whatever its origin.
 pub fn sync_edits(state: &ConfigState, file: &Config, origin: Origin, prune: bool) -> Vec<Edit> {
-    let wanted = resources::split(file);
+    sync_resources(state, &resources::split(file), origin, prune)
+}
+
+/// [`sync_edits`] for resources already split out of their document.
+pub fn sync_resources(
+    state: &ConfigState,
+    wanted: &[resources::Resource],
+    origin: Origin,
+    prune: bool,
+) -> Vec<Edit> {
     let mut edits = Vec::new();
-    for resource in &wanted {
+    for resource in wanted {
         let current = state
             .resources
             .iter()
@@ -335,6 +346,11 @@ pub fn sync_edits(state: &ConfigState, file: &Config, origin: Origin, prune: boo
     });
     edits
 }
+
+/// A check of edits against the configuration served and its resources,
+/// for [`ControlPlane::write_checked`].
+pub type WriteCheck<'a> =
+    dyn Fn(&Config, &ConfigState, &[Edit]) -> Result<(), WriteError> + Send + Sync + 'a;
 
 /// The live configuration's resources and the means to change them.
 pub struct ControlPlane {
@@ -388,7 +404,23 @@ impl ControlPlane {
         dry_run: bool,
     ) -> Result<Committed, WriteError> {
         let _guard = self.writes.lock().await;
-        self.write_locked(actor, edits, dry_run, None).await
+        self.write_locked(actor, edits, dry_run, None, None).await
+    }
+
+    /// [`ControlPlane::write`], once `check` has accepted the edits against
+    /// the configuration and resources they are planned on, under the write
+    /// lock: so who may change a resource is judged on what it is when it
+    /// changes (see [`crate::authz`]).
+    pub async fn write_checked(
+        &self,
+        actor: &Actor,
+        edits: &[Edit],
+        dry_run: bool,
+        check: &WriteCheck<'_>,
+    ) -> Result<Committed, WriteError> {
+        let _guard = self.writes.lock().await;
+        self.write_locked(actor, edits, dry_run, None, Some(check))
+            .await
     }
 
     /// A reloaded configuration file: its node settings and its resources
@@ -400,7 +432,7 @@ impl ControlPlane {
             let state = self.state.load_full();
             let edits = sync_edits(&state, file, Origin::File, false);
             let committed = self
-                .write_locked(actor, &edits, false, Some(node.clone()))
+                .write_locked(actor, &edits, false, Some(node.clone()), None)
                 .await;
             match committed {
                 // The file's view of the store was stale: plan again.
@@ -422,9 +454,13 @@ impl ControlPlane {
         edits: &[Edit],
         dry_run: bool,
         new_node: Option<Arc<Config>>,
+        check: Option<&WriteCheck<'_>>,
     ) -> Result<Committed, WriteError> {
         loop {
             let state = self.state.load_full();
+            if let Some(check) = check {
+                check(&self.config(), &state, edits)?;
+            }
             let node = new_node.clone().unwrap_or_else(|| self.node.load_full());
             let plan = plan(&node, &state, edits, actor)?;
             let config = Arc::new(plan.config);
@@ -445,13 +481,17 @@ impl ControlPlane {
             let store = self.store.clone();
             let sealer = self.sealer.clone();
             let base = state.revision;
-            let (writes, audit) = (plan.writes, plan.audit);
+            let writes = Arc::new(plan.writes);
+            let audit = plan.audit;
+            let committing = writes.clone();
             let committed =
-                blocking(move || store.commit(&sealer, Some(base), &writes, &audit)).await?;
+                blocking(move || store.commit(&sealer, Some(base), &committing, &audit)).await?;
             match committed {
                 Ok(revision) => {
                     self.data_plane.install(prepared);
-                    self.reload_state().await?;
+                    // What the store now holds, without reading it back.
+                    self.state
+                        .store(Arc::new(after_commit(&state, &writes, revision)));
                     return Ok(Committed {
                         revision,
                         changes: plan.changes,
@@ -498,16 +538,6 @@ impl ControlPlane {
         Ok(true)
     }
 
-    async fn reload_state(&self) -> Result<(), WriteError> {
-        let store = self.store.clone();
-        let sealer = self.sealer.clone();
-        let state = blocking(move || store.load_resources(&sealer))
-            .await?
-            .map_err(store_error)?;
-        self.state.store(Arc::new(state));
-        Ok(())
-    }
-
     /// Follows the store's revision until shutdown: changes committed by
     /// another process reach this data plane within [`FOLLOW_INTERVAL`].
     pub async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -523,6 +553,49 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// `state` with `writes` committed at `revision`: what
+/// [`SqliteStore::load_resources`] would now read, computed instead of read
+/// (reading back and opening every sealed body cost more than the rest of a
+/// write with a thousand resources).
+fn after_commit(state: &ConfigState, writes: &[ResourceWrite], revision: i64) -> ConfigState {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut next = state.clone();
+    next.revision = revision;
+    for write in writes {
+        let found = next
+            .resources
+            .iter()
+            .position(|r| r.kind == write.kind && r.name == write.name);
+        match (&write.body, found) {
+            (None, Some(i)) => {
+                next.resources.remove(i);
+            }
+            (None, None) => {}
+            (Some(body), Some(i)) => {
+                let resource = &mut next.resources[i];
+                resource.body = body.clone();
+                resource.team = write.team.clone();
+                resource.origin = write.origin;
+                resource.revision = revision;
+                resource.updated_at = now;
+            }
+            (Some(body), None) => next.resources.push(tollgate_store::StoredResource {
+                kind: write.kind.clone(),
+                name: write.name.clone(),
+                team: write.team.clone(),
+                origin: write.origin,
+                body: body.clone(),
+                revision,
+                created_at: now,
+                updated_at: now,
+            }),
+        }
+    }
+    next
 }
 
 /// The resources of `state` with `node`'s settings.
@@ -668,6 +741,43 @@ mod tests {
             }
             other => panic!("{:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn the_state_after_a_commit_is_what_the_store_reads_back() {
+        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        let sealer = Sealer::new(tollgate_store::sealing::MasterKey::generate());
+        let write = |kind: &str, name: &str, body: Option<Value>| ResourceWrite {
+            kind: kind.into(),
+            name: name.into(),
+            team: Some("t".into()),
+            origin: Origin::Admin,
+            body,
+            expect: Expect::Anything,
+        };
+        let first = [
+            write("teams", "a", Some(json!({"name": "a"}))),
+            write("teams", "b", Some(json!({"name": "b"}))),
+            write("teams", "c", Some(json!({"name": "c"}))),
+        ];
+        let r1 = store.commit(&sealer, Some(0), &first, &[]).unwrap();
+        let state = store.load_resources(&sealer).unwrap();
+        let second = [
+            write("teams", "b", None),
+            write("teams", "a", Some(json!({"name": "a", "description": "x"}))),
+            write("teams", "d", Some(json!({"name": "d"}))),
+        ];
+        let r2 = store.commit(&sealer, Some(r1), &second, &[]).unwrap();
+        let mut computed = after_commit(&state, &second, r2);
+        let mut read = store.load_resources(&sealer).unwrap();
+        for r in computed
+            .resources
+            .iter_mut()
+            .chain(read.resources.iter_mut())
+        {
+            (r.created_at, r.updated_at) = (0, 0);
+        }
+        assert_eq!(computed, read);
     }
 
     #[test]

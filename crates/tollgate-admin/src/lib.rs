@@ -1,16 +1,19 @@
 //! Tollgate's admin listener: liveness (`/healthz`), readiness (`/readyz`),
 //! Prometheus metrics (`/metrics`) — open, for probes and scrapers on the
 //! admin network — and the admin API under `/admin/v1/`, which always needs
-//! an admin token (see [`api`]).
+//! an admin token or a console session (see [`api`]; only sign-in itself
+//! does not), and allows each caller what its roles allow (see [`authz`]).
 //!
 //! Never serves proxied traffic, and never exposes a credential.
 
 pub mod analytics;
 pub mod api;
+pub mod authz;
 pub mod bootstrap;
 pub mod compliance;
 pub mod control;
 mod resources_api;
+pub mod users;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -7,6 +7,10 @@
 //!
 //! Also here: consumer keys (the plaintext returned once), the subscription
 //! workflow, the audit log, `apply`/`export` and OpenAPI import.
+//!
+//! Every write passes [`permission`] under the write lock, and every read
+//! shows only what the caller may see ([`crate::authz`]): another team's
+//! resource answers 404 exactly as a missing one does.
 
 use std::collections::HashMap;
 
@@ -18,14 +22,19 @@ use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tollgate_config::resources::{self, Kind};
-use tollgate_store::{AuditQuery, Expect, Origin, StoredResource};
+use tollgate_config::Config;
+use tollgate_store::{AuditQuery, ConfigState, Expect, Origin, StoredResource};
 
 use crate::api::{
     parse_time, redact, AdminApi, ApiError, Caller, ClientAddr, DEFAULT_LIMIT, MAX_LIMIT, REDACTED,
 };
+use crate::authz::{self, Directory, Principal, Refusal, Verb};
 use crate::control::{self, Actor, Committed, Edit, WriteError};
 
 type Query_ = Query<HashMap<String, String>>;
+
+/// Most field errors a 422 lists.
+const MAX_ERRORS_SHOWN: usize = 100;
 
 fn actor(caller: &Caller, addr: Option<Extension<ClientAddr>>) -> Actor {
     Actor {
@@ -57,23 +66,109 @@ impl From<WriteError> for ApiError {
                 error.to_string(),
             ),
             WriteError::Invalid(errors) => {
+                // A document of a thousand broken resources is answered with
+                // the first hundred errors; the message gives the count.
                 let list: Vec<Value> = errors
                     .iter()
+                    .take(MAX_ERRORS_SHOWN)
                     .map(|e| json!({ "path": e.path, "message": e.message }))
                     .collect();
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_config",
                     format!(
-                        "the change was refused: {} error(s); nothing was changed",
-                        list.len()
+                        "the change was refused: {} error(s){}; nothing was changed",
+                        errors.len(),
+                        if errors.len() > list.len() {
+                            format!(", the first {} listed", list.len())
+                        } else {
+                            String::new()
+                        }
                     ),
                 )
                 .with_detail("errors", Value::Array(list))
             }
+            WriteError::Forbidden(message) => authz::forbidden(message),
             WriteError::Internal(message) => ApiError::internal(message),
         }
     }
+}
+
+/// The check every resource write passes, under the write lock: each
+/// edit's resource as it is and as it would be must be the caller's to
+/// change (see [`authz::check_write`]). A resource the caller may not see
+/// is reported missing, as it would be if it were.
+fn permission(
+    principal: &Principal,
+) -> impl Fn(&Config, &ConfigState, &[Edit]) -> Result<(), WriteError> + Send + Sync + '_ {
+    move |config, state, edits| {
+        let directory = Directory::new(config);
+        for edit in edits {
+            // A create asserts absence: a taken name is the plan's 409.
+            let current = match edit.expect {
+                Expect::Absent => None,
+                _ => find(state, edit.kind, &edit.name),
+            };
+            let missing =
+                matches!(edit.expect, Expect::Present | Expect::Revision(_)) || edit.body.is_none();
+            if current.is_none() && missing {
+                // Nothing to change: missing for everyone, as the plan says.
+                return Err(WriteError::NotFound {
+                    kind: edit.kind,
+                    name: edit.name.clone(),
+                });
+            }
+            let before = current.map(|r| directory.owners(edit.kind, &r.body));
+            let after = edit.body.as_ref().map(|b| directory.owners(edit.kind, b));
+            let verb = Verb::of(
+                edit.action.as_deref(),
+                current.is_some(),
+                edit.body.is_none(),
+            );
+            authz::check_write(principal, edit.kind, verb, before.as_ref(), after.as_ref())
+                .map_err(|refusal| match refusal {
+                    Refusal::NotFound => WriteError::NotFound {
+                        kind: edit.kind,
+                        name: edit.name.clone(),
+                    },
+                    Refusal::Forbidden(message) => WriteError::Forbidden(message),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// `verb` on `current` checked ahead of the write, so that a resource the
+/// caller may not see answers `missing()` before anything else about it.
+fn check_early(
+    api: &AdminApi,
+    principal: &Principal,
+    current: &StoredResource,
+    kind: Kind,
+    verb: Verb,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<(), ApiError> {
+    let directory = Directory::new(&api.config());
+    let owners = directory.owners(kind, &current.body);
+    match authz::check_write(principal, kind, verb, Some(&owners), Some(&owners)) {
+        Ok(()) => Ok(()),
+        Err(Refusal::NotFound) => Err(missing()),
+        Err(Refusal::Forbidden(message)) => Err(authz::forbidden(message)),
+    }
+}
+
+/// `resource` if `principal` may see it; else `missing()`.
+fn visible<'a>(
+    api: &AdminApi,
+    principal: &Principal,
+    kind: Kind,
+    resource: Option<&'a StoredResource>,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<&'a StoredResource, ApiError> {
+    let directory = Directory::new(&api.config());
+    resource
+        .filter(|r| authz::can_read(principal, &directory.owners(kind, &r.body)))
+        .ok_or_else(missing)
 }
 
 fn unprocessable(path: &str, message: impl Into<String>) -> ApiError {
@@ -202,6 +297,7 @@ fn key_of_new(kind: Kind, body: &mut Map<String, Value>) -> Result<String, ApiEr
 /// any top-level field (`?team=payments`), `?limit=` and `?cursor=`.
 pub async fn list(
     State(api): State<AdminApi>,
+    Extension(principal): Extension<Principal>,
     Path(kind_name): Path<String>,
     Query(params): Query_,
 ) -> Result<Json<Value>, ApiError> {
@@ -223,10 +319,12 @@ pub async fn list(
         .filter(|(key, _)| !matches!(key.as_str(), "limit" | "cursor"))
         .collect();
     let state = api.control.state();
+    let directory = Directory::new(&api.config());
     let mut items: Vec<(&str, Value)> = state
         .resources
         .iter()
         .filter(|r| r.kind == kind.as_str())
+        .filter(|r| authz::can_read(&principal, &directory.owners(kind, &r.body)))
         .map(|r| (r.name.as_str(), shown(r)))
         .collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
@@ -271,12 +369,14 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 /// `GET /admin/v1/<kind>/<name>`, with its `ETag`.
 pub async fn one(
     State(api): State<AdminApi>,
+    Extension(principal): Extension<Principal>,
     Path((kind_name, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = kind(&kind_name)?;
     let state = api.control.state();
-    let resource = find(&state, kind, &name)
-        .ok_or_else(|| ApiError::not_found(format!("no {kind} named `{name}`")))?;
+    let resource = visible(&api, &principal, kind, find(&state, kind, &name), || {
+        ApiError::not_found(format!("no {kind} named `{name}`"))
+    })?;
     let mut response = Json(shown(resource)).into_response();
     response
         .headers_mut()
@@ -288,6 +388,7 @@ pub async fn one(
 pub async fn create(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path(kind_name): Path<String>,
     body: Bytes,
@@ -297,7 +398,12 @@ pub async fn create(
     let name = key_of_new(kind, &mut body)?;
     let edit = Edit::put(kind, name.clone(), Value::Object(body), Expect::Absent);
     api.control
-        .write(&actor(&caller, addr), &[edit], false)
+        .write_checked(
+            &actor(&caller, addr),
+            &[edit],
+            false,
+            &permission(&principal),
+        )
         .await?;
     Ok(written(&api, kind, &name, StatusCode::CREATED))
 }
@@ -306,6 +412,7 @@ pub async fn create(
 pub async fn replace(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -334,10 +441,11 @@ pub async fn replace(
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
     let existed = find(&state, kind, &name).is_some();
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::put(kind, name.clone(), body, expect)],
             false,
+            &permission(&principal),
         )
         .await?;
     let status = if existed {
@@ -352,6 +460,7 @@ pub async fn replace(
 pub async fn patch(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -360,8 +469,9 @@ pub async fn patch(
     let kind = kind(&kind_name)?;
     let patch = Value::Object(object(&body)?);
     let state = api.control.state();
-    let current = find(&state, kind, &name)
-        .ok_or_else(|| ApiError::not_found(format!("no {kind} named `{name}`")))?;
+    let current = visible(&api, &principal, kind, find(&state, kind, &name), || {
+        ApiError::not_found(format!("no {kind} named `{name}`"))
+    })?;
     let mut body = current.body.clone();
     merge_patch(&mut body, &patch);
     restore_redacted(&mut body, &current.body);
@@ -377,10 +487,11 @@ pub async fn patch(
         None => Expect::Revision(current.revision),
     };
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::put(kind, name.clone(), body, expect)],
             false,
+            &permission(&principal),
         )
         .await?;
     Ok(written(&api, kind, &name, StatusCode::OK))
@@ -411,6 +522,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 pub async fn remove(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -418,10 +530,11 @@ pub async fn remove(
     let kind = kind(&kind_name)?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Present);
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::delete(kind, name, expect)],
             false,
+            &permission(&principal),
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -433,10 +546,22 @@ pub async fn remove(
 pub async fn create_key(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let missing = || ApiError::not_found(format!("no consumers named `{name}`"));
+    let state = api.control.state();
+    let current = find(&state, Kind::Consumers, &name).ok_or_else(missing)?;
+    check_early(
+        &api,
+        &principal,
+        current,
+        Kind::Consumers,
+        Verb::CreateKey,
+        missing,
+    )?;
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -463,9 +588,6 @@ pub async fn create_key(
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         Some(_) => return Err(unprocessable("id", "must be a non-empty string")),
     };
-    let state = api.control.state();
-    let current = find(&state, Kind::Consumers, &name)
-        .ok_or_else(|| ApiError::not_found(format!("no consumers named `{name}`")))?;
     let key = tollgate_policy::credentials::generate_key();
     let hash =
         tollgate_policy::credentials::format_hash(&tollgate_policy::credentials::hash_key(&key));
@@ -484,7 +606,7 @@ pub async fn create_key(
         _ => body["keys"] = json!([entry]),
     }
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::put(
                 Kind::Consumers,
@@ -494,6 +616,7 @@ pub async fn create_key(
             )
             .with_action("create_key")],
             false,
+            &permission(&principal),
         )
         .await?;
     let answer = json!({ "id": id, "key": key, "expires": expires.map(rfc3339) });
@@ -508,12 +631,21 @@ pub async fn create_key(
 pub async fn delete_key(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let missing = || ApiError::not_found(format!("no consumers named `{name}`"));
     let state = api.control.state();
-    let current = find(&state, Kind::Consumers, &name)
-        .ok_or_else(|| ApiError::not_found(format!("no consumers named `{name}`")))?;
+    let current = find(&state, Kind::Consumers, &name).ok_or_else(missing)?;
+    check_early(
+        &api,
+        &principal,
+        current,
+        Kind::Consumers,
+        Verb::DeleteKey,
+        missing,
+    )?;
     let mut body = current.body.clone();
     let Some(Value::Array(keys)) = body.get_mut("keys") else {
         return Err(ApiError::not_found(format!("`{name}` has no key `{id}`")));
@@ -524,7 +656,7 @@ pub async fn delete_key(
         return Err(ApiError::not_found(format!("`{name}` has no key `{id}`")));
     }
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::put(
                 Kind::Consumers,
@@ -534,6 +666,7 @@ pub async fn delete_key(
             )
             .with_action("delete_key")],
             false,
+            &permission(&principal),
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -543,6 +676,7 @@ pub async fn delete_key(
 pub async fn decide_subscription(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
@@ -557,20 +691,34 @@ pub async fn decide_subscription(
         Some(Value::String(text)) => Some(text.clone()),
         Some(_) => return Err(unprocessable("comment", "must be a string")),
     };
+    let missing = || ApiError::not_found(format!("no subscription `{id}`"));
     let state = api.control.state();
-    let current = find(&state, Kind::Subscriptions, &id)
-        .ok_or_else(|| ApiError::not_found(format!("no subscription `{id}`")))?;
+    let current = visible(
+        &api,
+        &principal,
+        Kind::Subscriptions,
+        find(&state, Kind::Subscriptions, &id),
+        missing,
+    )?;
     let status = current.body["status"].as_str().unwrap_or("");
-    let (allowed_from, to): (&[&str], &str) = match action.as_str() {
-        "approve" => (&["pending", "rejected"], "approved"),
-        "reject" => (&["pending"], "rejected"),
-        "revoke" => (&["pending", "approved"], "revoked"),
+    let (allowed_from, to, verb): (&[&str], &str, Verb) = match action.as_str() {
+        "approve" => (&["pending", "rejected"], "approved", Verb::Approve),
+        "reject" => (&["pending"], "rejected", Verb::Reject),
+        "revoke" => (&["pending", "approved"], "revoked", Verb::Revoke),
         other => {
             return Err(ApiError::not_found(format!(
                 "no subscription action `{other}`: use approve, reject or revoke"
             )))
         }
     };
+    check_early(
+        &api,
+        &principal,
+        current,
+        Kind::Subscriptions,
+        verb,
+        missing,
+    )?;
     if !allowed_from.contains(&status) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -589,7 +737,7 @@ pub async fn decide_subscription(
         }
     }
     api.control
-        .write(
+        .write_checked(
             &actor(&caller, addr),
             &[Edit::put(
                 Kind::Subscriptions,
@@ -599,6 +747,7 @@ pub async fn decide_subscription(
             )
             .with_action(&action)],
             false,
+            &permission(&principal),
         )
         .await?;
     Ok(written(&api, Kind::Subscriptions, &id, StatusCode::OK))
@@ -674,6 +823,7 @@ fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> 
 pub async fn apply(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Query(params): Query_,
     body: Bytes,
@@ -682,7 +832,9 @@ pub async fn apply(
     let prune = flag(&params, "prune")?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the document is not UTF-8"))?;
-    let mut document = tollgate_config::from_yaml(text).map_err(WriteError::Invalid)?;
+    // Validated once merged with the store's other resources, by the write:
+    // the document may name a service it does not list.
+    let document = tollgate_config::parse_yaml(text).map_err(WriteError::Invalid)?;
     let state = api.control.state();
     // Secrets exported as <redacted> keep their stored values.
     let stored: HashMap<(String, String), &Value> = state
@@ -698,15 +850,15 @@ pub async fn apply(
             restore_redacted(&mut resource.body, current);
         }
     }
-    document = resources::assemble(
-        &document,
-        wanted.iter().map(|r| (r.kind, r.name.as_str(), &r.body)),
-    )
-    .map_err(WriteError::Invalid)?;
-    let edits = control::sync_edits(&state, &document, Origin::Admin, prune);
+    let edits = control::sync_resources(&state, &wanted, Origin::Admin, prune);
     let committed = api
         .control
-        .write(&actor(&caller, addr), &edits, dry_run)
+        .write_checked(
+            &actor(&caller, addr),
+            &edits,
+            dry_run,
+            &permission(&principal),
+        )
         .await?;
     Ok(Json(committed))
 }
@@ -742,6 +894,7 @@ pub async fn export(State(api): State<AdminApi>) -> Result<Response, ApiError> {
 pub async fn import_openapi(
     State(api): State<AdminApi>,
     Extension(caller): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     addr: Option<Extension<ClientAddr>>,
     Query(params): Query_,
     body: Bytes,
@@ -769,7 +922,12 @@ pub async fn import_openapi(
         .collect();
     let committed = api
         .control
-        .write(&actor(&caller, addr), &edits, dry_run)
+        .write_checked(
+            &actor(&caller, addr),
+            &edits,
+            dry_run,
+            &permission(&principal),
+        )
         .await?;
     Ok(Json(committed))
 }

@@ -58,6 +58,19 @@ impl std::error::Error for ConfigError {}
 
 /// Parses and validates a YAML document.
 pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let config = parse_yaml(text)?;
+    let errors = validate::validate(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a YAML document without validating it: for a document that is
+/// one part of a configuration (`tollgate apply` of some resources), which
+/// is validated once merged with the rest.
+pub fn parse_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
     // An empty file is a valid, empty configuration.
     let config: Config = if text.trim().is_empty() {
         Config::default()
@@ -69,12 +82,7 @@ pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
             vec![ConfigError::new(path, inner.to_string())]
         })?
     };
-    let errors = validate::validate(&config);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(errors)
-    }
+    Ok(config)
 }
 
 /// What loads but deserves a warning (secrets written as literals), with field paths.

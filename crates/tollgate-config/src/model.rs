@@ -121,7 +121,7 @@ impl Default for Storage {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     /// A JSON-lines file that receives every access record, besides the database.
@@ -130,6 +130,20 @@ pub struct AccessLog {
     /// Records waiting to be written; past this, new records are dropped and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<usize>,
+    /// How long access records are kept in the database; older ones are
+    /// deleted in the background. The audit log is never pruned.
+    #[serde(default = "defaults::access_retention")]
+    pub retention: Duration,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            file: None,
+            buffer: None,
+            retention: defaults::access_retention(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -450,6 +464,9 @@ pub mod defaults {
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn access_retention() -> Duration {
+        Duration::from_secs(30 * 86_400)
     }
     pub fn max_uri() -> Size {
         Size::kib(8)

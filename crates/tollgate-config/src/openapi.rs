@@ -46,8 +46,8 @@
 //!   item or an operation override the document's, as in OpenAPI. No
 //!   `strip_prefix` is set: the upstream receives the path the client sent,
 //!   prefix included, so the service's target URL should have no path.
-//! * **Methods**: the operation's method, upper-cased. No `HEAD` is added for a
-//!   `GET`.
+//! * **Methods**: the operation's method, upper-cased; a `GET` also matches
+//!   `HEAD` (as HTTP has it), unless the path item describes `head` itself.
 //! * **Request bodies**: the schema of `application/json`, or of a `+json`
 //!   media type (`application/merge-patch+json`), becomes
 //!   `policies.validate.json_schema`; several different JSON schemas on one
@@ -240,6 +240,7 @@ impl<'d> Importer<'d> {
                 root_prefix.to_string()
             }
         };
+        let declares_head = item.contains_key("head");
         for (key, operation) in item {
             let Some(method) = key.as_str().filter(|k| OPERATIONS.contains(k)) else {
                 continue;
@@ -257,7 +258,10 @@ impl<'d> Importer<'d> {
                     item_prefix.clone()
                 }
             };
-            self.operation(path, method, operation, &prefix, &op_at);
+            // HTTP (RFC 9110 §9.3.2) has a GET answer HEAD as well, unless
+            // the document describes HEAD itself.
+            let with_head = method == "get" && !declares_head;
+            self.operation(path, method, with_head, operation, &prefix, &op_at);
         }
     }
 
@@ -265,6 +269,7 @@ impl<'d> Importer<'d> {
         &mut self,
         path: &str,
         method: &str,
+        with_head: bool,
         operation: &'d Mapping,
         prefix: &str,
         op_at: &str,
@@ -304,12 +309,17 @@ impl<'d> Importer<'d> {
         };
         let name = self.unique_name(operation_id, method, path);
 
+        let methods: Vec<&str> = if with_head {
+            vec![&method_upper, "HEAD"]
+        } else {
+            vec![&method_upper]
+        };
         // Built through serde so every field this module does not set takes
         // its documented default, as it would in a YAML file.
         let mut api = json!({
             "name": name,
             "service": self.service,
-            "match": { "paths": [pattern], "methods": [method_upper] },
+            "match": { "paths": [pattern], "methods": methods },
         });
         if let Some(schema) = schema {
             api["policies"] = json!({ "validate": { "json_schema": schema } });

@@ -27,6 +27,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
     if config.limits.max_uri.bytes() < 64 {
         err("limits.max_uri".into(), "must be at least 64B".into());
     }
+    if config.access_log.retention.get() < std::time::Duration::from_secs(3600) {
+        err(
+            "access_log.retention".into(),
+            "must be at least 1h (records are pruned hourly)".into(),
+        );
+    }
     if let Some(tls) = &config.listen.tls {
         if tls.certificates.is_empty() {
             err(

@@ -171,6 +171,8 @@ impl DataPlane {
         self.registries
             .targets
             .retain(|service, url| live.contains(&(service.to_string(), url.to_string())));
+        let apis: HashSet<&str> = config.apis.iter().map(|a| a.name.as_str()).collect();
+        self.registries.metrics.retain(|api| apis.contains(api));
     }
 
     /// Serves until `shutdown` turns true, then drains in-flight requests for

@@ -29,6 +29,36 @@ pub struct Registries {
     pub policy: PolicyRegistries,
     /// When each deprecated API without `deprecated_at` was first compiled as deprecated.
     pub deprecations: DeprecationRegistry,
+    /// Each API's metric handles, registered once and reused by every
+    /// snapshot: registering costs a registry look-up per status, which
+    /// dominated compiling a thousand APIs.
+    pub metrics: ApiMetricsRegistry,
+}
+
+/// [`ApiMetrics`] by API name.
+#[derive(Default)]
+pub struct ApiMetricsRegistry {
+    by_api: std::sync::Mutex<std::collections::HashMap<String, Arc<ApiMetrics>>>,
+}
+
+impl ApiMetricsRegistry {
+    pub fn get(&self, api: &str) -> Arc<ApiMetrics> {
+        let mut by_api = self.by_api.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(metrics) = by_api.get(api) {
+            return metrics.clone();
+        }
+        let metrics = Arc::new(ApiMetrics::new(api));
+        by_api.insert(api.to_string(), metrics.clone());
+        metrics
+    }
+
+    /// Forgets the APIs `keep` says are gone.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.by_api
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|api, _| keep(api));
+    }
 }
 
 impl Registries {
@@ -38,6 +68,7 @@ impl Registries {
             clients: ClientRegistry::default(),
             policy,
             deprecations: DeprecationRegistry::default(),
+            metrics: ApiMetricsRegistry::default(),
         }
     }
 }
@@ -273,7 +304,7 @@ impl Snapshot {
                     .map(|p| p.trim_end_matches('/').to_string())
                     .filter(|p| !p.is_empty()),
                 preserve_host: api.preserve_host,
-                metrics: Arc::new(ApiMetrics::new(&api.name)),
+                metrics: registries.metrics.get(&api.name),
                 policies,
                 lifecycle: ApiLifecycle::compile(api, &config, &registries.deprecations),
             });

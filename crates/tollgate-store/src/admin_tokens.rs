@@ -19,7 +19,12 @@ pub struct AdminToken {
     pub id: i64,
     /// Unique among admin tokens.
     pub name: String,
+    /// The role of a token that belongs to no user (the bootstrap token's
+    /// `super_admin`); a user's tokens have `user`, and the user's
+    /// memberships decide what they may do.
     pub role: String,
+    /// The user the token belongs to, if any (see `users.rs`).
+    pub user_id: Option<i64>,
     /// When it was stored, in Unix seconds.
     pub created_at: i64,
     /// When [`SqliteStore::touch_admin_token`] last recorded a use, in Unix
@@ -27,15 +32,16 @@ pub struct AdminToken {
     pub last_used_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, name, role, created_at, last_used_at";
+pub(crate) const COLUMNS: &str = "id, name, role, created_at, last_used_at, user_id";
 
-fn admin_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminToken> {
+pub(crate) fn admin_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminToken> {
     Ok(AdminToken {
         id: row.get(0)?,
         name: row.get(1)?,
         role: row.get(2)?,
         created_at: row.get(3)?,
         last_used_at: row.get(4)?,
+        user_id: row.get(5)?,
     })
 }
 

@@ -233,7 +233,43 @@ fn rfc3339<S: Serializer>(micros: &i64, serializer: S) -> Result<S::Ok, S::Error
     serializer.serialize_str(Rfc3339::from_unix_micros(*micros).as_str())
 }
 
+/// One consumer's calls to one API over a time range.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConsumerUsage {
+    /// `None` for calls that identified no consumer.
+    pub consumer: Option<String>,
+    pub requests: u64,
+    /// RFC 3339 UTC of the latest call.
+    pub last_seen: String,
+}
+
 impl SqliteStore {
+    /// Who called `api` in `[from, to)` (Unix microseconds), busiest first:
+    /// for the owners of a deprecated API, whom to tell. Reads the API's
+    /// range of the `(api, id, ts)` index.
+    pub fn api_usage_by_consumer(
+        &self,
+        api: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<ConsumerUsage>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT consumer, count(*), max(ts) FROM access_records INDEXED BY access_records_api
+             WHERE api = ?1 AND ts >= ?2 AND ts < ?3
+             GROUP BY consumer ORDER BY count(*) DESC, consumer",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![api, from, to], |row| {
+            let requests: i64 = row.get(1)?;
+            Ok(ConsumerUsage {
+                consumer: row.get(0)?,
+                requests: requests.try_into().unwrap_or(0),
+                last_seen: Rfc3339::from_unix_micros(row.get(2)?).to_string(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Aggregates the access records of `query` in time buckets.
     ///
     /// Reads over a connection of its own, so other admin API requests do

@@ -1,12 +1,14 @@
 //! Tollgate's storage: the embedded SQLite database, its migrations, the
 //! access record sink that writes into it, and what the admin API reads and
 //! keeps there: access record queries ([`SqliteStore::query_access_records`])
-//! and aggregates ([`SqliteStore::analytics`]), and admin tokens
-//! ([`AdminToken`]).
+//! and aggregates ([`SqliteStore::analytics`]), admin tokens
+//! ([`AdminToken`]), and admin users with their memberships and console
+//! sessions ([`User`]).
 //!
 //! Never used on a request path: the access log thread writes records through
 //! [`SqliteRecordSink`], and the admin API reads them back. Never holds an
-//! admin token itself, only its SHA-256: its methods take no other form.
+//! admin token or session id itself, only its SHA-256, nor a password, only
+//! its argon2id hash: its methods take no other form.
 
 mod admin_tokens;
 mod analytics;
@@ -16,6 +18,7 @@ mod query;
 mod resources;
 pub mod sealing;
 mod sink;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,13 +32,14 @@ use tollgate_telemetry::record::Rfc3339;
 pub use admin_tokens::AdminToken;
 pub use analytics::{
     Aggregate, Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount,
-    Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
+    ConsumerUsage, Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
 pub use query::{AccessPage, AccessQuery};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
 };
 pub use sink::SqliteRecordSink;
+pub use users::{Membership, User, UserUpdate, GLOBAL_TEAM, USER_TOKEN_ROLE};
 
 /// How long a connection waits for another one's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -254,6 +258,20 @@ impl SqliteStore {
         let hash = sink::request_id_hash(request_id);
         let rows = stmt.query_map(rusqlite::params![hash, request_id], stored_access_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes access records older than `before` (Unix microseconds), at
+    /// most `batch` of them, oldest first; returns how many. Small batches
+    /// keep each write transaction short, so the record sink never waits
+    /// long; call again until it returns less than `batch`.
+    pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
+        let deleted = self.lock().execute(
+            "DELETE FROM access_records WHERE id IN (
+                SELECT id FROM access_records INDEXED BY access_records_ts
+                WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+            rusqlite::params![before, i64::try_from(batch).unwrap_or(i64::MAX)],
+        )?;
+        Ok(deleted)
     }
 
     /// How many access records the database holds.

@@ -157,6 +157,43 @@ const MIGRATIONS: &[(i64, &str)] = &[
         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
     ),
+    (
+        5,
+        // Admin users (see `users.rs`): a password kept as an argon2id PHC
+        // string, memberships (a role in a team, or a global role in team
+        // `*`), admin tokens owned by a user, and console sessions by the
+        // SHA-256 of their id. Deleting a user deletes its memberships,
+        // tokens and sessions (foreign keys are on for every connection).
+        // Tokens with no user (the bootstrap token) keep their own `role`.
+        "CREATE TABLE users (
+            id            INTEGER PRIMARY KEY,
+            name          TEXT    NOT NULL UNIQUE,
+            password_hash TEXT    NOT NULL, -- argon2id PHC string
+            created_at    INTEGER NOT NULL, -- Unix seconds, UTC
+            updated_at    INTEGER NOT NULL
+        );
+
+        CREATE TABLE memberships (
+            user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            team    TEXT    NOT NULL, -- a team's name, or '*' for a global role
+            role    TEXT    NOT NULL
+                CHECK (role IN ('super_admin', 'team_admin', 'developer', 'auditor')),
+            CHECK ((team = '*') = (role IN ('super_admin', 'auditor'))),
+            PRIMARY KEY (user_id, team)
+        ) WITHOUT ROWID;
+
+        ALTER TABLE admin_tokens
+            ADD COLUMN user_id INTEGER REFERENCES users (id) ON DELETE CASCADE;
+        CREATE INDEX admin_tokens_user ON admin_tokens (user_id);
+
+        CREATE TABLE sessions (
+            id_hash    BLOB    PRIMARY KEY CHECK (length(id_hash) = 32), -- SHA-256
+            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL, -- Unix seconds, UTC
+            expires_at INTEGER NOT NULL  -- Unix seconds, UTC
+        ) WITHOUT ROWID;
+        CREATE INDEX sessions_user ON sessions (user_id);",
+    ),
 ];
 
 /// The highest version this build knows.
@@ -245,5 +282,58 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .unwrap();
         assert_eq!(integrity, "ok");
+    }
+
+    /// A database at version 4 keeps its admin tokens, which belong to no
+    /// user, and gains the users' tables.
+    #[test]
+    fn upgrades_a_database_at_version_4_keeping_its_tokens() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute_batch(
+            "CREATE TABLE migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+        )
+        .unwrap();
+        for (version, sql) in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO migrations VALUES (?1, 'then')", [version])
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO admin_tokens (name, token_hash, role, created_at)
+             VALUES ('bootstrap', ?1, 'super_admin', 1)",
+            [[7u8; 32].as_slice()],
+        )
+        .unwrap();
+
+        run(&mut conn).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 5);
+        let (role, user): (String, Option<i64>) = conn
+            .query_row(
+                "SELECT role, user_id FROM admin_tokens WHERE name = 'bootstrap'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((role.as_str(), user), ("super_admin", None));
+        // A global role has team '*', a team role a team.
+        conn.execute_batch(
+            "INSERT INTO users (id, name, password_hash, created_at, updated_at)
+             VALUES (1, 'ann', '$argon2id$x', 1, 1)",
+        )
+        .unwrap();
+        for (team, role, ok) in [
+            ("*", "auditor", true),
+            ("shop", "developer", true),
+            ("*", "developer", false),
+            ("shop", "super_admin", false),
+            ("ops", "owner", false),
+        ] {
+            let inserted = conn.execute(
+                "INSERT INTO memberships (user_id, team, role) VALUES (1, ?1, ?2)",
+                [team, role],
+            );
+            assert_eq!(inserted.is_ok(), ok, "{team} {role}");
+        }
     }
 }

@@ -51,6 +51,9 @@ pub struct AccessQuery {
     pub to: Option<i64>,
     pub api: Option<String>,
     pub service: Option<String>,
+    /// Records of any of these services (an empty list matches none): the
+    /// admin API scopes a team member's queries to their teams' services.
+    pub services: Option<Vec<String>>,
     pub consumer: Option<String>,
     pub status: Option<u16>,
     /// `allowed`, `denied` or `error`.
@@ -158,6 +161,7 @@ pub(crate) fn choose_plan(
     let filters_beyond_time = [
         query.api.is_some(),
         query.service.is_some(),
+        query.services.is_some(),
         query.consumer.is_some(),
         query.status.is_some(),
         query.outcome.is_some(),
@@ -289,6 +293,15 @@ fn statement(
             terms.push(term);
             params.push((name, value));
         }
+    }
+    if let Some(services) = &query.services {
+        // One parameter, a JSON array, whatever the list's length: the SQL
+        // text stays the same and the statement cache keeps working.
+        terms.push("service IN (SELECT value FROM json_each(:services))");
+        params.push((
+            ":services",
+            Value::Text(serde_json::Value::from(services.clone()).to_string()),
+        ));
     }
     terms.push("id < :before");
     params.push((":before", Value::Integer(before)));
@@ -462,6 +475,11 @@ mod tests {
             && q.to.is_none_or(|to| ts < to)
             && eq(&q.api, r.api.as_deref())
             && eq(&q.service, r.service.as_deref())
+            && q.services.as_ref().is_none_or(|services| {
+                r.service
+                    .as_deref()
+                    .is_some_and(|s| services.iter().any(|wanted| wanted == s))
+            })
             && eq(&q.consumer, r.consumer.as_deref())
             && q.status.is_none_or(|status| status == r.status)
             && eq(&q.outcome, Some(r.outcome.as_str()))
@@ -541,6 +559,29 @@ mod tests {
         for service in ["catalog-svc", "nope"] {
             all.push(AccessQuery {
                 service: text(service),
+                ..q()
+            });
+        }
+        for services in [
+            &["catalog-svc", "users-svc"][..],
+            &["orders-svc", "nope"],
+            &[],
+        ] {
+            let services = Some(services.iter().map(|s| s.to_string()).collect());
+            all.push(AccessQuery {
+                services: services.clone(),
+                ..q()
+            });
+            all.push(AccessQuery {
+                services: services.clone(),
+                api: text("orders"),
+                ..q()
+            });
+            all.push(AccessQuery {
+                services,
+                from: Some(ts_of(records, 100)),
+                to: Some(ts_of(records, 160)),
+                status: Some(429),
                 ..q()
             });
         }

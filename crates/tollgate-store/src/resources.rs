@@ -139,10 +139,37 @@ fn context(kind: &str, name: &str) -> Vec<u8> {
     format!("{kind}/{name}").into_bytes()
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Appends `entries` to the audit log inside `tx`, the transaction of the
+/// change they record, at `at` (Unix microseconds) and config `revision`.
+pub(crate) fn append_audit(
+    tx: &rusqlite::Transaction<'_>,
+    at: i64,
+    revision: i64,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit_log (at, revision, actor, client_ip, action, kind, name, diff)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for entry in entries {
+        insert.execute(params![
+            at,
+            revision,
+            entry.actor,
+            entry.client_ip,
+            entry.action,
+            entry.kind,
+            entry.name,
+            entry.diff.to_string()
+        ])?;
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -286,24 +313,7 @@ impl SqliteStore {
                 }
             }
         }
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO audit_log (at, revision, actor, client_ip, action, kind, name, diff)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for entry in audit {
-                insert.execute(params![
-                    now_micros,
-                    revision,
-                    entry.actor,
-                    entry.client_ip,
-                    entry.action,
-                    entry.kind,
-                    entry.name,
-                    entry.diff.to_string()
-                ])?;
-            }
-        }
+        append_audit(&tx, now_micros, revision, audit)?;
         tx.commit()?;
         Ok(revision)
     }

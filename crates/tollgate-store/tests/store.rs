@@ -58,7 +58,7 @@ fn migrations_are_idempotent() {
         .write_batch(&[record(0)])
         .unwrap();
     let second = SqliteStore::open(&url).unwrap();
-    assert_eq!(second.schema_version().unwrap(), 4);
+    assert_eq!(second.schema_version().unwrap(), 5);
     assert_eq!(second.count_access_records().unwrap(), 1);
     drop((first, second));
 
@@ -66,7 +66,7 @@ fn migrations_are_idempotent() {
     let applied: i64 = conn
         .query_row("SELECT count(*) FROM migrations", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     let indexes: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'access_records' ORDER BY name")
         .unwrap()
@@ -98,7 +98,7 @@ fn refuses_a_newer_schema() {
         SqliteStore::open(&url(&path)),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 4
+            known: 5
         })
     ));
 }

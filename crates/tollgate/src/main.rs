@@ -3,6 +3,7 @@
 mod admin_client;
 mod policy_state;
 mod reload;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -611,6 +612,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         state,
     );
     tokio::spawn(control.clone().follow(shutdown_rx.clone()));
+    tokio::spawn(retention::run(
+        store.clone(),
+        config.access_log.retention.get(),
+        shutdown_rx.clone(),
+    ));
     let admin_api = tollgate_admin::api::router(tollgate_admin::api::AdminApi {
         control: control.clone(),
         store: store.clone(),

@@ -707,13 +707,22 @@ async fn export_and_apply_round_trip_and_apply_reports_its_diff() {
         "...the real run does: auth answers"
     );
 
+    // A document may name what the store holds and it does not list.
+    let (status, diff) = apply(
+        "apis: [{ name: extra, service: open, match: { paths: [/extra] } }]\n".into(),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(get(&gw, "/extra").await.0, 200);
+
     // Without --prune nothing else is deleted; with it, what the document lacks is.
     let only_teams = "teams: [{ name: shop }]\n".to_string();
     let (_, diff) = apply(only_teams.clone(), "").await;
     assert_eq!(diff["changes"], json!([]));
     let (status, diff) = apply(only_teams.clone(), "?prune=true&dry_run=true").await;
     assert_eq!(status, 200, "{diff}");
-    assert_eq!(diff["changes"].as_array().unwrap().len(), 7, "{diff}");
+    assert_eq!(diff["changes"].as_array().unwrap().len(), 8, "{diff}");
     assert!(diff["changes"]
         .as_array()
         .unwrap()
@@ -790,6 +799,31 @@ async fn an_openapi_document_becomes_apis_with_validation() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 422);
     assert_eq!(get(&gw, "/api/v3/pet/7").await.0, 200);
+    let head = gw
+        .client()
+        .head(gw.url("/api/v3/pet/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200, "a GET operation answers HEAD");
+    let delete_pet = gw
+        .client()
+        .delete(gw.url("/api/v3/pet/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete_pet.status().as_u16(), 200);
+    let patch_pet = gw
+        .client()
+        .patch(gw.url("/api/v3/pet/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        patch_pet.status().as_u16(),
+        405,
+        "PATCH is no operation of /pet/{{petId}}"
+    );
 
     let unknown = gw
         .client()
@@ -839,4 +873,66 @@ async fn the_file_removes_what_it_put_there_and_never_what_the_api_created() {
         first["actor"].as_str().unwrap().starts_with("file:"),
         "{first}"
     );
+}
+
+#[tokio::test]
+async fn usage_of_deprecated_apis_is_reported_per_consumer() {
+    let up = upstream::echo("u");
+    let gw = start(&format!(
+        r#"
+consumers:
+  - {{ name: alice, keys: [{{ value: "tg_alice_key_0123456789abcdef0123" }}] }}
+  - {{ name: bob, keys: [{{ value: "tg_bob_key_0123456789abcdef012345" }}] }}
+services: [{{ name: s, upstream: {{ targets: [{{ url: "{}" }}] }} }}]
+apis:
+  - {{ name: v1, service: s, match: {{ paths: [/v1] }}, lifecycle: deprecated, sunset: 2099-01-01, successor: v2, policies: {{ auth: {{ methods: [key] }} }} }}
+  - {{ name: v2, service: s, match: {{ paths: [/v2] }}, policies: {{ auth: {{ methods: [key] }} }} }}
+"#,
+        up.url()
+    ))
+    .await;
+    for (key, path, times) in [
+        ("tg_alice_key_0123456789abcdef0123", "/v1", 3),
+        ("tg_bob_key_0123456789abcdef012345", "/v1", 1),
+        ("tg_bob_key_0123456789abcdef012345", "/v2", 5),
+    ] {
+        for _ in 0..times {
+            assert_eq!(get_with_key(&gw, path, key).await.0, 200);
+        }
+    }
+    let report = tollgate_testkit::eventually_some(std::time::Duration::from_secs(10), || async {
+        let answer = admin(&gw, "GET", "/admin/v1/analytics/deprecated", None, None).await;
+        (answer.body["items"][0]["requests"] == 4).then_some(answer.body)
+    })
+    .await;
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the deprecated API: {report}");
+    assert_eq!(items[0]["api"], "v1");
+    assert_eq!(items[0]["successor"], "v2");
+    assert_eq!(items[0]["sunset"], "2099-01-01");
+    let consumers: Vec<(&str, u64)> = items[0]["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consumer"].as_str().unwrap(),
+                c["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(consumers, [("alice", 3), ("bob", 1)]);
+    assert!(items[0]["consumers"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    let bad = admin(
+        &gw,
+        "GET",
+        "/admin/v1/analytics/deprecated?since=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
 }

@@ -118,7 +118,8 @@ async fn apply_export_and_import_from_the_command_line() {
     assert_eq!(refused.status.code(), Some(1));
     let stderr = text(&refused.stderr);
     assert!(stderr.contains("error 422 (invalid_config)"), "{stderr}");
-    assert!(stderr.contains("  apis[0].service: "), "{stderr}");
+    assert!(stderr.contains("  apis/bad.service: "), "{stderr}");
+    assert!(stderr.contains("  apis/bad.match.paths[0]: "), "{stderr}");
     let anonymous = tollgate(&gw, &["export"], None).await;
     assert_eq!(anonymous.status.code(), Some(1));
     assert!(text(&anonymous.stderr).contains("missing_credentials"));
