@@ -1,7 +1,7 @@
 //! `GET /admin/v1/analytics`: access record aggregates in time buckets —
 //! requests, errors, denials by reason, latency percentiles, bytes — and the
 //! busiest consumers and APIs, computed by the store
-//! ([`SqliteStore::analytics`](tollgate_store::SqliteStore::analytics)).
+//! ([`Store::analytics`](tollgate_store::Store::analytics)).
 //!
 //! Parameters: `from` and `to` (RFC 3339 or Unix seconds, as for `/logs`;
 //! the last 24 hours by default), `bucket` (`minute`, `hour` — the default —

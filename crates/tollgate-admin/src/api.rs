@@ -12,17 +12,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Extension, MatchedPath, Query, Request, State};
+use axum::http::Method;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tollgate_config::Config;
-use tollgate_store::{AccessQuery, SqliteStore, StoreError};
+use tollgate_store::{AccessQuery, Store, StoreError};
 
 use crate::authz::{Directory, Principal};
 use crate::control::ControlPlane;
+use crate::openapi::{Operation, RouteDoc};
 
 /// Largest page a list returns.
 pub(crate) const MAX_LIMIT: usize = 1000;
@@ -34,7 +36,7 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Clone)]
 pub struct AdminApi {
     pub control: Arc<ControlPlane>,
-    pub store: SqliteStore,
+    pub store: Store,
 }
 
 impl AdminApi {
@@ -57,46 +59,205 @@ pub struct Caller {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-pub fn router(api: AdminApi) -> Router {
+/// Every admin API route with its handlers and its documentation: the
+/// router and `/admin/v1/openapi.json` are both built from this table.
+fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
+    use crate::openapi::Body::{Document, Json as Obj, None as Empty};
     use crate::resources_api as r;
     use crate::users as u;
-    Router::new()
-        .route(u::LOGIN_ROUTE, post(u::login))
-        .route("/admin/v1/logout", post(u::logout))
-        .route("/admin/v1/users", get(u::list).post(u::create))
-        .route(
+    use axum::routing::{delete, patch as patch_route, put};
+    use Method as M;
+    let op = Operation::new;
+    vec![
+        (
+            u::LOGIN_ROUTE,
+            post(u::login),
+            vec![op(M::POST, "Start a console session", Obj, 200)],
+        ),
+        (
+            "/admin/v1/logout",
+            post(u::logout),
+            vec![op(M::POST, "End the console session", Empty, 204)],
+        ),
+        (
+            "/admin/v1/users",
+            get(u::list).post(u::create),
+            vec![
+                op(M::GET, "List users", Empty, 200),
+                op(M::POST, "Create a user", Obj, 201),
+            ],
+        ),
+        (
             "/admin/v1/users/{name}",
             get(u::one).patch(u::patch).delete(u::remove),
-        )
-        .route("/admin/v1/users/{name}/tokens", post(u::issue_token))
-        .route("/admin/v1/logs", get(logs))
-        .route("/admin/v1/analytics", get(crate::analytics::handler))
-        .route(
+            vec![
+                op(M::GET, "Read a user", Empty, 200),
+                op(
+                    M::PATCH,
+                    "Change a user's password or memberships",
+                    Obj,
+                    200,
+                ),
+                op(M::DELETE, "Delete a user", Empty, 204),
+            ],
+        ),
+        (
+            "/admin/v1/users/{name}/tokens",
+            post(u::issue_token),
+            vec![op(
+                M::POST,
+                "Issue an admin token for a user (shown once)",
+                Empty,
+                201,
+            )],
+        ),
+        (
+            "/admin/v1/logs",
+            get(logs),
+            vec![op(M::GET, "Query access records, newest first", Empty, 200)],
+        ),
+        (
+            "/admin/v1/analytics",
+            get(crate::analytics::handler),
+            vec![op(
+                M::GET,
+                "Aggregate access records in time buckets",
+                Empty,
+                200,
+            )],
+        ),
+        (
             "/admin/v1/analytics/deprecated",
             get(crate::analytics::deprecated_usage),
-        )
-        .route("/admin/v1/compliance", get(crate::compliance::handler))
-        .route("/admin/v1/audit", get(r::audit))
-        .route("/admin/v1/apply", post(r::apply))
-        .route("/admin/v1/export", get(r::export))
-        .route("/admin/v1/import/openapi", post(r::import_openapi))
-        .route("/admin/v1/consumers/{name}/keys", post(r::create_key))
-        .route(
+            vec![op(
+                M::GET,
+                "Who calls each deprecated or retired API",
+                Empty,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/compliance",
+            get(crate::compliance::handler),
+            vec![op(
+                M::GET,
+                "Compliance findings on the live configuration",
+                Empty,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/audit",
+            get(r::audit),
+            vec![op(M::GET, "Query the audit log, newest first", Empty, 200)],
+        ),
+        (
+            "/admin/v1/apply",
+            post(r::apply),
+            vec![op(
+                M::POST,
+                "Make the resources those of a document (dry_run, prune)",
+                Document,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/export",
+            get(r::export),
+            vec![op(
+                M::GET,
+                "The resources as YAML that apply takes back",
+                Empty,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/import/openapi",
+            post(r::import_openapi),
+            vec![op(
+                M::POST,
+                "Create APIs from an OpenAPI 3 document",
+                Document,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/openapi.json",
+            get(openapi_json),
+            vec![op(M::GET, "This document", Empty, 200)],
+        ),
+        (
+            "/admin/v1/consumers/{name}/keys",
+            post(r::create_key),
+            vec![op(M::POST, "Issue a consumer key (shown once)", Obj, 201)],
+        ),
+        (
             "/admin/v1/consumers/{name}/keys/{id}",
-            axum::routing::delete(r::delete_key),
-        )
-        .route(
+            delete(r::delete_key),
+            vec![op(M::DELETE, "Revoke a consumer key", Empty, 204)],
+        ),
+        (
             "/admin/v1/subscriptions/{id}/{action}",
             post(r::decide_subscription),
-        )
-        .route("/admin/v1/{kind}", get(r::list).post(r::create))
-        .route(
+            vec![op(
+                M::POST,
+                "approve, reject or revoke a subscription",
+                Obj,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/{kind}",
+            get(r::list).post(r::create),
+            vec![
+                op(
+                    M::GET,
+                    "List resources: items, next; filters by field",
+                    Empty,
+                    200,
+                ),
+                op(M::POST, "Create a resource", Obj, 201),
+            ],
+        ),
+        (
             "/admin/v1/{kind}/{name}",
             get(r::one)
-                .put(r::replace)
-                .patch(r::patch)
-                .delete(r::remove),
-        )
+                .merge(put(r::replace))
+                .merge(patch_route(r::patch))
+                .merge(delete(r::remove)),
+            vec![
+                op(M::GET, "Read a resource, with its ETag", Empty, 200),
+                op(M::PUT, "Replace (or create) a resource; If-Match", Obj, 200),
+                op(
+                    M::PATCH,
+                    "Merge a JSON merge patch (RFC 7396); If-Match",
+                    Obj,
+                    200,
+                ),
+                op(M::DELETE, "Delete a resource; If-Match", Empty, 204),
+            ],
+        ),
+    ]
+}
+
+/// The documentation half of [`routes`].
+pub fn documented_routes() -> Vec<RouteDoc> {
+    routes()
+        .into_iter()
+        .map(|(path, _, operations)| RouteDoc { path, operations })
+        .collect()
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(crate::openapi::document(&documented_routes()))
+}
+
+pub fn router(api: AdminApi) -> Router {
+    let mut router = Router::new();
+    for (path, handlers, _) in routes() {
+        router = router.route(path, handlers);
+    }
+    router
         .fallback(not_found)
         // Layers run last added first: authentication, then authorization.
         .layer(middleware::from_fn_with_state(
@@ -349,15 +510,7 @@ async fn logs(
                         .map_err(|_| ApiError::bad_request("status must be a number"))?,
                 )
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}"))
-                    })?
-            }
+            "limit" => query.limit = parse_limit(value)?,
             "cursor" => query.cursor = Some(value.clone()),
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -376,6 +529,14 @@ async fn logs(
             other => ApiError::internal(other),
         })?;
     Ok(Json(json!({ "items": page.items, "next": page.next })))
+}
+
+/// `?limit=`: 1 to [`MAX_LIMIT`].
+pub(crate) fn parse_limit(text: &str) -> Result<usize, ApiError> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))
 }
 
 /// RFC 3339 (`2026-12-04T10:00:00Z`) or Unix seconds, as Unix microseconds.

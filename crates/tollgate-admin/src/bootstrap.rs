@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tollgate_policy::credentials;
-use tollgate_store::SqliteStore;
+use tollgate_store::Store;
 
 /// The environment variable that sets the first admin token.
 pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
@@ -30,7 +30,7 @@ pub enum Bootstrap {
 /// Makes sure the store has an admin token. `env_token` is the value of
 /// [`ADMIN_TOKEN_ENV`], passed in so that tests need not touch the process's environment.
 pub fn ensure_admin_token(
-    store: &SqliteStore,
+    store: &Store,
     data_dir: &Path,
     env_token: Option<String>,
 ) -> Result<Bootstrap, String> {

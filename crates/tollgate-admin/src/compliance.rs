@@ -24,7 +24,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tollgate_config::{Config, Lifecycle, Secret};
-use tollgate_store::{AccessQuery, SqliteStore, StoreError};
+use tollgate_store::{AccessQuery, Store, StoreError};
 
 use crate::api::{AdminApi, ApiError};
 
@@ -448,7 +448,7 @@ pub fn inactive_consumers(
 /// The configured consumers with at least one access record at or after
 /// `since`: one newest-first query of a single record per consumer. Blocks.
 fn active_consumers(
-    store: &SqliteStore,
+    store: &Store,
     config: &Config,
     since: OffsetDateTime,
 ) -> Result<HashSet<String>, StoreError> {
@@ -769,7 +769,7 @@ mod tests {
 
     #[test]
     fn the_active_set_comes_from_the_access_records() {
-        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        let store = Store::open("sqlite::memory:").unwrap();
         let config = config("consumers:\n  - { name: a }\n");
         let active = active_consumers(&store, &config, NOW).unwrap();
         assert!(active.is_empty());

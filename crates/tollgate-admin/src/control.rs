@@ -16,6 +16,7 @@
 //! [`ControlPlane::follow`] polls the store's revision every second so that
 //! changes made by others reach this node's data plane too.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,7 @@ use tollgate_config::resources::{self, Kind};
 use tollgate_config::{Config, ConfigError};
 use tollgate_proxy::DataPlane;
 use tollgate_store::sealing::Sealer;
-use tollgate_store::{
-    AuditEntry, ConfigState, Expect, Origin, ResourceWrite, SqliteStore, StoreError,
-};
+use tollgate_store::{AuditEntry, ConfigState, Expect, Origin, ResourceWrite, Store, StoreError};
 
 use crate::api::redact;
 
@@ -170,14 +169,16 @@ pub fn plan(
     edits: &[Edit],
     actor: &Actor,
 ) -> Result<Plan, WriteError> {
-    let mut list: Vec<(Kind, String, Value, i64)> = state
+    // Borrowed: only the edited bodies are copied (copying a thousand
+    // resources' JSON on every write was a third of its time).
+    let mut list: Vec<(Kind, &str, Cow<'_, Value>, i64)> = state
         .resources
         .iter()
         .filter_map(|r| {
             Some((
                 Kind::parse(&r.kind)?,
-                r.name.clone(),
-                r.body.clone(),
+                r.name.as_str(),
+                Cow::Borrowed(&r.body),
                 r.revision,
             ))
         })
@@ -208,11 +209,13 @@ pub fn plan(
             }
             _ => {}
         }
-        let before = found.map(|i| list[i].2.clone());
+        let before = found.map(|i| list[i].2.clone().into_owned());
         match (&edit.body, found) {
-            (Some(body), Some(i)) if list[i].2 == *body => continue,
-            (Some(body), Some(i)) => list[i].2 = body.clone(),
-            (Some(body), None) => list.push((edit.kind, edit.name.clone(), body.clone(), 0)),
+            (Some(body), Some(i)) if *list[i].2 == *body => continue,
+            (Some(body), Some(i)) => list[i].2 = Cow::Borrowed(body),
+            (Some(body), None) => {
+                list.push((edit.kind, edit.name.as_str(), Cow::Borrowed(body), 0))
+            }
             (None, Some(i)) => {
                 list.remove(i);
             }
@@ -231,7 +234,7 @@ pub fn plan(
     let config = resources::assemble(
         node,
         list.iter()
-            .map(|(kind, name, body, _)| (*kind, name.as_str(), body)),
+            .map(|(kind, name, body, _)| (*kind, *name, body.as_ref())),
     )
     .map_err(WriteError::Invalid)?;
     let mut writes = Vec::new();
@@ -354,7 +357,7 @@ pub type WriteCheck<'a> =
 
 /// The live configuration's resources and the means to change them.
 pub struct ControlPlane {
-    store: SqliteStore,
+    store: Store,
     sealer: Arc<Sealer>,
     data_plane: Arc<DataPlane>,
     node: ArcSwap<Config>,
@@ -365,7 +368,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// `state` is what `data_plane` serves, assembled with `node`.
     pub fn new(
-        store: SqliteStore,
+        store: Store,
         sealer: Arc<Sealer>,
         data_plane: Arc<DataPlane>,
         node: Config,
@@ -391,7 +394,7 @@ impl ControlPlane {
         self.data_plane.snapshot().config.clone()
     }
 
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -556,7 +559,7 @@ impl ControlPlane {
 }
 
 /// `state` with `writes` committed at `revision`: what
-/// [`SqliteStore::load_resources`] would now read, computed instead of read
+/// [`Store::load_resources`] would now read, computed instead of read
 /// (reading back and opening every sealed body cost more than the rest of a
 /// write with a thousand resources).
 fn after_commit(state: &ConfigState, writes: &[ResourceWrite], revision: i64) -> ConfigState {
@@ -745,7 +748,7 @@ mod tests {
 
     #[test]
     fn the_state_after_a_commit_is_what_the_store_reads_back() {
-        let store = SqliteStore::open("sqlite::memory:").unwrap();
+        let store = Store::open("sqlite::memory:").unwrap();
         let sealer = Sealer::new(tollgate_store::sealing::MasterKey::generate());
         let write = |kind: &str, name: &str, body: Option<Value>| ResourceWrite {
             kind: kind.into(),

@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,7 +27,8 @@ use tollgate_config::Config;
 use tollgate_store::{AuditQuery, ConfigState, Expect, Origin, StoredResource};
 
 use crate::api::{
-    parse_time, redact, AdminApi, ApiError, Caller, ClientAddr, DEFAULT_LIMIT, MAX_LIMIT, REDACTED,
+    parse_limit, parse_time, redact, AdminApi, ApiError, Caller, ClientAddr, DEFAULT_LIMIT,
+    REDACTED,
 };
 use crate::authz::{self, Directory, Principal, Refusal, Verb};
 use crate::control::{self, Actor, Committed, Edit, WriteError};
@@ -36,10 +38,51 @@ type Query_ = Query<HashMap<String, String>>;
 /// Most field errors a 422 lists.
 const MAX_ERRORS_SHOWN: usize = 100;
 
-fn actor(caller: &Caller, addr: Option<Extension<ClientAddr>>) -> Actor {
-    Actor {
-        name: caller.name.clone(),
-        client_ip: addr.map(|Extension(ClientAddr(addr))| addr.ip().to_string()),
+/// Who writes, as the admin listener and the auth middleware established
+/// it: the audit log's actor and the principal the rules judge.
+pub struct Writer {
+    actor: Actor,
+    principal: Principal,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Writer, ApiError> {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .ok_or_else(|| ApiError::internal("a write reached its handler unauthenticated"))?;
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a write reached its handler without a principal"))?;
+        let client_ip = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map(|ClientAddr(addr)| addr.ip().to_string());
+        Ok(Writer {
+            actor: Actor {
+                name: caller.name.clone(),
+                client_ip,
+            },
+            principal,
+        })
+    }
+}
+
+impl Writer {
+    /// [`ControlPlane::write_checked`] as this caller, under its rules.
+    async fn write(
+        &self,
+        api: &AdminApi,
+        edits: &[Edit],
+        dry_run: bool,
+    ) -> Result<Committed, WriteError> {
+        api.control
+            .write_checked(&self.actor, edits, dry_run, &permission(&self.principal))
+            .await
     }
 }
 
@@ -304,11 +347,7 @@ pub async fn list(
     let kind = kind(&kind_name)?;
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?,
+        Some(text) => parse_limit(text)?,
     };
     let after = match params.get("cursor") {
         None => None,
@@ -387,9 +426,7 @@ pub async fn one(
 /// `POST /admin/v1/<kind>`: 201 with the resource, 409 if the name is taken.
 pub async fn create(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path(kind_name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -397,23 +434,14 @@ pub async fn create(
     let mut body = object(&body)?;
     let name = key_of_new(kind, &mut body)?;
     let edit = Edit::put(kind, name.clone(), Value::Object(body), Expect::Absent);
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
-            &[edit],
-            false,
-            &permission(&principal),
-        )
-        .await?;
+    writer.write(&api, &[edit], false).await?;
     Ok(written(&api, kind, &name, StatusCode::CREATED))
 }
 
 /// `PUT /admin/v1/<kind>/<name>`: replaces (or creates) the resource.
 pub async fn replace(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -440,13 +468,8 @@ pub async fn replace(
     }
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
     let existed = find(&state, kind, &name).is_some();
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
-            &[Edit::put(kind, name.clone(), body, expect)],
-            false,
-            &permission(&principal),
-        )
+    writer
+        .write(&api, &[Edit::put(kind, name.clone(), body, expect)], false)
         .await?;
     let status = if existed {
         StatusCode::OK
@@ -459,9 +482,7 @@ pub async fn replace(
 /// `PATCH /admin/v1/<kind>/<name>`: an RFC 7396 merge patch.
 pub async fn patch(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -469,9 +490,13 @@ pub async fn patch(
     let kind = kind(&kind_name)?;
     let patch = Value::Object(object(&body)?);
     let state = api.control.state();
-    let current = visible(&api, &principal, kind, find(&state, kind, &name), || {
-        ApiError::not_found(format!("no {kind} named `{name}`"))
-    })?;
+    let current = visible(
+        &api,
+        &writer.principal,
+        kind,
+        find(&state, kind, &name),
+        || ApiError::not_found(format!("no {kind} named `{name}`")),
+    )?;
     let mut body = current.body.clone();
     merge_patch(&mut body, &patch);
     restore_redacted(&mut body, &current.body);
@@ -486,13 +511,8 @@ pub async fn patch(
         // Without If-Match the patch still applies only to what it was computed from.
         None => Expect::Revision(current.revision),
     };
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
-            &[Edit::put(kind, name.clone(), body, expect)],
-            false,
-            &permission(&principal),
-        )
+    writer
+        .write(&api, &[Edit::put(kind, name.clone(), body, expect)], false)
         .await?;
     Ok(written(&api, kind, &name, StatusCode::OK))
 }
@@ -521,21 +541,14 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 /// `DELETE /admin/v1/<kind>/<name>`: 204.
 pub async fn remove(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path((kind_name, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let kind = kind(&kind_name)?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Present);
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
-            &[Edit::delete(kind, name, expect)],
-            false,
-            &permission(&principal),
-        )
+    writer
+        .write(&api, &[Edit::delete(kind, name, expect)], false)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -545,9 +558,7 @@ pub async fn remove(
 /// the store keeps its SHA-256.
 pub async fn create_key(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -556,7 +567,7 @@ pub async fn create_key(
     let current = find(&state, Kind::Consumers, &name).ok_or_else(missing)?;
     check_early(
         &api,
-        &principal,
+        &writer.principal,
         current,
         Kind::Consumers,
         Verb::CreateKey,
@@ -605,9 +616,9 @@ pub async fn create_key(
         Some(Value::Array(keys)) => keys.push(entry),
         _ => body["keys"] = json!([entry]),
     }
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
+    writer
+        .write(
+            &api,
             &[Edit::put(
                 Kind::Consumers,
                 name,
@@ -616,7 +627,6 @@ pub async fn create_key(
             )
             .with_action("create_key")],
             false,
-            &permission(&principal),
         )
         .await?;
     let answer = json!({ "id": id, "key": key, "expires": expires.map(rfc3339) });
@@ -630,9 +640,7 @@ pub async fn create_key(
 /// `DELETE /admin/v1/consumers/<name>/keys/<id>`: the key stops working.
 pub async fn delete_key(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let missing = || ApiError::not_found(format!("no consumers named `{name}`"));
@@ -640,7 +648,7 @@ pub async fn delete_key(
     let current = find(&state, Kind::Consumers, &name).ok_or_else(missing)?;
     check_early(
         &api,
-        &principal,
+        &writer.principal,
         current,
         Kind::Consumers,
         Verb::DeleteKey,
@@ -655,9 +663,9 @@ pub async fn delete_key(
     if keys.len() == before {
         return Err(ApiError::not_found(format!("`{name}` has no key `{id}`")));
     }
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
+    writer
+        .write(
+            &api,
             &[Edit::put(
                 Kind::Consumers,
                 name,
@@ -666,7 +674,6 @@ pub async fn delete_key(
             )
             .with_action("delete_key")],
             false,
-            &permission(&principal),
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -675,9 +682,7 @@ pub async fn delete_key(
 /// `POST /admin/v1/subscriptions/<id>/approve|reject|revoke` `{"comment"?}`.
 pub async fn decide_subscription(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -695,7 +700,7 @@ pub async fn decide_subscription(
     let state = api.control.state();
     let current = visible(
         &api,
-        &principal,
+        &writer.principal,
         Kind::Subscriptions,
         find(&state, Kind::Subscriptions, &id),
         missing,
@@ -713,7 +718,7 @@ pub async fn decide_subscription(
     };
     check_early(
         &api,
-        &principal,
+        &writer.principal,
         current,
         Kind::Subscriptions,
         verb,
@@ -736,9 +741,9 @@ pub async fn decide_subscription(
             }
         }
     }
-    api.control
-        .write_checked(
-            &actor(&caller, addr),
+    writer
+        .write(
+            &api,
             &[Edit::put(
                 Kind::Subscriptions,
                 id.clone(),
@@ -747,7 +752,6 @@ pub async fn decide_subscription(
             )
             .with_action(&action)],
             false,
-            &permission(&principal),
         )
         .await?;
     Ok(written(&api, Kind::Subscriptions, &id, StatusCode::OK))
@@ -772,13 +776,7 @@ pub async fn audit(
             "from" => query.since = Some(parse_time(key, value)?),
             "to" => query.until = Some(parse_time(key, value)?),
             "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}"))
-                    })?
+                query.limit = parse_limit(value)?
             }
             "cursor" => {
                 query.before_id = Some(
@@ -822,9 +820,7 @@ fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> 
 /// in the document (listen, storage …) are ignored: they are the node's file's.
 pub async fn apply(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Query(params): Query_,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
@@ -851,15 +847,7 @@ pub async fn apply(
         }
     }
     let edits = control::sync_resources(&state, &wanted, Origin::Admin, prune);
-    let committed = api
-        .control
-        .write_checked(
-            &actor(&caller, addr),
-            &edits,
-            dry_run,
-            &permission(&principal),
-        )
-        .await?;
+    let committed = writer.write(&api, &edits, dry_run).await?;
     Ok(Json(committed))
 }
 
@@ -893,9 +881,7 @@ pub async fn export(State(api): State<AdminApi>) -> Result<Response, ApiError> {
 /// updates one API per operation on the existing service `NAME`.
 pub async fn import_openapi(
     State(api): State<AdminApi>,
-    Extension(caller): Extension<Caller>,
-    Extension(principal): Extension<Principal>,
-    addr: Option<Extension<ClientAddr>>,
+    writer: Writer,
     Query(params): Query_,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
@@ -920,15 +906,7 @@ pub async fn import_openapi(
             Edit::put(Kind::Apis, api.name.clone(), body, Expect::Anything)
         })
         .collect();
-    let committed = api
-        .control
-        .write_checked(
-            &actor(&caller, addr),
-            &edits,
-            dry_run,
-            &permission(&principal),
-        )
-        .await?;
+    let committed = writer.write(&api, &edits, dry_run).await?;
     Ok(Json(committed))
 }
 

@@ -10,7 +10,7 @@ use crate::secret::Secret;
 use crate::units::Duration;
 
 /// A tenant that owns services and consumers.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Team {
     pub name: String,
@@ -20,7 +20,7 @@ pub struct Team {
 
 /// An issuer of JWTs (verified with its JWKS, PEM keys or a shared secret) or
 /// an RFC 7662 introspection endpoint for opaque tokens.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityProvider {
     pub name: String,
@@ -54,7 +54,7 @@ pub struct IdentityProvider {
     pub introspection: Option<Introspection>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Introspection {
     pub url: String,
@@ -65,7 +65,7 @@ pub struct Introspection {
     pub cache: Duration,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub name: String,
@@ -84,7 +84,7 @@ pub struct Consumer {
 }
 
 /// One API key: its value (from the environment or literal) or only its hash.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerKey {
     /// Names the key in blocks, logs and the admin API; keys the admin API
@@ -96,6 +96,7 @@ pub struct ConsumerKey {
     /// `sha256:<hex>` of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    #[schemars(with = "Option<String>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -103,6 +104,7 @@ pub struct ConsumerKey {
     )]
     pub expires: Option<OffsetDateTime>,
     /// When it was issued, for key-age checks.
+    #[schemars(with = "Option<String>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -112,7 +114,7 @@ pub struct ConsumerKey {
 }
 
 /// Credentials for `POST /oauth2/token` (client-credentials grant).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCredentials {
     pub client_id: String,
@@ -122,7 +124,7 @@ pub struct ClientCredentials {
     pub scopes: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredentials {
     pub username: String,
@@ -135,7 +137,7 @@ pub struct BasicCredentials {
 }
 
 /// A client certificate that identifies the consumer on the TLS listener.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateMatch {
     /// The subject DN as RFC 4514 text, like `CN=mobile-app` or `CN=a,O=Example`.
@@ -147,7 +149,7 @@ pub struct CertificateMatch {
 }
 
 /// Tollgate as a client-credentials authorization server.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Server {
     pub issuer: String,
@@ -166,7 +168,7 @@ pub struct OAuth2Server {
     pub rate_limit: crate::policy::RateLimit,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     /// Its address in the admin API; `<consumer>:<service>` when not given.
@@ -196,7 +198,7 @@ impl Subscription {
 /// An incident-response block: every request of a consumer, of one key, or
 /// from an address range is refused with 403 `blocked` until it expires or
 /// is lifted.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Block {
     pub id: String,
@@ -206,9 +208,11 @@ pub struct Block {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub ip: Option<ipnet::IpNet>,
     #[serde(default)]
     pub reason: String,
+    #[schemars(with = "Option<String>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -217,7 +221,7 @@ pub struct Block {
     pub expires: Option<OffsetDateTime>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     Pending,
@@ -227,7 +231,9 @@ pub enum SubscriptionStatus {
 }
 
 /// Whether a service admits any authenticated consumer or only subscribed ones.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionMode {
     #[default]

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod pattern;
 pub mod policy;
 pub mod resources;
+pub mod schema;
 pub mod secret;
 pub mod units;
 mod validate;

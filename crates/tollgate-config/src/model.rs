@@ -20,7 +20,7 @@ use crate::policy::Policies;
 use crate::units::{Duration, Size, Timestamp};
 
 /// One YAML document: the node's settings and its resources.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -33,6 +33,7 @@ pub struct Config {
     pub limits: Limits,
     /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<IpNet>,
     /// How long SIGTERM waits for in-flight requests before the process exits.
     #[serde(default = "defaults::shutdown_grace")]
@@ -58,7 +59,7 @@ pub struct Config {
     pub apis: Vec<Api>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     #[serde(default = "defaults::proxy_addr")]
@@ -79,7 +80,7 @@ impl Default for Listen {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListen {
     pub addr: SocketAddr,
@@ -98,17 +99,19 @@ pub struct TlsListen {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// `sqlite://PATH` (embedded default) or, later, `postgres://…`.
+    /// `sqlite://PATH` (embedded default) or `postgres://USER@HOST:PORT/DB`
+    /// (several nodes sharing one database; node-local files then live in
+    /// `./tollgate-data`).
     #[serde(default = "defaults::database")]
     pub database: String,
 }
@@ -121,7 +124,7 @@ impl Default for Storage {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     /// A JSON-lines file that receives every access record, besides the database.
@@ -146,7 +149,7 @@ impl Default for AccessLog {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "defaults::max_uri")]
@@ -176,7 +179,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
@@ -190,7 +193,7 @@ pub struct Service {
     pub policies: Policies,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub targets: Vec<Target>,
@@ -212,7 +215,7 @@ pub struct Upstream {
     pub protocol: UpstreamProtocol,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub url: String,
@@ -280,7 +283,9 @@ impl<'de> Deserialize<'de> for Balance {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
@@ -289,7 +294,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "defaults::connect_timeout")]
@@ -312,7 +317,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,
@@ -328,7 +333,7 @@ pub struct HealthCheck {
 
 /// Passive ejection: a target that fails `failures` times in a row (connect
 /// errors, timeouts) is taken out of rotation for `cooldown`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealth {
     #[serde(default = "defaults::passive_failures")]
@@ -346,7 +351,7 @@ impl Default for PassiveHealth {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
     pub name: String,
@@ -418,7 +423,9 @@ fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
 }
 
 /// The stages of an API's life. Each one changes how the gateway answers for it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     /// Not served: requests get what an unmatched request gets (`404 no_route`).
@@ -432,7 +439,7 @@ pub enum Lifecycle {
     Retired,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Exact host names or `*.suffix` wildcards; empty matches any host.

@@ -54,11 +54,13 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         );
     }
     if !(config.storage.database.starts_with("sqlite://")
+        || config.storage.database.starts_with("postgres://")
+        || config.storage.database.starts_with("postgresql://")
         || config.storage.database.starts_with("sqlite:"))
     {
         err(
             "storage.database".into(),
-            "only sqlite://PATH is supported by this build".into(),
+            "must be sqlite://PATH or postgres://…".into(),
         );
     }
 

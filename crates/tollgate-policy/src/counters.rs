@@ -117,11 +117,13 @@ impl Rate {
             RateHit {
                 allowed: false,
                 tat: base,
+                at_us: now_us,
             }
         } else {
             RateHit {
                 allowed: true,
                 tat: next,
+                at_us: now_us,
             }
         }
     }
@@ -134,6 +136,9 @@ pub struct RateHit {
     /// The key's TAT in Unix microseconds: after the hit when it was allowed,
     /// the one that refused it otherwise (never before `now`).
     pub tat: u64,
+    /// The time the hit was judged at: what `remaining` and the waits are
+    /// computed from (a store may judge at a later time than it was given).
+    pub at_us: u64,
 }
 
 impl RateHit {
@@ -251,6 +256,11 @@ struct QuotaEntry {
 pub struct MemoryCounters {
     /// Rate-limited key → TAT (Unix microseconds).
     rates: DashMap<Box<str>, AtomicU64>,
+    /// The latest time a hit was judged at. Judging each hit at no earlier
+    /// time than the hits stored before it keeps concurrent callers, who read
+    /// the clock before racing to the counter, from seeing the same
+    /// `remaining` twice.
+    clock: AtomicU64,
     quotas: DashMap<Box<str>, QuotaEntry>,
 }
 
@@ -333,6 +343,8 @@ impl MemoryCounters {
         let hit = |tat: &AtomicU64| {
             let mut current = tat.load(Ordering::Acquire);
             loop {
+                // After the load: a hit stored before it was judged no later.
+                let now_us = self.clock.fetch_max(now_us, Ordering::AcqRel).max(now_us);
                 let hit = rate.apply(current, now_us);
                 if !hit.allowed {
                     return hit;
@@ -543,6 +555,20 @@ mod tests {
     use super::*;
 
     const T0: u64 = 1_700_000_000_000_000;
+
+    /// Callers read the clock before racing to the counter: one that read it
+    /// earlier may store its hit later. It is judged at the later time, so
+    /// the `remaining` counts of a burst still go down one by one.
+    #[test]
+    fn a_hit_stored_after_a_later_one_is_judged_at_the_later_time() {
+        let store = MemoryCounters::new();
+        let rate = Rate::per_window(10, Duration::from_secs(60));
+        let later = store.acquire_rate_now("k", rate, T0 + 500);
+        let earlier = store.acquire_rate_now("k", rate, T0);
+        assert_eq!(earlier.at_us, T0 + 500);
+        assert_eq!(later.remaining(rate, later.at_us), 9);
+        assert_eq!(earlier.remaining(rate, earlier.at_us), 8);
+    }
 
     #[test]
     fn gcra_admits_a_burst_then_one_per_interval() {

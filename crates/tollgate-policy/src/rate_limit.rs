@@ -165,11 +165,11 @@ impl RateLimits {
                         tracing::debug!(%error, "cannot give back a rate-limit hit");
                     }
                 }
-                let retry_after = ceil_seconds(hit.until_next(limit.rate, now_us)).max(1);
+                let retry_after = ceil_seconds(hit.until_next(limit.rate, hit.at_us)).max(1);
                 let headroom = Headroom {
                     limit: limit.limit,
                     remaining: 0,
-                    reset: ceil_seconds(hit.until_full(now_us)).max(retry_after),
+                    reset: ceil_seconds(hit.until_full(hit.at_us)).max(retry_after),
                 };
                 let mut denial = Denial::rate_limited(format!(
                     "rate limit exceeded: {} requests per {}",
@@ -183,8 +183,8 @@ impl RateLimits {
             }
             status.keep_closest(Headroom {
                 limit: limit.limit,
-                remaining: hit.remaining(limit.rate, now_us),
-                reset: ceil_seconds(hit.until_full(now_us)),
+                remaining: hit.remaining(limit.rate, hit.at_us),
+                reset: ceil_seconds(hit.until_full(hit.at_us)),
             });
         }
         Ok(status)

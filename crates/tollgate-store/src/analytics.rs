@@ -372,7 +372,8 @@ fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, 
 }
 
 /// The columns [`Accumulator::add`] reads, in its order.
-const COLUMNS: &str = "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, api, consumer";
+pub(crate) const COLUMNS: &str =
+    "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, api, consumer";
 
 /// Runs `query` with `plan`.
 pub(crate) fn aggregate(
@@ -394,8 +395,23 @@ pub(crate) fn aggregate(
     Ok(acc.finish(query))
 }
 
-/// Aggregates records as they are read.
-struct Accumulator {
+/// One access record's aggregated columns ([`COLUMNS`]), as either database
+/// returns them.
+pub(crate) struct AggregatedRecord<'a> {
+    pub ts: i64,
+    pub latency_ms: f64,
+    pub status: i64,
+    pub outcome: &'a [u8],
+    pub reason: Option<&'a str>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub api: Option<&'a str>,
+    pub consumer: Option<&'a str>,
+}
+
+/// Aggregates records as they are read: shared by both databases, so their
+/// answers (percentiles included) are computed the same way.
+pub(crate) struct Accumulator {
     from: i64,
     width: i64,
     /// One per bucket of the range, created by its first record.
@@ -421,7 +437,7 @@ struct Counts {
 }
 
 impl Accumulator {
-    fn new(query: &AnalyticsQuery) -> Accumulator {
+    pub(crate) fn new(query: &AnalyticsQuery) -> Accumulator {
         let (from, _) = query.range();
         let count = usize::try_from(query.bucket_count()).unwrap_or(usize::MAX);
         Accumulator {
@@ -437,24 +453,39 @@ impl Accumulator {
 
     /// Counts one row of [`COLUMNS`].
     fn add(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
-        let ts: i64 = row.get(0)?;
-        let Some(slot) = usize::try_from(ts.saturating_sub(self.from) / self.width)
+        self.add_record(&AggregatedRecord {
+            ts: row.get(0)?,
+            latency_ms: real(row.get_ref(1)?),
+            status: row.get_ref(2)?.as_i64().unwrap_or(0),
+            // As bytes: no UTF-8 check for a value compared with ASCII.
+            outcome: row.get_ref(3)?.as_bytes()?,
+            reason: row.get_ref(4)?.as_str_or_null()?,
+            bytes_in: count(row.get_ref(5)?),
+            bytes_out: count(row.get_ref(6)?),
+            api: row.get_ref(7)?.as_str_or_null()?,
+            consumer: row.get_ref(8)?.as_str_or_null()?,
+        });
+        Ok(())
+    }
+
+    /// Counts one record, whichever database it was read from.
+    pub(crate) fn add_record(&mut self, record: &AggregatedRecord<'_>) {
+        let Some(slot) = usize::try_from(record.ts.saturating_sub(self.from) / self.width)
             .ok()
             .and_then(|index| self.buckets.get_mut(index))
         else {
             // The query's range holds the buckets': unreachable.
-            return Ok(());
+            return;
         };
         let counts = slot.get_or_insert_with(Box::default);
         counts.requests += 1;
-        counts.latency.add(real(row.get_ref(1)?));
-        let status = row.get_ref(2)?.as_i64().unwrap_or(0);
-        // As bytes: no UTF-8 check for a value compared with ASCII.
-        match row.get_ref(3)?.as_bytes()? {
+        counts.latency.add(record.latency_ms);
+        let status = record.status;
+        match record.outcome {
             b"error" => counts.errors += 1,
             b"denied" => {
                 counts.denied += 1;
-                let reason = row.get_ref(4)?.as_str_or_null()?.unwrap_or("unspecified");
+                let reason = record.reason.unwrap_or("unspecified");
                 let id = match self.reason_ids.get(reason) {
                     Some(id) => *id,
                     None => {
@@ -472,10 +503,13 @@ impl Accumulator {
             _ if status >= 500 => counts.errors += 1,
             _ => {}
         }
-        counts.bytes_in = counts.bytes_in.saturating_add(count(row.get_ref(5)?));
-        counts.bytes_out = counts.bytes_out.saturating_add(count(row.get_ref(6)?));
-        for (column, totals) in [(7, &mut self.apis), (8, &mut self.consumers)] {
-            if let Some(name) = row.get_ref(column)?.as_str_or_null()? {
+        counts.bytes_in = counts.bytes_in.saturating_add(record.bytes_in);
+        counts.bytes_out = counts.bytes_out.saturating_add(record.bytes_out);
+        for (name, totals) in [
+            (record.api, &mut self.apis),
+            (record.consumer, &mut self.consumers),
+        ] {
+            if let Some(name) = name {
                 match totals.get_mut(name) {
                     Some(n) => *n += 1,
                     None => {
@@ -484,10 +518,9 @@ impl Accumulator {
                 }
             }
         }
-        Ok(())
     }
 
-    fn finish(self, query: &AnalyticsQuery) -> Analytics {
+    pub(crate) fn finish(self, query: &AnalyticsQuery) -> Analytics {
         let (from, to) = query.range();
         let reasons = &self.reasons;
         let mut totals = Counts::default();

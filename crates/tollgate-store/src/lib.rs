@@ -1,23 +1,44 @@
-//! Tollgate's storage: the embedded SQLite database, its migrations, the
-//! access record sink that writes into it, and what the admin API reads and
-//! keeps there: access record queries ([`SqliteStore::query_access_records`])
-//! and aggregates ([`SqliteStore::analytics`]), admin tokens
-//! ([`AdminToken`]), and admin users with their memberships and console
-//! sessions ([`User`]).
+//! Tollgate's storage: one interface, [`Store`], over two databases — the
+//! embedded SQLite database ([`SqliteStore`], the default: `sqlite://path`)
+//! and PostgreSQL ([`PgStore`], `postgres://…`, for several nodes sharing
+//! one database) — with the same migrations (same numbers, same meaning,
+//! each in its dialect), the same methods and the same semantics, tested by
+//! the same suite against both. Behind it: the access record sink that
+//! writes into the database, and what the admin API reads and keeps there:
+//! access record queries ([`Store::query_access_records`]) and aggregates
+//! ([`Store::analytics`]), the configuration's resources with their audit
+//! log ([`Store::commit`]), admin tokens ([`AdminToken`]), and admin users
+//! with their memberships and console sessions ([`User`]).
 //!
-//! Never used on a request path: the access log thread writes records through
-//! [`SqliteRecordSink`], and the admin API reads them back. Never holds an
-//! admin token or session id itself, only its SHA-256, nor a password, only
-//! its argon2id hash: its methods take no other form.
+//! [`Store`] is an enum of the two backends, not a trait object: see its
+//! documentation for why.
+//!
+//! What must never happen:
+//!
+//! - **No database access on a request path.** The proxy serves from
+//!   in-memory snapshots; the access log thread writes records through the
+//!   sink, quota counters are saved by a flusher task, and only the admin
+//!   API and the control plane read and write here. Every method blocks (on
+//!   SQLite or on the PostgreSQL client): call them from `spawn_blocking`
+//!   in async code.
+//! - **No secret in clear.** The store never holds an admin token or
+//!   session id itself, only its SHA-256, nor a password, only its argon2id
+//!   hash: its methods take no other form. Resource bodies are sealed (see
+//!   [`sealing`]).
+//! - **No write without its audit entry**, and no update or delete of the
+//!   audit log (triggers refuse them, in both databases).
 
 mod admin_tokens;
 mod analytics;
 mod counters;
 mod migrations;
+mod postgres;
 mod query;
 mod resources;
 pub mod sealing;
 mod sink;
+mod store;
+pub mod testing;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -34,11 +55,13 @@ pub use analytics::{
     Aggregate, Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount,
     ConsumerUsage, Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
+pub use postgres::{is_postgres_url, PgRecordSink, PgStore};
 pub use query::{AccessPage, AccessQuery};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
 };
 pub use sink::SqliteRecordSink;
+pub use store::{Store, StoreRecordSink};
 pub use users::{Membership, User, UserUpdate, GLOBAL_TEAM, USER_TOKEN_ROLE};
 
 /// How long a connection waits for another one's write lock before failing.
@@ -105,6 +128,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
 }
 
 /// Where the database lives.
@@ -172,7 +197,8 @@ impl Location {
     }
 }
 
-/// The embedded SQLite database. Cheap to clone; clones share one
+/// The embedded SQLite database (see [`Store`] for the interface callers
+/// use). Cheap to clone; clones share one
 /// connection for queries, and each sink gets its own.
 ///
 /// Its methods block on SQLite: call them from `spawn_blocking` in async code.
@@ -324,7 +350,8 @@ pub struct StoredAccessRecord {
 }
 
 /// The columns [`stored_access_record`] reads, in its order.
-const STORED_COLUMNS: &str = "id, ts, request_id, client_ip, method, host, path, api, service,
+pub(crate) const STORED_COLUMNS: &str =
+    "id, ts, request_id, client_ip, method, host, path, api, service,
     consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
     bytes_in, bytes_out, outcome, reason";
 

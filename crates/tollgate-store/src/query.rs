@@ -360,11 +360,11 @@ fn statement(
 /// Cursors are opaque to clients; inside, a version and the last id, in hex.
 const CURSOR_PREFIX: &str = "1.";
 
-fn encode_cursor(id: i64) -> String {
+pub(crate) fn encode_cursor(id: i64) -> String {
     format!("{CURSOR_PREFIX}{id:x}")
 }
 
-fn decode_cursor(cursor: &str) -> Result<i64, StoreError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<i64, StoreError> {
     cursor
         .strip_prefix(CURSOR_PREFIX)
         .filter(|hex| {

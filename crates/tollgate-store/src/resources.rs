@@ -28,14 +28,14 @@ pub enum Origin {
 }
 
 impl Origin {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Origin::File => "file",
             Origin::Admin => "admin",
         }
     }
 
-    fn parse(text: &str) -> Origin {
+    pub(crate) fn parse(text: &str) -> Origin {
         if text == "file" {
             Origin::File
         } else {
@@ -135,7 +135,7 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-fn context(kind: &str, name: &str) -> Vec<u8> {
+pub(crate) fn context(kind: &str, name: &str) -> Vec<u8> {
     format!("{kind}/{name}").into_bytes()
 }
 

@@ -1,11 +1,15 @@
-//! `SqliteStore::query_access_records`: filters, pages and cursors, through
+//! `Store::query_access_records`, on both databases: filters, pages and cursors, through
 //! the public API. (How each plan reads the table is tested in `query.rs`.)
+
+mod common;
+
+use common::Db;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
-use tollgate_store::{AccessPage, AccessQuery, SqliteStore, StoreError};
+use tollgate_store::{AccessPage, AccessQuery, Store, StoreError};
 use tollgate_telemetry::record::unix_micros;
 use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
 
@@ -51,8 +55,8 @@ fn record(n: usize) -> AccessRecord {
     }
 }
 
-fn store_with(records: &[AccessRecord]) -> SqliteStore {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn store_with(db: &Db, records: &[AccessRecord]) -> Store {
+    let store = db.open();
     store
         .access_record_sink()
         .unwrap()
@@ -62,7 +66,7 @@ fn store_with(records: &[AccessRecord]) -> SqliteStore {
 }
 
 /// Every page of `query`, following `next`; checks each page's size.
-fn all_pages(store: &SqliteStore, query: &AccessQuery) -> Vec<AccessPage> {
+fn all_pages(store: &Store, query: &AccessQuery) -> Vec<AccessPage> {
     let mut pages = Vec::new();
     let mut query = query.clone();
     loop {
@@ -101,10 +105,9 @@ fn expected(records: &[AccessRecord], keep: impl Fn(&AccessRecord) -> bool) -> V
         .collect()
 }
 
-#[test]
-fn each_filter_selects_its_records_newest_first() {
+fn each_filter_selects_its_records_newest_first(db: &Db) {
     let records: Vec<AccessRecord> = (0..300).map(record).collect();
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let ts = |r: &AccessRecord| unix_micros(r.ts);
     let text = |s: &str| Some(s.to_owned());
     let q = || AccessQuery {
@@ -258,10 +261,9 @@ fn each_filter_selects_its_records_newest_first() {
     }
 }
 
-#[test]
-fn a_filter_value_is_never_sql() {
+fn a_filter_value_is_never_sql(db: &Db) {
     let records: Vec<AccessRecord> = (0..20).map(record).collect();
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     for evil in ["' OR 1=1 --", "acme' OR consumer IS NULL OR '", "%", "_"] {
         let query = AccessQuery {
             consumer: Some(evil.to_owned()),
@@ -278,10 +280,9 @@ fn a_filter_value_is_never_sql() {
     assert_eq!(store.count_access_records().unwrap(), 20);
 }
 
-#[test]
-fn pages_neither_repeat_nor_skip_records_written_meanwhile() {
+fn pages_neither_repeat_nor_skip_records_written_meanwhile(db: &Db) {
     let records: Vec<AccessRecord> = (0..95).map(record).collect();
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let mut sink = store.access_record_sink().unwrap();
     let mut query = AccessQuery {
         limit: 10,
@@ -303,9 +304,12 @@ fn pages_neither_repeat_nor_skip_records_written_meanwhile() {
     }
     assert_eq!(seen, expected(&records, |_| true));
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
+}
 
-    // A page that ends exactly at the last record has no next.
-    let store = store_with(&records[..20]);
+/// A page that ends exactly at the last record has no next.
+fn a_page_ending_at_the_last_record_has_no_next(db: &Db) {
+    let records: Vec<AccessRecord> = (0..20).map(record).collect();
+    let store = store_with(db, &records);
     let pages = all_pages(
         &store,
         &AccessQuery {
@@ -317,10 +321,9 @@ fn pages_neither_repeat_nor_skip_records_written_meanwhile() {
     assert_eq!(pages[1].items.len(), 10);
 }
 
-#[test]
-fn limits_default_to_100_and_stop_at_1000() {
+fn limits_default_to_100_and_stop_at_1000(db: &Db) {
     let records: Vec<AccessRecord> = (0..1100).map(record).collect();
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let page = |limit| {
         store
             .query_access_records(&AccessQuery {
@@ -338,9 +341,8 @@ fn limits_default_to_100_and_stop_at_1000() {
     assert_eq!(largest.items[0].request_id, "req-01099");
 }
 
-#[test]
-fn a_cursor_not_from_the_store_is_an_error() {
-    let store = store_with(&(0..30).map(record).collect::<Vec<_>>());
+fn a_cursor_not_from_the_store_is_an_error(db: &Db) {
+    let store = store_with(db, &(0..30).map(record).collect::<Vec<_>>());
     let first = store
         .query_access_records(&AccessQuery {
             limit: 10,
@@ -383,9 +385,8 @@ fn a_cursor_not_from_the_store_is_an_error() {
     assert!(rest.items[0].id < first.items[9].id);
 }
 
-#[test]
-fn an_empty_store_has_one_empty_page() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn an_empty_store_has_one_empty_page(db: &Db) {
+    let store = db.open();
     for query in [
         AccessQuery::default(),
         AccessQuery {
@@ -409,3 +410,13 @@ fn an_empty_store_has_one_empty_page() {
         );
     }
 }
+
+both!(
+    each_filter_selects_its_records_newest_first,
+    a_filter_value_is_never_sql,
+    pages_neither_repeat_nor_skip_records_written_meanwhile,
+    a_page_ending_at_the_last_record_has_no_next,
+    limits_default_to_100_and_stop_at_1000,
+    a_cursor_not_from_the_store_is_an_error,
+    an_empty_store_has_one_empty_page,
+);

@@ -1,8 +1,12 @@
 //! Admin tokens: stored by hash, looked up by hash, never held in plain.
 
+mod common;
+
+use common::Db;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tollgate_store::{AdminToken, SqliteStore, StoreError};
+use tollgate_store::{AdminToken, StoreError};
 
 /// Stands in for SHA-256 (the admin API's hash): the store only ever sees
 /// 32 bytes, whatever made them.
@@ -25,9 +29,8 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-#[test]
-fn tokens_are_stored_and_found_by_hash() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn tokens_are_stored_and_found_by_hash(db: &Db) {
+    let store = db.open();
     assert_eq!(store.admin_token_count().unwrap(), 0);
 
     let before = now();
@@ -55,9 +58,8 @@ fn tokens_are_stored_and_found_by_hash() {
     assert_eq!(store.find_admin_token(&[0; 32]).unwrap(), None);
 }
 
-#[test]
-fn names_and_tokens_are_unique() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn names_and_tokens_are_unique(db: &Db) {
+    let store = db.open();
     store
         .insert_admin_token("ops", &digest("tga_one"), "super_admin")
         .unwrap();
@@ -86,9 +88,8 @@ fn names_and_tokens_are_unique() {
     assert_eq!(store.admin_token_count().unwrap(), 2);
 }
 
-#[test]
-fn touching_records_the_latest_use() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn touching_records_the_latest_use(db: &Db) {
+    let store = db.open();
     let hash = digest("tga_ops");
     let token = store
         .insert_admin_token("ops", &hash, "super_admin")
@@ -119,7 +120,7 @@ fn the_database_never_holds_a_token_only_its_hash() {
     let token = "tga_Zm9vYmFyYmF6cXV4cXV1eHF1dXpxdXV6cXV1eHF1dXo";
     let hash = digest(token);
     {
-        let store = SqliteStore::open(&url).unwrap();
+        let store = tollgate_store::SqliteStore::open(&url).unwrap();
         let stored = store
             .insert_admin_token("bootstrap-admin", &hash, "super_admin")
             .unwrap();
@@ -143,7 +144,7 @@ fn the_database_never_holds_a_token_only_its_hash() {
         "not even in part"
     );
 
-    let store = SqliteStore::open(&url).unwrap();
+    let store = tollgate_store::SqliteStore::open(&url).unwrap();
     assert_eq!(store.admin_token_count().unwrap(), 1);
     assert!(store
         .find_admin_token(&hash)
@@ -158,3 +159,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+
+both!(
+    tokens_are_stored_and_found_by_hash,
+    names_and_tokens_are_unique,
+    touching_records_the_latest_use,
+);

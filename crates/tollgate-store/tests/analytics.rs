@@ -1,14 +1,17 @@
-//! `SqliteStore::analytics`, through the public API, against a brute-force
+//! `Store::analytics`, on both databases, through the public API, against a brute-force
 //! computation over the same generated records. (Which plan reads the table
 //! is tested in `analytics.rs`.)
+
+mod common;
+
+use common::Db;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tollgate_store::{
-    Analytics, AnalyticsQuery, BucketWidth, Percentiles, SqliteStore, StoreError,
-    LATENCY_RELATIVE_ERROR,
+    Analytics, AnalyticsQuery, BucketWidth, Percentiles, Store, StoreError, LATENCY_RELATIVE_ERROR,
 };
 use tollgate_telemetry::record::unix_micros;
 use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
@@ -121,8 +124,8 @@ fn records(n: usize) -> Vec<AccessRecord> {
     out
 }
 
-fn store_with(records: &[AccessRecord]) -> SqliteStore {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn store_with(db: &Db, records: &[AccessRecord]) -> Store {
+    let store = db.open();
     let mut sink = store.access_record_sink().unwrap();
     for batch in records.chunks(500) {
         sink.write_batch(batch).unwrap();
@@ -261,10 +264,9 @@ fn check(records: &[AccessRecord], got: &Analytics, q: &AnalyticsQuery) {
     assert_eq!(got_apis, apis, "{what}");
 }
 
-#[test]
-fn aggregates_equal_a_brute_force_count() {
+fn aggregates_equal_a_brute_force_count(db: &Db) {
     let records = records(6000);
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let first = records.iter().map(|r| unix_micros(r.ts)).min().unwrap();
     let last = records.iter().map(|r| unix_micros(r.ts)).max().unwrap();
     let text = |s: &str| Some(s.to_owned());
@@ -321,10 +323,9 @@ fn aggregates_equal_a_brute_force_count() {
     }
 }
 
-#[test]
-fn quiet_hours_leave_no_bucket() {
+fn quiet_hours_leave_no_bucket(db: &Db) {
     let records = records(3000);
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let first = records.iter().map(|r| unix_micros(r.ts)).min().unwrap();
     let got = store
         .analytics(&AnalyticsQuery::new(
@@ -339,9 +340,8 @@ fn quiet_hours_leave_no_bucket() {
     assert!(got.buckets.iter().all(|b| b.aggregate.requests > 0));
 }
 
-#[test]
-fn an_empty_range_has_no_buckets_and_null_percentiles() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn an_empty_range_has_no_buckets_and_null_percentiles(db: &Db) {
+    let store = db.open();
     let got = store
         .analytics(&AnalyticsQuery::new(T0, T0 + HOUR, BucketWidth::Minute))
         .unwrap();
@@ -354,9 +354,8 @@ fn an_empty_range_has_no_buckets_and_null_percentiles() {
     assert_eq!(json["to"], "2024-05-01T13:00:00.000000Z");
 }
 
-#[test]
-fn too_many_buckets_are_refused() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn too_many_buckets_are_refused(db: &Db) {
+    let store = db.open();
     let minute = BucketWidth::Minute.micros();
     let max = AnalyticsQuery::MAX_BUCKETS as i64;
     let at_most = AnalyticsQuery::new(T0, T0 + max * minute, BucketWidth::Minute);
@@ -377,10 +376,9 @@ fn too_many_buckets_are_refused() {
 
 /// The JSON the admin API sends: times in RFC 3339, a bucket's aggregates
 /// beside its start.
-#[test]
-fn serializes_as_the_admin_api_documents() {
+fn serializes_as_the_admin_api_documents(db: &Db) {
     let records = records(200);
-    let store = store_with(&records);
+    let store = store_with(db, &records);
     let got = store
         .analytics(&AnalyticsQuery::new(
             T0 + 1,
@@ -404,3 +402,11 @@ fn serializes_as_the_admin_api_documents() {
     assert!(json["top_consumers"][0]["requests"].is_u64());
     assert!(json["top_apis"][0]["api"].is_string());
 }
+
+both!(
+    aggregates_equal_a_brute_force_count,
+    quiet_hours_leave_no_bucket,
+    an_empty_range_has_no_buckets_and_null_percentiles,
+    too_many_buckets_are_refused,
+    serializes_as_the_admin_api_documents,
+);

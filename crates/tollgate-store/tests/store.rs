@@ -1,7 +1,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use tollgate_store::{SqliteStore, StoreError};
+mod common;
+
+use common::Db;
+use tollgate_store::{SqliteStore, Store, StoreError};
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome, RecordSink};
 
 fn record(n: usize) -> AccessRecord {
@@ -103,12 +106,10 @@ fn refuses_a_newer_schema() {
     ));
 }
 
-#[test]
-fn a_batch_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&url(&dir.path().join("t.db"))).unwrap();
+fn a_batch_round_trips(db: &Db) {
+    let store = db.open();
     let mut sink = store.access_record_sink().unwrap();
-    assert_eq!(sink.name(), "sqlite");
+    assert_eq!(sink.name(), store.backend());
 
     let mut denied = record(1);
     denied.client_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -186,9 +187,8 @@ fn a_batch_round_trips() {
 
 /// The sink binds only the values that changed since the record before:
 /// every field must still land in its own row.
-#[test]
-fn fields_repeated_or_changed_between_records_round_trip() {
-    let store = SqliteStore::open("sqlite::memory:").unwrap();
+fn fields_repeated_or_changed_between_records_round_trip(db: &Db) {
+    let store = db.open();
     let mut sink = store.access_record_sink().unwrap();
     let mut records = Vec::new();
     for n in 0..12 {
@@ -231,11 +231,8 @@ fn fields_repeated_or_changed_between_records_round_trip() {
     }
 }
 
-#[test]
-fn looks_up_records_by_request_id_without_scanning_the_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&url(&path)).unwrap();
+fn looks_up_records_by_request_id_without_scanning_the_table(db: &Db) {
+    let store = db.open();
     let mut sink = store.access_record_sink().unwrap();
     let mut retried = record(7);
     retried.status = 503;
@@ -258,8 +255,10 @@ fn looks_up_records_by_request_id_without_scanning_the_table() {
         .access_records_by_request_id("no-such-request")
         .unwrap()
         .is_empty());
-
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let Some(path) = store.path() else {
+        return;
+    };
+    let conn = rusqlite::Connection::open(path).unwrap();
     let plan: Vec<String> = conn
         .prepare(
             "EXPLAIN QUERY PLAN SELECT * FROM access_records
@@ -297,10 +296,18 @@ fn memory_databases_are_shared_with_their_sink_but_not_each_other() {
     assert_eq!(other.count_access_records().unwrap(), 0);
 }
 
-#[tokio::test]
-async fn the_access_log_writes_through_the_sink() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&url(&dir.path().join("t.db"))).unwrap();
+/// From inside a Tokio runtime, as the gateway calls it (the PostgreSQL
+/// client must not block a runtime thread: see `PgStore`).
+fn the_access_log_writes_through_the_sink(db: &Db) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(access_log_writes_through_the_sink(db));
+}
+
+async fn access_log_writes_through_the_sink(db: &Db) {
+    let store = db.open();
     let log = AccessLog::start(4096, vec![Box::new(store.access_record_sink().unwrap())]);
     for n in 0..1000 {
         log.record(record(n));
@@ -313,10 +320,8 @@ async fn the_access_log_writes_through_the_sink() {
 }
 
 /// A rough throughput check, not a benchmark: prints records per second.
-#[test]
-fn bulk_insert_sanity() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&url(&dir.path().join("t.db"))).unwrap();
+fn bulk_insert_sanity(db: &Db) {
+    let store = db.open();
     let mut sink = store.access_record_sink().unwrap();
     let batch: Vec<AccessRecord> = (0..512).map(record).collect();
     let batches = 100;
@@ -328,7 +333,8 @@ fn bulk_insert_sanity() {
     let elapsed = started.elapsed();
     let total = batch.len() * batches;
     eprintln!(
-        "inserted {total} access records in {elapsed:?} ({:.0}/s)",
+        "{}: inserted {total} access records in {elapsed:?} ({:.0}/s)",
+        store.backend(),
         total as f64 / elapsed.as_secs_f64()
     );
     assert_eq!(store.count_access_records().unwrap(), total as u64);
@@ -353,3 +359,87 @@ fn a_new_database_and_its_wal_are_readable_by_the_owner_only() {
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
 }
+
+/// Opening again applies nothing twice and keeps what was written.
+fn migrations_apply_once(db: &Db) {
+    let first = db.open();
+    first
+        .access_record_sink()
+        .unwrap()
+        .write_batch(&[record(0)])
+        .unwrap();
+    let second = db.open();
+    assert_eq!(second.schema_version().unwrap(), 5);
+    assert_eq!(second.count_access_records().unwrap(), 1);
+}
+
+/// Nodes starting together: each open waits for the migrations' lock, and
+/// every one finds the schema complete.
+fn nodes_opening_together_migrate_once(db: &Db) {
+    let url = db.url();
+    let stores: Vec<Store> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Store::open(&url).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for store in &stores {
+        assert_eq!(store.schema_version().unwrap(), 5);
+        assert_eq!(store.config_revision().unwrap(), 0);
+    }
+}
+
+fn records_are_pruned_oldest_first(db: &Db) {
+    let store = db.open();
+    store
+        .access_record_sink()
+        .unwrap()
+        .write_batch(&(0..10).map(record).collect::<Vec<_>>())
+        .unwrap();
+    let before = 1_714_564_800_000_000 + 6;
+    assert_eq!(store.prune_access_records(before, 4).unwrap(), 4);
+    assert_eq!(store.prune_access_records(before, 4).unwrap(), 2);
+    assert_eq!(store.prune_access_records(before, 4).unwrap(), 0);
+    assert_eq!(store.count_access_records().unwrap(), 4);
+    let oldest = store.recent_access_records(10).unwrap().pop().unwrap();
+    assert_eq!(oldest.path, "/orders/6");
+}
+
+#[test]
+fn postgres_refuses_a_newer_schema() {
+    let Some(schema) = tollgate_store::testing::PgSchema::create("postgres_refuses_a_newer_schema")
+    else {
+        return;
+    };
+    schema.open();
+    let mut client = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+    client
+        .execute("INSERT INTO migrations (version) VALUES (99)", &[])
+        .unwrap();
+    assert!(matches!(
+        Store::open(&schema.url()),
+        Err(StoreError::SchemaTooNew {
+            found: 99,
+            known: 5
+        })
+    ));
+}
+
+#[test]
+fn unreachable_postgres_is_an_error_not_a_hang() {
+    let started = Instant::now();
+    let error = Store::open("postgres://postgres@127.0.0.1:1/test?connect_timeout=2");
+    assert!(matches!(error, Err(StoreError::Postgres(_))));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+both!(
+    a_batch_round_trips,
+    fields_repeated_or_changed_between_records_round_trip,
+    looks_up_records_by_request_id_without_scanning_the_table,
+    the_access_log_writes_through_the_sink,
+    bulk_insert_sanity,
+    migrations_apply_once,
+    nodes_opening_together_migrate_once,
+    records_are_pruned_oldest_first,
+);

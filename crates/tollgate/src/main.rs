@@ -21,7 +21,7 @@ use tollgate_policy::counters::{spawn_flusher, CounterPersistence, MemoryCounter
 use tollgate_policy::PolicyRegistries;
 use tollgate_proxy::{DataPlane, Listeners};
 use tollgate_store::sealing::{KeySource, MasterKey, Sealer, MASTER_KEY_ENV};
-use tollgate_store::{ConfigState, Origin, SqliteStore};
+use tollgate_store::{ConfigState, Origin, Store};
 use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request;
@@ -344,7 +344,7 @@ fn rotate_master_key(config: Option<&Path>) -> ExitCode {
             }
         };
         let data_dir = policy_state::data_dir(&config);
-        let store = SqliteStore::open(&config.storage.database)
+        let store = Store::open(&config.storage.database)
             .with_context(|| format!("cannot open the database {}", config.storage.database))?;
         let old = open_sealer(&data_dir)?;
         store
@@ -533,7 +533,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // the like) before the database is created.
     check_compiles(&config).map_err(invalid_config)?;
 
-    let store = tollgate_store::SqliteStore::open(&config.storage.database)
+    let store = tollgate_store::Store::open(&config.storage.database)
         .with_context(|| format!("cannot open the database {}", config.storage.database))?;
     let sealer = Arc::new(open_sealer(&policy_state::data_dir(&config))?);
     // The store is the source of truth: the file's resources are applied to
@@ -556,7 +556,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         sinks,
     );
     let persistence: Arc<dyn CounterPersistence> =
-        Arc::new(policy_state::SqliteCounters(store.clone()));
+        Arc::new(policy_state::StoreCounters(store.clone()));
     let restored = counters
         .restore(persistence.clone())
         .await
@@ -706,7 +706,7 @@ fn open_sealer(data_dir: &Path) -> anyhow::Result<Sealer> {
 /// holds with the configuration it makes. Without a file, the store's
 /// resources are served as they are.
 fn apply_file_to_store(
-    store: &SqliteStore,
+    store: &Store,
     sealer: &Sealer,
     file: &Config,
     path: Option<&Path>,

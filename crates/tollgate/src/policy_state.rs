@@ -8,10 +8,10 @@ use tollgate_config::Config;
 use tollgate_policy::counters::{CounterPersistence, PersistedCounter, PersistenceError};
 use tollgate_policy::oauth2::SigningKey;
 
-/// Quota counters saved in the SQLite store, so quotas survive a restart.
-pub struct SqliteCounters(pub tollgate_store::SqliteStore);
+/// Quota counters saved in the store (SQLite or PostgreSQL), so quotas survive a restart.
+pub struct StoreCounters(pub tollgate_store::Store);
 
-impl CounterPersistence for SqliteCounters {
+impl CounterPersistence for StoreCounters {
     fn load(&self, now: i64) -> Result<Vec<PersistedCounter>, PersistenceError> {
         let rows = self.0.load_quota_counters(now)?;
         Ok(rows
@@ -32,7 +32,10 @@ impl CounterPersistence for SqliteCounters {
     }
 }
 
-/// The directory beside the database file, where node-local state lives.
+/// Where node-local state lives (the master key, the bootstrap admin
+/// token, the OAuth2 signing key): the directory beside the SQLite file, or
+/// `./tollgate-data` for an in-memory SQLite database and for PostgreSQL,
+/// whose database holds no files of the node's.
 pub fn data_dir(config: &Config) -> PathBuf {
     let url = &config.storage.database;
     let path = url

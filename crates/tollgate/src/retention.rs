@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tollgate_store::SqliteStore;
+use tollgate_store::Store;
 
 /// How often old records are looked for.
 const EVERY: Duration = Duration::from_secs(3600);
@@ -14,7 +14,7 @@ const BATCH: usize = 5_000;
 /// Pause between batches, for the sink's writes to go in between.
 const PAUSE: Duration = Duration::from_millis(20);
 
-pub async fn run(store: SqliteStore, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(store: Store, retention: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -1,0 +1,234 @@
+//! Whole gateways on PostgreSQL (`storage.database: postgres://…`), each
+//! test in a schema of its own: admin writes followed by the data plane, a
+//! SIGKILL during a stream of writes, and two nodes sharing one database.
+//! Skipped, saying why, without a PostgreSQL server (see
+//! `tollgate_store::testing`); CI has one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tollgate_store::testing::PgSchema;
+use tollgate_testkit::serde_json::{json, Value};
+use tollgate_testkit::{upstream, Gateway};
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// Nodes sharing a database share their master key too.
+const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn start(schema: &PgSchema, yaml: &str) -> Gateway {
+    common::gateway()
+        .config(&format!(
+            "storage: {{ database: '{}' }}\n{yaml}",
+            schema.url()
+        ))
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
+        .start()
+        .await
+}
+
+async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let method = tollgate_testkit::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = gw
+        .client()
+        .request(method, format!("{}{path}", gw.admin_url()))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let body = tollgate_testkit::serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+async fn status(gw: &Gateway, path: &str) -> u16 {
+    gw.client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn service(name: &str, url: &str) -> Value {
+    json!({ "name": name, "upstream": { "targets": [{ "url": url }] } })
+}
+
+fn api(name: &str, service: &str, path: &str) -> Value {
+    json!({ "name": name, "service": service, "match": { "paths": [path] } })
+}
+
+/// Polls `path` on `gw` until it answers `want`, for up to `within`.
+async fn until_status(gw: &Gateway, path: &str, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = status(gw, path).await;
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{path}: {got}, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn resources_are_created_patched_and_deleted_on_postgres() {
+    let Some(schema) = PgSchema::create("resources_are_created_patched_and_deleted_on_postgres")
+    else {
+        return;
+    };
+    let up = upstream::echo("u");
+    let gw = start(&schema, "").await;
+    assert_eq!(status(&gw, "/orders").await, 404);
+    let (code, body) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/services",
+        Some(service("orders", &up.url())),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/apis",
+        Some(api("orders-v1", "orders", "/orders")),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(status(&gw, "/orders/1").await, 200);
+    let (code, body) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/apis",
+        Some(api("orders-v1", "orders", "/x")),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+
+    let patch = json!({ "match": { "paths": ["/v2/orders"] } });
+    let (code, body) = admin(&gw, "PATCH", "/admin/v1/apis/orders-v1", Some(patch)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&gw, "/v2/orders").await, 200);
+    assert_eq!(status(&gw, "/orders").await, 404);
+
+    let (code, _) = admin(&gw, "DELETE", "/admin/v1/apis/orders-v1", None).await;
+    assert_eq!(code, 204);
+    assert_eq!(status(&gw, "/v2/orders").await, 404);
+    let (code, audit) = admin(&gw, "GET", "/admin/v1/audit?kind=apis", None).await;
+    assert_eq!(code, 200, "{audit}");
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["delete", "update", "create"]);
+
+    // Access records land in PostgreSQL too.
+    let store = schema.open();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.count_access_records().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no access record in PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_on_postgres_killed_during_writes_keeps_every_acknowledged_change() {
+    let Some(schema) = PgSchema::create("a_node_on_postgres_killed_during_writes") else {
+        return;
+    };
+    let up = upstream::echo("u");
+    let mut gw = start(
+        &schema,
+        &format!(
+            "services: [{{ name: s, upstream: {{ targets: [{{ url: '{}' }}] }} }}]\n",
+            up.url()
+        ),
+    )
+    .await;
+    let client = gw.client();
+    let admin_url = gw.admin_url();
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 0.. {
+            let sent = client
+                .post(format!("{admin_url}/admin/v1/apis"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&api(&format!("a{i}"), "s", &format!("/p{i}")))
+                .send()
+                .await;
+            match sent {
+                Ok(res) if res.status().as_u16() == 201 => acknowledged.push(i),
+                _ => return (acknowledged, i),
+            }
+        }
+        unreachable!()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.kill().await;
+    let (acknowledged, in_flight) = writer.await.unwrap();
+    assert!(
+        acknowledged.len() >= 3,
+        "only {} writes",
+        acknowledged.len()
+    );
+
+    gw.restart(&[]).await;
+    let (code, listed) = admin(&gw, "GET", "/admin/v1/apis?limit=1000", None).await;
+    assert_eq!(code, 200, "{listed}");
+    let mut stored: Vec<u32> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap()[1..].parse().unwrap())
+        .collect();
+    stored.sort_unstable();
+    let mut expected = acknowledged.clone();
+    if stored.len() == expected.len() + 1 {
+        expected.push(in_flight);
+    }
+    assert_eq!(stored, expected);
+    for i in &stored {
+        assert_eq!(status(&gw, &format!("/p{i}")).await, 200, "/p{i}");
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_sharing_a_database_serve_each_others_writes() {
+    let Some(schema) = PgSchema::create("two_nodes_sharing_a_database") else {
+        return;
+    };
+    let up = upstream::echo("u");
+    let (a, b) = tokio::join!(start(&schema, ""), start(&schema, ""));
+
+    let (code, body) = admin(
+        &a,
+        "POST",
+        "/admin/v1/services",
+        Some(service("s", &up.url())),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = admin(&a, "POST", "/admin/v1/apis", Some(api("from-a", "s", "/a"))).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(status(&a, "/a").await, 200);
+    let waited = until_status(&b, "/a", 200, Duration::from_secs(3)).await;
+    eprintln!("node b served node a's write after {waited:?}");
+
+    let (code, body) = admin(&b, "POST", "/admin/v1/apis", Some(api("from-b", "s", "/b"))).await;
+    assert_eq!(code, 201, "{body}");
+    until_status(&a, "/b", 200, Duration::from_secs(3)).await;
+
+    let (code, _) = admin(&b, "DELETE", "/admin/v1/apis/from-a", None).await;
+    assert_eq!(code, 204);
+    until_status(&a, "/a", 404, Duration::from_secs(3)).await;
+}
