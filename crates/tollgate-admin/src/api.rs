@@ -112,6 +112,21 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             )],
         ),
         (
+            "/admin/v1/tokens",
+            get(crate::tokens::list),
+            vec![op(
+                M::GET,
+                "List admin tokens (never the tokens themselves)",
+                Empty,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/tokens/{id}",
+            delete(crate::tokens::remove),
+            vec![op(M::DELETE, "Revoke an admin token", Empty, 204)],
+        ),
+        (
             "/admin/v1/logs",
             get(logs),
             vec![op(M::GET, "Query access records, newest first", Empty, 200)],

@@ -415,7 +415,11 @@ pub fn check_endpoint(
             Ok(())
         }
         // The handlers apply the users' rules (a user may manage itself).
-        "/admin/v1/users" | "/admin/v1/users/{name}" | "/admin/v1/users/{name}/tokens" => Ok(()),
+        "/admin/v1/users"
+        | "/admin/v1/users/{name}"
+        | "/admin/v1/users/{name}/tokens"
+        | "/admin/v1/tokens"
+        | "/admin/v1/tokens/{id}" => Ok(()),
         "/admin/v1/audit"
         | "/admin/v1/compliance"
         | "/admin/v1/export"

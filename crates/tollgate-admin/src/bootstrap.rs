@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tollgate_policy::credentials;
-use tollgate_store::Store;
+use tollgate_store::{Store, StoreError};
 
 /// The environment variable that sets the first admin token.
 pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
@@ -53,10 +53,19 @@ pub fn ensure_admin_token(
         }
     };
     let hash = credentials::hash_key(&token);
-    store
-        .insert_admin_token("bootstrap", &hash, "super_admin")
-        .map_err(|e| e.to_string())?;
-    Ok(outcome)
+    match store.insert_admin_token("bootstrap", &hash, "super_admin") {
+        Ok(_) => Ok(outcome),
+        // Another node sharing the database stored its first token between
+        // our count and our insert: that one is the bootstrap token, and a
+        // file of ours would hold one that opens nothing.
+        Err(StoreError::AdminTokenNameTaken(_) | StoreError::AdminTokenHashTaken) => {
+            if let Bootstrap::Generated(path) = &outcome {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(Bootstrap::Existing)
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// `tga_` and 256 random bits, in base64url.

@@ -110,6 +110,8 @@ pub struct ComplianceSettings {
     pub inactive_days: u32,
     /// A key issued (`created`) more than this many days ago is reported.
     pub max_key_age_days: u32,
+    /// An admin token stored more than this many days ago is reported.
+    pub max_token_age_days: u32,
 }
 
 impl Default for ComplianceSettings {
@@ -117,6 +119,7 @@ impl Default for ComplianceSettings {
         ComplianceSettings {
             inactive_days: 90,
             max_key_age_days: 365,
+            max_token_age_days: 90,
         }
     }
 }
@@ -445,6 +448,34 @@ pub fn inactive_consumers(
         .collect()
 }
 
+/// `admin_token_not_rotated`: each admin token stored more than
+/// `settings.max_token_age_days` ago (Unix seconds in `tokens`).
+pub fn old_admin_tokens(
+    tokens: &[tollgate_store::AdminToken],
+    settings: &ComplianceSettings,
+    now: OffsetDateTime,
+) -> Vec<Finding> {
+    let max_age = i64::from(settings.max_token_age_days) * 86_400;
+    tokens
+        .iter()
+        .filter(|token| now.unix_timestamp() - token.created_at > max_age)
+        .map(|token| {
+            Finding::new(
+                "admin_token_not_rotated",
+                Severity::Medium,
+                format!("tokens/{}", token.name),
+                format!(
+                    "admin token {} was stored {} days ago (more than {}): issue a new one and revoke this one (DELETE /admin/v1/tokens/{})",
+                    token.id,
+                    (now.unix_timestamp() - token.created_at) / 86_400,
+                    settings.max_token_age_days,
+                    token.id
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The configured consumers with at least one access record at or after
 /// `since`: one newest-first query of a single record per consumer. Blocks.
 fn active_consumers(
@@ -502,9 +533,20 @@ pub async fn handler(
                         ))
                     })?;
             }
+            "max_token_age_days" => {
+                settings.max_token_age_days = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "max_token_age_days must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
+                        ))
+                    })?;
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter `{other}`: use inactive_days, max_key_age_days"
+                    "unknown parameter `{other}`: use inactive_days, max_key_age_days, max_token_age_days"
                 )))
             }
         }
@@ -514,12 +556,18 @@ pub async fn handler(
     let since = now - time::Duration::days(i64::from(settings.inactive_days));
     let store = api.store.clone();
     let live = config.clone();
-    let active = tokio::task::spawn_blocking(move || active_consumers(&store, &live, since))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let (active, tokens) = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((
+            active_consumers(&store, &live, since)?,
+            store.list_admin_tokens()?,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     let mut findings = check_with(&config, now, &settings);
     findings.extend(inactive_consumers(&config, &settings, &active));
+    findings.extend(old_admin_tokens(&tokens, &settings, now));
     Ok(Json(Report::new(findings)))
 }
 

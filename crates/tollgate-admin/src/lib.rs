@@ -14,6 +14,7 @@ pub mod compliance;
 pub mod control;
 pub mod openapi;
 mod resources_api;
+mod tokens;
 pub mod users;
 
 use std::convert::Infallible;

@@ -73,6 +73,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Writer {
 }
 
 impl Writer {
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub(crate) fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
     /// [`ControlPlane::write_checked`] as this caller, under its rules.
     async fn write(
         &self,

@@ -125,6 +125,10 @@ impl Store {
         pub fn resource_revision(&self, kind: &str, name: &str) -> Result<Option<i64>, StoreError>;
         /// How many admin tokens are stored.
         pub fn admin_token_count(&self) -> Result<u64, StoreError>;
+        /// Every admin token (never the token itself), oldest first.
+        pub fn list_admin_tokens(&self) -> Result<Vec<AdminToken>, StoreError>;
+        /// Deletes the admin token `id` with its audit entries; `false` when there was none.
+        pub fn delete_admin_token(&self, id: i64, audit: &[AuditEntry]) -> Result<bool, StoreError>;
         /// Stores an admin token by its SHA-256.
         pub fn insert_admin_token(&self, name: &str, hash: &[u8; 32], role: &str) -> Result<AdminToken, StoreError>;
         /// The token whose SHA-256 is `hash`, if one is stored.

@@ -251,6 +251,29 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Every admin token (never the token itself), oldest first.
+    pub fn list_admin_tokens(&self) -> Result<Vec<AdminToken>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM admin_tokens ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], admin_token)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the admin token `id` with its `audit` entries; `false` when
+    /// there was none.
+    pub fn delete_admin_token(&self, id: i64, audit: &[AuditEntry]) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if tx.execute("DELETE FROM admin_tokens WHERE id = ?1", [id])? == 0 {
+            return Ok(false);
+        }
+        append_audit(&tx, now_micros(), revision(&tx)?, audit)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Stores an admin token of the user `user` by its SHA-256, `hash`,
     /// under `token_name`, with its `audit` entries.
     pub fn insert_user_token(

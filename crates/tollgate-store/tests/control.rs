@@ -320,6 +320,28 @@ fn tokens_and_sessions_belong_to_their_user_and_go_with_it(db: &Db) {
         Err(StoreError::AdminTokenNameTaken(_))
     ));
 
+    // Listed without the token, oldest first; deleted with an audit entry.
+    let other = store
+        .insert_admin_token("ops", &[5; 32], "super_admin")
+        .unwrap();
+    let listed: Vec<(i64, String)> = store
+        .list_admin_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    assert_eq!(
+        listed,
+        [(token.id, "ann/1".into()), (other.id, "ops".into())]
+    );
+    let before = store.query_audit(&all_audit()).unwrap().len();
+    assert!(store
+        .delete_admin_token(other.id, &[audit("delete_token", "tokens", "ops")])
+        .unwrap());
+    assert!(!store.delete_admin_token(other.id, &[]).unwrap());
+    assert!(store.find_admin_token(&[5; 32]).unwrap().is_none());
+    assert_eq!(store.query_audit(&all_audit()).unwrap().len(), before + 1);
+
     let now = now_secs();
     store.create_session(ann.id, &[3; 32], now + 60).unwrap();
     store.create_session(ann.id, &[4; 32], now - 1).unwrap();
@@ -412,3 +434,10 @@ both!(
     tokens_and_sessions_belong_to_their_user_and_go_with_it,
     quota_counters_survive_reopening_the_database,
 );
+
+fn all_audit() -> tollgate_store::AuditQuery {
+    tollgate_store::AuditQuery {
+        limit: 1000,
+        ..tollgate_store::AuditQuery::default()
+    }
+}

@@ -711,6 +711,40 @@ fn apply_file_to_store(
     file: &Config,
     path: Option<&Path>,
 ) -> anyhow::Result<(ConfigState, Config)> {
+    // Nodes sharing a database and starting together race to apply the same
+    // file: the loser plans again against the winner's revision.
+    for _ in 0..STARTUP_SYNC_ATTEMPTS - 1 {
+        match try_apply_file_to_store(store, sealer, file, path) {
+            Err(error)
+                if error.chain().any(|cause| {
+                    matches!(
+                        cause.downcast_ref::<tollgate_store::StoreError>(),
+                        Some(
+                            tollgate_store::StoreError::Stale { .. }
+                                | tollgate_store::StoreError::Conflict { .. }
+                                | tollgate_store::StoreError::Exists { .. }
+                                | tollgate_store::StoreError::Missing { .. }
+                        )
+                    )
+                }) =>
+            {
+                tracing::debug!(%error, "another node changed the store meanwhile; applying the file again");
+            }
+            other => return other,
+        }
+    }
+    try_apply_file_to_store(store, sealer, file, path)
+}
+
+/// How often start-up tries to apply the file when other nodes write meanwhile.
+const STARTUP_SYNC_ATTEMPTS: usize = 5;
+
+fn try_apply_file_to_store(
+    store: &Store,
+    sealer: &Sealer,
+    file: &Config,
+    path: Option<&Path>,
+) -> anyhow::Result<(ConfigState, Config)> {
     let state = store
         .load_resources(sealer)
         .context("cannot read the configuration from the store")?;

@@ -936,3 +936,92 @@ apis:
     .await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn admin_tokens_are_listed_rotated_and_reported_when_old() {
+    let gw = start("").await;
+    let listed = admin(&gw, "GET", "/admin/v1/tokens", None, None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let bootstrap = &listed.body["items"][0];
+    assert_eq!(bootstrap["name"], "bootstrap");
+    assert_eq!(bootstrap["role"], "super_admin");
+    assert!(!listed.body.to_string().contains(ADMIN_TOKEN));
+    let bootstrap_id = bootstrap["id"].as_i64().unwrap();
+
+    // The only way in cannot be revoked.
+    let last = admin(
+        &gw,
+        "DELETE",
+        &format!("/admin/v1/tokens/{bootstrap_id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(last.status, 409, "{}", last.body);
+    assert_eq!(last.body["error"]["code"], "last_super_admin");
+
+    // Rotation: a super_admin user with a token of its own, then the bootstrap token goes.
+    let user = admin(
+        &gw,
+        "POST",
+        "/admin/v1/users",
+        Some(json!({ "name": "root", "password": "a long enough password", "memberships": [{ "team": "*", "role": "super_admin" }] })),
+        None,
+    )
+    .await;
+    assert_eq!(user.status, 201, "{}", user.body);
+    let issued = admin(&gw, "POST", "/admin/v1/users/root/tokens", None, None).await;
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    let new_token = issued.body["token"].as_str().unwrap().to_string();
+
+    // An old token is a compliance finding.
+    {
+        let conn = rusqlite::Connection::open(gw.dir().join("tollgate.db")).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute(
+            "UPDATE admin_tokens SET created_at = created_at - 200 * 86400 WHERE name = 'bootstrap'",
+            [],
+        )
+        .unwrap();
+    }
+    let report = admin(&gw, "GET", "/admin/v1/compliance", None, None).await;
+    let findings = report.body["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["id"] == "admin_token_not_rotated" && f["resource"] == "tokens/bootstrap"),
+        "{}",
+        report.body
+    );
+    assert!(!findings
+        .iter()
+        .any(|f| f["id"] == "admin_token_not_rotated" && f["resource"] != "tokens/bootstrap"));
+
+    let revoked = gw
+        .client()
+        .delete(format!("{}/admin/v1/tokens/{bootstrap_id}", gw.admin_url()))
+        .bearer_auth(&new_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 204);
+    let gone = admin(&gw, "GET", "/admin/v1/tokens", None, None).await;
+    assert_eq!(
+        gone.status, 401,
+        "the revoked token no longer opens the API"
+    );
+    let audit = gw
+        .client()
+        .get(format!("{}/admin/v1/audit?kind=tokens", gw.admin_url()))
+        .bearer_auth(&new_token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(audit["items"][0]["action"], "delete");
+    assert_eq!(audit["items"][0]["name"], "bootstrap");
+    assert_eq!(audit["items"][0]["actor"], "root");
+}

@@ -194,6 +194,7 @@ async fn the_endpoint_reports_every_check_and_consumer_activity() {
         "?inactive_days=0",
         "?inactive_days=soon",
         "?max_key_age_days=0",
+        "?max_token_age_days=0",
         "?colour=blue",
     ] {
         let (status, body) = admin_get(&gw, &format!("/admin/v1/compliance{bad}")).await;

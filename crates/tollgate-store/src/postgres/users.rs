@@ -102,6 +102,34 @@ impl PgStore {
         })
     }
 
+    /// As [`crate::SqliteStore::list_admin_tokens`].
+    pub fn list_admin_tokens(&self) -> Result<Vec<AdminToken>, StoreError> {
+        self.with(|client| {
+            client
+                .query(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens ORDER BY id"),
+                    &[],
+                )?
+                .iter()
+                .map(admin_token)
+                .collect()
+        })
+    }
+
+    /// As [`crate::SqliteStore::delete_admin_token`].
+    pub fn delete_admin_token(&self, id: i64, audit: &[AuditEntry]) -> Result<bool, StoreError> {
+        self.with(|client| {
+            let mut tx = client.transaction()?;
+            let revision = lock_revision(&mut tx)?;
+            if tx.execute("DELETE FROM admin_tokens WHERE id = $1", &[&id])? == 0 {
+                return Ok(false);
+            }
+            append_audit(&mut tx, now_micros(), revision, audit)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
     /// As [`crate::SqliteStore::insert_admin_token`].
     pub fn insert_admin_token(
         &self,
