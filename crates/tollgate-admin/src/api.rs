@@ -412,6 +412,21 @@ async fn authenticate(
             })?
         }
         (None, Some(session)) => {
+            // A cookie rides along with any request a browser makes, even
+            // one another site's page starts: a change must come from the
+            // console's own origin (OWASP's origin check, besides the
+            // cookie's SameSite=Strict).
+            let safe = matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            );
+            if !safe && !same_origin(request.headers()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    "a change with a session cookie must come from the admin listener's own origin",
+                ));
+            }
             let hash = tollgate_policy::credentials::hash_key(&session);
             let user = blocking(move || store.find_session_user(&hash, now_unix())).await?;
             let user = user.ok_or_else(|| {
@@ -544,6 +559,26 @@ async fn logs(
             other => ApiError::internal(other),
         })?;
     Ok(Json(json!({ "items": page.items, "next": page.next })))
+}
+
+/// Whether a request comes from the admin listener's own origin: its
+/// `Origin` names the `Host` it was sent to; without `Origin`, a browser's
+/// `Sec-Fetch-Site` says same-origin (or none: typed by the user); a client
+/// that sends neither is no browser, which a cookie cannot be forged from.
+fn same_origin(headers: &http::HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        return authority.is_some() && authority == host;
+    }
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        Some(site) => site == b"same-origin" || site == b"none",
+        None => true,
+    }
 }
 
 /// `?limit=`: 1 to [`MAX_LIMIT`].

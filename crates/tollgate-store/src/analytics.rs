@@ -453,13 +453,19 @@ impl Accumulator {
 
     /// Counts one row of [`COLUMNS`].
     fn add(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        // As bytes: no UTF-8 check for a value compared with ASCII.
+        let outcome = row.get_ref(3)?.as_bytes()?;
         self.add_record(&AggregatedRecord {
             ts: row.get(0)?,
             latency_ms: real(row.get_ref(1)?),
             status: row.get_ref(2)?.as_i64().unwrap_or(0),
-            // As bytes: no UTF-8 check for a value compared with ASCII.
-            outcome: row.get_ref(3)?.as_bytes()?,
-            reason: row.get_ref(4)?.as_str_or_null()?,
+            outcome,
+            // Only denials are counted by reason: the others' go unread.
+            reason: if outcome == b"denied" {
+                row.get_ref(4)?.as_str_or_null()?
+            } else {
+                None
+            },
             bytes_in: count(row.get_ref(5)?),
             bytes_out: count(row.get_ref(6)?),
             api: row.get_ref(7)?.as_str_or_null()?,

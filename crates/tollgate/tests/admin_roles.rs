@@ -1284,6 +1284,25 @@ async fn users_sign_in_with_a_session_and_use_their_own_tokens() {
     assert_eq!(token.status, 201, "{}", token.body);
     let token = token.body["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("tga_"));
+
+    // A change riding on the cookie must come from the admin origin itself.
+    let from = |origin: Option<String>, site: Option<&'static str>| {
+        let mut request = gw
+            .client()
+            .post(format!("{}/admin/v1/users/ann/tokens", gw.admin_url()))
+            .header("cookie", format!("tollgate_session={session}"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(from(Some("https://evil.example".into()), None).await, 403);
+    assert_eq!(from(None, Some("cross-site")).await, 403);
+    assert_eq!(from(Some(gw.admin_url()), None).await, 201);
+    assert_eq!(from(None, Some("same-origin")).await, 201);
     let by_token = call(
         &gw,
         Auth::Bearer(&token),
@@ -1395,7 +1414,18 @@ async fn users_sign_in_with_a_session_and_use_their_own_tokens() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["delete", "update", "create_token", "create"]);
+    // Three tokens: one by the session, two from the console's origin.
+    assert_eq!(
+        actions,
+        [
+            "delete",
+            "update",
+            "create_token",
+            "create_token",
+            "create_token",
+            "create"
+        ]
+    );
     for text in [
         users.body.to_string(),
         audit.body.to_string(),
