@@ -647,13 +647,29 @@ pub async fn login(
     let matched = passwords
         .verify(user.as_ref().map(|u| u.password_hash.clone()), password)
         .await;
+    // Every sign-in, allowed or refused, is on record; a failed one names
+    // the name tried, never the password.
+    let sign_in = |action: &str| AuditEntry {
+        actor: name.clone(),
+        client_ip: Some(ip.to_string()),
+        action: action.to_string(),
+        kind: "sessions".to_string(),
+        name: name.clone(),
+        diff: Value::Null,
+    };
     let Some(user) = user.filter(|_| matched) else {
+        let store = api.store.clone();
+        let entry = sign_in("login_failed");
+        store_call(move || store.record_audit(&[entry])).await?;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "the name or password is not valid",
         ));
     };
+    let store = api.store.clone();
+    let entry = sign_in("login");
+    store_call(move || store.record_audit(&[entry])).await?;
     let session = tollgate_policy::credentials::random_token(SESSION_PREFIX);
     let hash = tollgate_policy::credentials::hash_key(&session);
     let expires_at = now_unix() + SESSION_TTL.as_secs() as i64;

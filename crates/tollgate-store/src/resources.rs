@@ -173,6 +173,21 @@ pub(crate) fn append_audit(
 }
 
 impl SqliteStore {
+    /// Appends `entries` that record no change of configuration (sign-ins)
+    /// at the current revision, without bumping it.
+    pub fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revision: i64 = tx.query_row(
+            "SELECT revision FROM config_state WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        append_audit(&tx, now_micros(), revision, entries)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The config revision: bumped by every commit.
     pub fn config_revision(&self) -> Result<i64, StoreError> {
         Ok(self.lock().query_row(

@@ -117,6 +117,8 @@ impl Store {
         /// Applies `writes` and appends `audit` in one transaction: see
         /// [`SqliteStore::commit`].
         pub fn commit(&self, sealer: &Sealer, based_on: Option<i64>, writes: &[ResourceWrite], audit: &[AuditEntry]) -> Result<i64, StoreError>;
+        /// Appends audit entries that record no configuration change (sign-ins).
+        pub fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
         /// Audit log entries matching `query`, newest first.
         pub fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
         /// Seals every resource body again under `new`, in one transaction.

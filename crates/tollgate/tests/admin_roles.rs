@@ -1303,6 +1303,25 @@ async fn users_sign_in_with_a_session_and_use_their_own_tokens() {
     assert_eq!(from(None, Some("cross-site")).await, 403);
     assert_eq!(from(Some(gw.admin_url()), None).await, 201);
     assert_eq!(from(None, Some("same-origin")).await, 201);
+
+    // Sign-ins are on record, refused ones too, without the password tried.
+    let signins = root(&gw, "GET", "/admin/v1/audit?kind=sessions", None).await;
+    let seen: Vec<(&str, &str)> = signins.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("login", "ann"),
+            ("login_failed", "nobody"),
+            ("login_failed", "ann")
+        ]
+    );
+    assert!(!signins.body.to_string().contains("not the password at all"));
+    assert!(signins.body["items"][0]["client_ip"].is_string());
     let by_token = call(
         &gw,
         Auth::Bearer(&token),

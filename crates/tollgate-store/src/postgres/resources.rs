@@ -65,6 +65,19 @@ fn revision(client: &mut impl GenericClient) -> Result<i64, StoreError> {
 }
 
 impl PgStore {
+    /// As [`crate::SqliteStore::record_audit`].
+    pub fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        self.with(|client| {
+            let mut tx = client.transaction()?;
+            let current = revision(&mut tx)?;
+            append_audit(&mut tx, crate::resources::now_micros(), current, entries)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
+impl PgStore {
     /// The config revision: bumped by every commit.
     pub fn config_revision(&self) -> Result<i64, StoreError> {
         self.with(revision)
