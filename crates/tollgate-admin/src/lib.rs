@@ -127,10 +127,24 @@ async fn dispatch(
     };
     let request_id = new_request_id();
     request.extensions_mut().insert(api::ClientAddr(peer));
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = match tower::ServiceExt::oneshot(router, request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
+    // Refused admin requests are on record in the log (writes and sign-ins
+    // also in the audit log); the credential never is.
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        tracing::warn!(
+            %request_id,
+            %method,
+            %path,
+            client = %peer.ip(),
+            status = status.as_u16(),
+            "admin request refused"
+        );
+    }
     with_request_id(response, &request_id).await
 }
 

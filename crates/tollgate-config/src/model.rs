@@ -111,9 +111,20 @@ pub struct CertificateFiles {
 pub struct Storage {
     /// `sqlite://PATH` (embedded default) or `postgres://USER@HOST:PORT/DB`
     /// (several nodes sharing one database; node-local files then live in
-    /// `./tollgate-data`).
+    /// `./tollgate-data`), or `env:NAME` for a URL with a password in it.
     #[serde(default = "defaults::database")]
     pub database: String,
+}
+
+impl Storage {
+    /// The database URL: `database` itself, or the value of the variable an
+    /// `env:NAME` names (an error message when it is unset or empty).
+    pub fn url(&self) -> Result<String, String> {
+        match self.database.strip_prefix("env:") {
+            Some(name) => crate::Secret::Env(name.trim().to_string()).resolve(),
+            None => Ok(self.database.clone()),
+        }
+    }
 }
 
 impl Default for Storage {

@@ -53,15 +53,21 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
             "must differ from listen.proxy".into(),
         );
     }
-    if !(config.storage.database.starts_with("sqlite://")
-        || config.storage.database.starts_with("postgres://")
-        || config.storage.database.starts_with("postgresql://")
-        || config.storage.database.starts_with("sqlite:"))
-    {
-        err(
-            "storage.database".into(),
-            "must be sqlite://PATH or postgres://…".into(),
-        );
+    match config.storage.url() {
+        Err(message) => err("storage.database".into(), message),
+        Ok(url)
+            if !(url.starts_with("sqlite://")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:")) =>
+        {
+            // Never repeat the URL: it may hold a password.
+            err(
+                "storage.database".into(),
+                "must be sqlite://PATH, postgres://… or env:NAME".into(),
+            )
+        }
+        Ok(_) => {}
     }
 
     let mut service_names = HashSet::new();
@@ -272,6 +278,26 @@ fn check_target(target: &Target, path: &str, err: &mut impl FnMut(String, String
 #[cfg(test)]
 mod tests {
     use crate::from_yaml;
+
+    #[test]
+    fn the_database_url_may_come_from_the_environment_and_is_never_echoed() {
+        let unset =
+            crate::from_yaml("storage: { database: env:TOLLGATE_TEST_DB_UNSET_4711 }").unwrap_err();
+        assert_eq!(unset[0].path, "storage.database");
+        assert!(unset[0].message.contains("not set"), "{}", unset[0]);
+        std::env::set_var("TOLLGATE_TEST_DB_URL_4711", "postgres://u:s3cr3t@h/db");
+        let config =
+            crate::from_yaml("storage: { database: env:TOLLGATE_TEST_DB_URL_4711 }").unwrap();
+        assert_eq!(config.storage.url().unwrap(), "postgres://u:s3cr3t@h/db");
+        assert_eq!(config.storage.database, "env:TOLLGATE_TEST_DB_URL_4711");
+        std::env::set_var("TOLLGATE_TEST_DB_BAD_4711", "mysql://u:s3cr3t@h/db");
+        let bad =
+            crate::from_yaml("storage: { database: env:TOLLGATE_TEST_DB_BAD_4711 }").unwrap_err();
+        assert!(!bad[0].message.contains("s3cr3t"), "{}", bad[0]);
+        let literal =
+            crate::from_yaml("storage: { database: 'mysql://u:s3cr3t@h/db' }").unwrap_err();
+        assert!(!literal[0].message.contains("s3cr3t"), "{}", literal[0]);
+    }
 
     #[test]
     fn every_error_is_listed_with_its_path() {

@@ -55,7 +55,7 @@ pub use analytics::{
     Aggregate, Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount,
     ConsumerUsage, Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
-pub use postgres::{is_postgres_url, PgRecordSink, PgStore};
+pub use postgres::{is_postgres_url, redact as redact_database_url, PgRecordSink, PgStore};
 pub use query::{AccessPage, AccessQuery};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,

@@ -344,8 +344,12 @@ fn rotate_master_key(config: Option<&Path>) -> ExitCode {
             }
         };
         let data_dir = policy_state::data_dir(&config);
-        let store = Store::open(&config.storage.database)
-            .with_context(|| format!("cannot open the database {}", config.storage.database))?;
+        let store = Store::open(&database_url(&config)?).with_context(|| {
+            format!(
+                "cannot open the database {}",
+                tollgate_store::redact_database_url(&config.storage.database)
+            )
+        })?;
         let old = open_sealer(&data_dir)?;
         store
             .load_resources(&old)
@@ -533,8 +537,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // the like) before the database is created.
     check_compiles(&config).map_err(invalid_config)?;
 
-    let store = tollgate_store::Store::open(&config.storage.database)
-        .with_context(|| format!("cannot open the database {}", config.storage.database))?;
+    let store = tollgate_store::Store::open(&database_url(&config)?).with_context(|| {
+        format!(
+            "cannot open the database {}",
+            tollgate_store::redact_database_url(&config.storage.database)
+        )
+    })?;
     let sealer = Arc::new(open_sealer(&policy_state::data_dir(&config))?);
     // The store is the source of truth: the file's resources are applied to
     // it, then everything it holds is served.
@@ -778,6 +786,14 @@ fn try_apply_file_to_store(
         .load_resources(sealer)
         .context("cannot read the configuration from the store")?;
     Ok((state, plan.config))
+}
+
+/// `storage.database`, its `env:NAME` resolved (validated at load already).
+fn database_url(config: &Config) -> anyhow::Result<String> {
+    config
+        .storage
+        .url()
+        .map_err(|message| anyhow::anyhow!("storage.database: {message}"))
 }
 
 fn invalid_config(errors: Vec<ConfigError>) -> anyhow::Error {

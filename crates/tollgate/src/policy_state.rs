@@ -37,7 +37,7 @@ impl CounterPersistence for StoreCounters {
 /// `./tollgate-data` for an in-memory SQLite database and for PostgreSQL,
 /// whose database holds no files of the node's.
 pub fn data_dir(config: &Config) -> PathBuf {
-    let url = &config.storage.database;
+    let url = config.storage.url().unwrap_or_default();
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

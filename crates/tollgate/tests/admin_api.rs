@@ -76,6 +76,13 @@ async fn the_admin_api_always_needs_a_token() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(!gw.logs().contains(ADMIN_TOKEN));
+    // Every refusal is in the log, with its request id, never the token tried.
+    tollgate_testkit::eventually(Duration::from_secs(5), || async {
+        gw.stderr().matches("admin request refused").count() == 3
+    })
+    .await;
+    assert!(gw.stderr().contains("path=/admin/v1/consumers"));
+    assert!(!gw.logs().contains("wrong-token-0123456789"));
 }
 
 #[tokio::test]

@@ -272,3 +272,34 @@ async fn the_master_key_rotates_and_only_the_right_key_opens_the_store() {
     let idp: Value = res.json().await.unwrap();
     assert_eq!(idp["secret"], "<redacted>");
 }
+
+#[tokio::test]
+async fn the_database_url_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("via-env.db");
+    let gw = common::gateway()
+        .config("storage: { database: env:TOLLGATE_TEST_DATABASE }\n")
+        .env(
+            "TOLLGATE_TEST_DATABASE",
+            format!("sqlite://{}", db.display()),
+        )
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .start()
+        .await;
+    assert!(db.exists(), "the database is where the variable says");
+    assert!(
+        dir.path().join("master-key").exists(),
+        "node files live beside it"
+    );
+    let mut refused = common::gateway()
+        .config("storage: { database: env:TOLLGATE_TEST_DATABASE_UNSET }\n")
+        .spawn();
+    assert_eq!(
+        refused.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(2)
+    );
+    assert!(refused.stderr().contains(
+        "storage.database: environment variable TOLLGATE_TEST_DATABASE_UNSET is not set"
+    ));
+    drop(gw);
+}

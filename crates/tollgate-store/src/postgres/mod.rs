@@ -88,8 +88,8 @@ pub(crate) fn parse_config(url: &str) -> Result<postgres::Config, StoreError> {
     })
 }
 
-/// `url` without its password, for messages.
-fn redact(url: &str) -> String {
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
