@@ -472,19 +472,45 @@ impl ApiPolicies {
     }
 }
 
-/// Headers identifying a caller that only the gateway may set: removed from
-/// every request before policies run, so a client cannot pose as a consumer.
+/// Headers a client may not send upstream, removed from every request before
+/// policies run:
+///
+/// - those identifying a caller, which only the gateway may set, so a client
+///   cannot pose as a consumer;
+/// - those that make frameworks treat a request as another method or path
+///   (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`,
+///   `X-Original-URL`, `X-Rewrite-URL`), so the method and path the
+///   gateway's routing, ACL and scopes judged are the ones served.
+///
 /// Spellings with `_` for `-` go too: CGI-style upstreams (WSGI, Rack, PHP)
 /// read `X_Consumer_Team` as `X-Consumer-Team`.
-pub fn remove_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
+pub fn remove_forbidden_request_headers(headers: &mut HeaderMap) {
+    let forbidden: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_identity_header(name.as_str()))
+        .filter(|name| is_identity_header(name.as_str()) || is_override_header(name.as_str()))
         .cloned()
         .collect();
-    for name in spoofed {
+    for name in forbidden {
         headers.remove(name);
     }
+}
+
+/// Whether `name` asks an upstream framework for another method or path.
+fn is_override_header(name: &str) -> bool {
+    const OVERRIDES: [&str; 5] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+    ];
+    // Header names arrive lower-cased.
+    OVERRIDES.iter().any(|o| {
+        o.len() == name.len()
+            && o.bytes()
+                .zip(name.bytes())
+                .all(|(o, n)| o == n || (o == b'-' && n == b'_'))
+    })
 }
 
 /// `x-consumer-name`, `x-consumer-team` or `x-claim-*`, with `_` read as `-`.

@@ -274,8 +274,9 @@ impl Proxy {
         fin.metrics = Some(api.metrics.clone());
         lifecycle_headers = &api.lifecycle.headers;
 
-        // Only the gateway says who the caller is.
-        tollgate_policy::engine::remove_identity_headers(req.headers_mut());
+        // Only the gateway says who the caller is, and the method and path
+        // judged are the ones served.
+        tollgate_policy::engine::remove_forbidden_request_headers(req.headers_mut());
         let policies = api.policies.as_deref();
         let mut identity: Option<Identity> = None;
         let mut applied = Applied {

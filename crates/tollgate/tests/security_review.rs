@@ -180,6 +180,52 @@ async fn identity_headers_cannot_be_spoofed_with_underscores() {
     }
 }
 
+#[tokio::test]
+async fn method_and_path_overrides_never_reach_the_upstream() {
+    // Frameworks that honour these would serve another method or path than
+    // the one the gateway's routing, ACL and scopes judged.
+    let (gw, _up) = start().await;
+    let overrides = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "X_HTTP_Method_Override",
+        "x_original_url",
+    ];
+    for (path, key) in [("/admin", Some(ALICE_KEY)), ("/open", None)] {
+        let mut request = gw.client().get(gw.url(path)).header("x-kept", "yes");
+        for name in overrides {
+            request = request.header(
+                name,
+                if name.contains("url") {
+                    "/admin/delete"
+                } else {
+                    "DELETE"
+                },
+            );
+        }
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let res = request.send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let echo: Value = res.json().await.unwrap();
+        let headers = echo["headers"].as_object().unwrap();
+        assert_eq!(headers["x-kept"], "yes", "{path}: other headers pass");
+        for name in headers.keys() {
+            let folded = name.to_ascii_lowercase().replace('_', "-");
+            assert!(
+                !overrides
+                    .iter()
+                    .any(|o| o.to_ascii_lowercase().replace('_', "-") == folded),
+                "{path}: the client's {name} reached the upstream: {echo}"
+            );
+        }
+    }
+}
+
 /// An upstream that switches to any protocol asked for and then answers
 /// every HTTP/1.1 request on the switched connection with its request line:
 /// what an h2c-capable server does, in the simplest form.
