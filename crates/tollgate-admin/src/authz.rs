@@ -160,6 +160,50 @@ impl Principal {
     }
 }
 
+/// ACL groups are names shared by every team: a consumer in group `g` is
+/// admitted by any ACL that allows `g`. So a group that an ACL outside the
+/// caller's teams allows (another team's API or service, a teamless one, or
+/// the global policies) is given to a consumer only by a super_admin —
+/// otherwise a team could put its consumer through another team's ACL.
+/// `added` are the groups the write gives that the consumer did not have.
+pub fn check_groups(principal: &Principal, config: &Config, added: &[&str]) -> Result<(), Refusal> {
+    if principal.is_super_admin() || added.is_empty() {
+        return Ok(());
+    }
+    let service_team = |name: &str| {
+        config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.team.as_deref())
+    };
+    let mut foreign = vec![&config.policies];
+    for service in &config.services {
+        if !principal.member_of(service.team.as_deref()) {
+            foreign.push(&service.policies);
+        }
+    }
+    for api in &config.apis {
+        if !principal.member_of(service_team(&api.service)) {
+            foreign.push(&api.policies);
+        }
+    }
+    for group in added {
+        let granted_elsewhere = foreign.iter().any(|policies| {
+            policies
+                .acl
+                .as_ref()
+                .is_some_and(|acl| acl.allow_groups.iter().any(|g| g == group))
+        });
+        if granted_elsewhere {
+            return Err(Refusal::forbidden(format!(
+                "group `{group}` is allowed by an ACL outside your teams: only a super_admin may give it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The teams a resource belongs to, as the rules see them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Owners {

@@ -176,14 +176,35 @@ fn permission(
                 current.is_some(),
                 edit.body.is_none(),
             );
+            let refused = |refusal| match refusal {
+                Refusal::NotFound => WriteError::NotFound {
+                    kind: edit.kind,
+                    name: edit.name.clone(),
+                },
+                Refusal::Forbidden(message) => WriteError::Forbidden(message),
+            };
             authz::check_write(principal, edit.kind, verb, before.as_ref(), after.as_ref())
-                .map_err(|refusal| match refusal {
-                    Refusal::NotFound => WriteError::NotFound {
-                        kind: edit.kind,
-                        name: edit.name.clone(),
-                    },
-                    Refusal::Forbidden(message) => WriteError::Forbidden(message),
-                })?;
+                .map_err(refused)?;
+            if let (Kind::Consumers, Some(body)) = (edit.kind, &edit.body) {
+                let groups = |body: &Value| -> Vec<String> {
+                    body["groups"]
+                        .as_array()
+                        .map(|g| {
+                            g.iter()
+                                .filter_map(|v| v.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let had = current.map(|r| groups(&r.body)).unwrap_or_default();
+                let wanted = groups(body);
+                let added: Vec<&str> = wanted
+                    .iter()
+                    .filter(|g| !had.contains(g))
+                    .map(String::as_str)
+                    .collect();
+                authz::check_groups(principal, config, &added).map_err(refused)?;
+            }
         }
         Ok(())
     }

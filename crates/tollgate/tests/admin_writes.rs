@@ -1025,3 +1025,84 @@ async fn admin_tokens_are_listed_rotated_and_reported_when_old() {
     assert_eq!(audit["items"][0]["name"], "bootstrap");
     assert_eq!(audit["items"][0]["actor"], "root");
 }
+
+#[tokio::test]
+async fn a_team_cannot_put_its_consumers_in_a_group_another_teams_acl_allows() {
+    let up = upstream::echo("u");
+    let gw = start(&format!(
+        r#"
+teams: [{{ name: a }}, {{ name: b }}]
+services: [{{ name: sb, team: b, upstream: {{ targets: [{{ url: "{}" }}] }} }}]
+apis:
+  - {{ name: b-api, service: sb, match: {{ paths: [/b] }}, policies: {{ auth: {{ methods: [key] }}, acl: {{ allow_groups: [partners] }} }} }}
+"#,
+        up.url()
+    ))
+    .await;
+    let user = admin(
+        &gw,
+        "POST",
+        "/admin/v1/users",
+        Some(json!({ "name": "dev", "password": "a long enough password", "memberships": [{ "team": "a", "role": "team_admin" }] })),
+        None,
+    )
+    .await;
+    assert_eq!(user.status, 201, "{}", user.body);
+    let token = admin(&gw, "POST", "/admin/v1/users/dev/tokens", None, None).await;
+    let token = token.body["token"].as_str().unwrap().to_string();
+    let as_dev = |method: &'static str, path: &'static str, body: Value| {
+        let request = gw
+            .client()
+            .request(method.parse().unwrap(), format!("{}{path}", gw.admin_url()))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let res = request.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = as_dev(
+        "POST",
+        "/admin/v1/consumers",
+        json!({ "name": "sneaky", "team": "a", "groups": ["partners"] }),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("partners"));
+    let (status, body) = as_dev(
+        "POST",
+        "/admin/v1/consumers",
+        json!({ "name": "fine", "team": "a", "groups": ["own-group"] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = as_dev(
+        "PATCH",
+        "/admin/v1/consumers/fine",
+        json!({ "groups": ["own-group", "partners"] }),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A super_admin may.
+    let granted = admin(
+        &gw,
+        "PATCH",
+        "/admin/v1/consumers/fine",
+        Some(json!({ "groups": ["own-group", "partners"] })),
+        None,
+    )
+    .await;
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    // Keeping a group it already has is no new grant.
+    let (status, body) = as_dev(
+        "PATCH",
+        "/admin/v1/consumers/fine",
+        json!({ "groups": ["partners"] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
