@@ -232,3 +232,59 @@ async fn two_nodes_sharing_a_database_serve_each_others_writes() {
     assert_eq!(code, 204);
     until_status(&a, "/a", 404, Duration::from_secs(3)).await;
 }
+
+#[tokio::test]
+async fn the_master_key_rotates_on_postgres() {
+    let Some(schema) = PgSchema::create("the_master_key_rotates_on_postgres") else {
+        return;
+    };
+    let mut gw = start(&schema, "").await;
+    let (code, body) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/identity_providers",
+        Some(json!({ "name": "corp", "issuer": "https://corp", "secret": "a-shared-secret-of-32-bytes-or-more!" })),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(10)).await;
+
+    const NEW_KEY: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let rotated = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "rotate-master-key",
+            "--config",
+            gw.config_path().to_str().unwrap(),
+        ])
+        .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
+        .env("TOLLGATE_NEW_MASTER_KEY", NEW_KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(stdout.contains("resealed 1 resource(s)"), "{stdout}");
+
+    // The old key opens nothing any more; the new one everything.
+    let old_again = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "rotate-master-key",
+            "--config",
+            gw.config_path().to_str().unwrap(),
+        ])
+        .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
+        .env("TOLLGATE_NEW_MASTER_KEY", NEW_KEY)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(old_again.status.code(), Some(1));
+    gw.restart(&[("TOLLGATE_MASTER_KEY", NEW_KEY)]).await;
+    let (code, idp) = admin(&gw, "GET", "/admin/v1/identity_providers/corp", None).await;
+    assert_eq!(code, 200, "{idp}");
+    assert_eq!(idp["secret"], "<redacted>");
+}
