@@ -382,9 +382,20 @@ pub async fn list(
         None => None,
         Some(cursor) => Some(decode_cursor(cursor)?),
     };
+    // `?awaiting=me` on subscriptions: those the caller may approve or
+    // reject — an approver's queue, with `status=pending`.
+    let awaiting_me = match params.get("awaiting").map(String::as_str) {
+        None => false,
+        Some("me") if kind == Kind::Subscriptions => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "awaiting=me is a filter of subscriptions",
+            ))
+        }
+    };
     let filters: Vec<(&String, &String)> = params
         .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "limit" | "cursor"))
+        .filter(|(key, _)| !matches!(key.as_str(), "limit" | "cursor" | "awaiting"))
         .collect();
     let state = api.control.state();
     let directory = Directory::new(&api.config());
@@ -393,6 +404,18 @@ pub async fn list(
         .iter()
         .filter(|r| r.kind == kind.as_str())
         .filter(|r| authz::can_read(&principal, &directory.owners(kind, &r.body)))
+        .filter(|r| {
+            let owners = directory.owners(kind, &r.body);
+            !awaiting_me
+                || authz::check_write(
+                    &principal,
+                    kind,
+                    authz::Verb::Approve,
+                    Some(&owners),
+                    Some(&owners),
+                )
+                .is_ok()
+        })
         .map(|r| (r.name.as_str(), shown(r)))
         .collect();
     items.sort_by(|a, b| a.0.cmp(b.0));

@@ -1108,6 +1108,26 @@ async fn a_developer_requests_another_teams_service_and_its_team_admin_approves(
         pending(&gw, Auth::Bearer(ROOT)).await,
         ["app:sb", "pa:sa", "pb:sb"]
     );
+    // An approver's own queue: only what it may decide.
+    let gw_ref = &gw;
+    let queue = |auth| async move {
+        let mut names = call(
+            gw_ref,
+            auth,
+            "GET",
+            "/admin/v1/subscriptions?status=pending&awaiting=me",
+            None,
+        )
+        .await
+        .names();
+        names.sort();
+        names
+    };
+    assert_eq!(queue(admin_b).await, ["app:sb", "pb:sb"]);
+    assert_eq!(queue(admin_a).await, ["pa:sa"]);
+    assert!(queue(dev_b).await.is_empty(), "developers approve nothing");
+    let misuse = call(&gw, admin_a, "GET", "/admin/v1/services?awaiting=me", None).await;
+    assert_eq!(misuse.status, 400);
     // The consumer itself stays team a's.
     assert_eq!(
         call(&gw, admin_b, "GET", "/admin/v1/consumers/app", None)
