@@ -185,8 +185,7 @@ impl Location {
         // set.
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         if let Location::File(path) = self {
-            let mode: String =
-                conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            let mode = wal_mode(&conn)?;
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(path = %path.display(), %mode, "SQLite refused WAL journal mode");
             }
@@ -194,6 +193,29 @@ impl Location {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(conn)
+    }
+}
+
+/// Switches `conn` to WAL and returns the mode SQLite reports. Switching
+/// needs a moment alone with the file and answers `SQLITE_BUSY` at once,
+/// without the busy handler, while another process opens it too (nodes
+/// starting together): retried for up to [`BUSY_TIMEOUT`], at 5–14 ms
+/// intervals so openers retrying together spread out.
+fn wal_mode(conn: &Connection) -> Result<String, rusqlite::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos() % 10));
+                std::thread::sleep(Duration::from_millis(5 + jitter));
+            }
+            other => return other,
+        }
     }
 }
 
