@@ -499,7 +499,20 @@ fn active_consumers(
     Ok(active)
 }
 
-/// Longest `inactive_days` accepted: ten years.
+/// A number of days, 1 to [`MAX_INACTIVE_DAYS`], for the parameter `key`.
+fn days(key: &str, value: &str) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{key} must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
+            ))
+        })
+}
+
+/// Longest number of days a threshold takes: ten years.
 const MAX_INACTIVE_DAYS: u32 = 3650;
 
 /// `GET /admin/v1/compliance[?inactive_days=N]`: [`check`] on the live
@@ -511,39 +524,9 @@ pub async fn handler(
     let mut settings = ComplianceSettings::default();
     for (key, value) in &params {
         match key.as_str() {
-            "inactive_days" => {
-                settings.inactive_days = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "inactive_days must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
-                        ))
-                    })?;
-            }
-            "max_key_age_days" => {
-                settings.max_key_age_days = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "max_key_age_days must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
-                        ))
-                    })?;
-            }
-            "max_token_age_days" => {
-                settings.max_token_age_days = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|days| (1..=MAX_INACTIVE_DAYS).contains(days))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "max_token_age_days must be a number of days, 1 to {MAX_INACTIVE_DAYS}"
-                        ))
-                    })?;
-            }
+            "inactive_days" => settings.inactive_days = days(key, value)?,
+            "max_key_age_days" => settings.max_key_age_days = days(key, value)?,
+            "max_token_age_days" => settings.max_token_age_days = days(key, value)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{other}`: use inactive_days, max_key_age_days, max_token_age_days"

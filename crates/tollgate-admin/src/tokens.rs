@@ -12,45 +12,48 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
-use tollgate_store::{AuditEntry, Membership};
+use tollgate_store::{AdminToken, AuditEntry, Membership, StoreError, User};
 
 use crate::api::{AdminApi, ApiError};
 use crate::authz::{self, Principal};
 use crate::resources_api::Writer;
 
-/// The rows of `tokens` the principal may see, with their owners' names.
-async fn visible(
-    api: &AdminApi,
-    principal: &Principal,
-) -> Result<Vec<(tollgate_store::AdminToken, Option<String>)>, ApiError> {
+/// Every admin token and every user, read once per request.
+async fn load(api: &AdminApi) -> Result<(Vec<AdminToken>, Vec<User>), ApiError> {
     let store = api.store.clone();
-    let (tokens, users) = tokio::task::spawn_blocking(move || {
-        Ok::<_, tollgate_store::StoreError>((store.list_admin_tokens()?, store.list_users()?))
+    tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.list_admin_tokens()?, store.list_users()?))
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    let owner = |id: Option<i64>| {
-        id.and_then(|id| users.iter().find(|u| u.id == id))
-            .map(|u| u.name.clone())
-    };
-    Ok(tokens
-        .into_iter()
+    .map_err(ApiError::internal)
+}
+
+/// The tokens `principal` may see, each with its owner's name.
+fn visible<'a>(
+    principal: &Principal,
+    tokens: &'a [AdminToken],
+    users: &'a [User],
+) -> Vec<(&'a AdminToken, Option<&'a str>)> {
+    tokens
+        .iter()
         .map(|token| {
-            let user = owner(token.user_id);
-            (token, user)
+            let owner = token
+                .user_id
+                .and_then(|id| users.iter().find(|u| u.id == id))
+                .map(|u| u.name.as_str());
+            (token, owner)
         })
         .filter(|(_, user)| {
-            principal.reads_everything()
-                || (user.is_some() && user.as_deref() == principal.user.as_deref())
+            principal.reads_everything() || (user.is_some() && *user == principal.user.as_deref())
         })
-        .collect())
+        .collect()
 }
 
 /// `GET /admin/v1/tokens`: `{"items": [{id, name, role, user, created_at, last_used_at}]}`.
 pub async fn list(State(api): State<AdminApi>, writer: Writer) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = visible(&api, writer.principal())
-        .await?
+    let (tokens, users) = load(&api).await?;
+    let items: Vec<Value> = visible(writer.principal(), &tokens, &users)
         .into_iter()
         .map(|(token, user)| {
             json!({
@@ -73,24 +76,20 @@ pub async fn remove(
     writer: Writer,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let principal = writer.principal().clone();
-    let visible = visible(&api, &principal).await?;
-    let Some((token, user)) = visible.iter().find(|(t, _)| t.id == id) else {
+    let principal = writer.principal();
+    let (tokens, users) = load(&api).await?;
+    let Some((token, user)) = visible(principal, &tokens, &users)
+        .into_iter()
+        .find(|(t, _)| t.id == id)
+    else {
         return Err(ApiError::not_found(format!("no admin token {id}")));
     };
-    if !(principal.is_super_admin() || user.as_deref() == principal.user.as_deref()) {
+    if !(principal.is_super_admin() || user == principal.user.as_deref()) {
         return Err(authz::forbidden(
             "a user revokes its own tokens; a super_admin any",
         ));
     }
     if token.role == "super_admin" && token.user_id.is_none() {
-        let store = api.store.clone();
-        let (tokens, users) = tokio::task::spawn_blocking(move || {
-            Ok::<_, tollgate_store::StoreError>((store.list_admin_tokens()?, store.list_users()?))
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
         let other_token = tokens
             .iter()
             .any(|t| t.id != id && t.role == "super_admin" && t.user_id.is_none());

@@ -91,6 +91,33 @@ pub struct ResourceWrite {
     pub expect: Expect,
 }
 
+impl ResourceWrite {
+    /// Whether the write's expectation holds, `found` being the stored
+    /// resource's revision (`None`: no such resource); both stores check it
+    /// inside their commit's transaction.
+    pub(crate) fn check(&self, found: Option<i64>) -> Result<(), StoreError> {
+        let (kind, name) = (|| self.kind.clone(), || self.name.clone());
+        match (self.expect, found) {
+            (Expect::Absent, Some(_)) => Err(StoreError::Exists {
+                kind: kind(),
+                name: name(),
+            }),
+            (Expect::Revision(_) | Expect::Present, None) => Err(StoreError::Missing {
+                kind: kind(),
+                name: name(),
+            }),
+            (Expect::Revision(expected), Some(found)) if expected != found => {
+                Err(StoreError::Conflict {
+                    kind: kind(),
+                    name: name(),
+                    found,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One line of the audit log, as a commit writes it.
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
@@ -280,22 +307,7 @@ impl SqliteStore {
                     |row| row.get(0),
                 )
                 .optional()?;
-            let what = || (write.kind.clone(), write.name.clone());
-            match (write.expect, current) {
-                (Expect::Absent, Some(_)) => {
-                    let (kind, name) = what();
-                    return Err(StoreError::Exists { kind, name });
-                }
-                (Expect::Revision(_) | Expect::Present, None) => {
-                    let (kind, name) = what();
-                    return Err(StoreError::Missing { kind, name });
-                }
-                (Expect::Revision(expected), Some(found)) if expected != found => {
-                    let (kind, name) = what();
-                    return Err(StoreError::Conflict { kind, name, found });
-                }
-                _ => {}
-            }
+            write.check(current)?;
             match &write.body {
                 None => {
                     tx.execute(

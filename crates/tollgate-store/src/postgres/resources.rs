@@ -9,7 +9,7 @@ use super::PgStore;
 use crate::resources::{context, now_micros};
 use crate::sealing::Sealer;
 use crate::{
-    AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoreError,
+    AuditEntry, AuditQuery, AuditRecord, ConfigState, Origin, ResourceWrite, StoreError,
     StoredResource,
 };
 
@@ -163,22 +163,7 @@ impl PgStore {
                     )?
                     .map(|row| row.try_get(0))
                     .transpose()?;
-                let what = || (write.kind.clone(), write.name.clone());
-                match (write.expect, found) {
-                    (Expect::Absent, Some(_)) => {
-                        let (kind, name) = what();
-                        return Err(StoreError::Exists { kind, name });
-                    }
-                    (Expect::Revision(_) | Expect::Present, None) => {
-                        let (kind, name) = what();
-                        return Err(StoreError::Missing { kind, name });
-                    }
-                    (Expect::Revision(expected), Some(found)) if expected != found => {
-                        let (kind, name) = what();
-                        return Err(StoreError::Conflict { kind, name, found });
-                    }
-                    _ => {}
-                }
+                write.check(found)?;
                 match &write.body {
                     None => {
                         tx.execute(
