@@ -81,6 +81,22 @@ impl Writer {
         &self.actor
     }
 
+    /// Replaces the resource read at `revision` with `body`, recorded as
+    /// `action` (`create_key`, `approve` …): the read–modify–write of the
+    /// endpoints that change part of a resource.
+    async fn amend(
+        &self,
+        api: &AdminApi,
+        kind: Kind,
+        name: impl Into<String>,
+        revision: i64,
+        body: Value,
+        action: &str,
+    ) -> Result<Committed, WriteError> {
+        let edit = Edit::put(kind, name, body, Expect::Revision(revision)).with_action(action);
+        self.write(api, &[edit], false).await
+    }
+
     /// [`ControlPlane::write_checked`] as this caller, under its rules.
     async fn write(
         &self,
@@ -669,16 +685,13 @@ pub async fn create_key(
         _ => body["keys"] = json!([entry]),
     }
     writer
-        .write(
+        .amend(
             &api,
-            &[Edit::put(
-                Kind::Consumers,
-                name,
-                body,
-                Expect::Revision(current.revision),
-            )
-            .with_action("create_key")],
-            false,
+            Kind::Consumers,
+            name,
+            current.revision,
+            body,
+            "create_key",
         )
         .await?;
     let answer = json!({ "id": id, "key": key, "expires": expires.map(rfc3339) });
@@ -716,16 +729,13 @@ pub async fn delete_key(
         return Err(ApiError::not_found(format!("`{name}` has no key `{id}`")));
     }
     writer
-        .write(
+        .amend(
             &api,
-            &[Edit::put(
-                Kind::Consumers,
-                name,
-                body,
-                Expect::Revision(current.revision),
-            )
-            .with_action("delete_key")],
-            false,
+            Kind::Consumers,
+            name,
+            current.revision,
+            body,
+            "delete_key",
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -794,16 +804,13 @@ pub async fn decide_subscription(
         }
     }
     writer
-        .write(
+        .amend(
             &api,
-            &[Edit::put(
-                Kind::Subscriptions,
-                id.clone(),
-                body,
-                Expect::Revision(current.revision),
-            )
-            .with_action(&action)],
-            false,
+            Kind::Subscriptions,
+            id.clone(),
+            current.revision,
+            body,
+            &action,
         )
         .await?;
     Ok(written(&api, Kind::Subscriptions, &id, StatusCode::OK))
