@@ -30,6 +30,7 @@
 
 pub mod body;
 mod eventually;
+pub mod fake_llm;
 pub mod gateway;
 pub mod h2;
 pub mod port;
@@ -39,6 +40,7 @@ pub mod tokens;
 pub mod upstream;
 
 pub use eventually::{eventually, eventually_some};
+pub use fake_llm::{FakeKind, FakeLlm, Reply};
 pub use gateway::{Gateway, GatewayBuilder};
 pub use tls::TlsFiles;
 pub use upstream::Upstream;

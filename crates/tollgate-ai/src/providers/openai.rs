@@ -1,0 +1,939 @@
+//! OpenAI's chat completions and embeddings wire format, for OpenAI itself,
+//! Mistral and OpenAI-compatible servers ([`Dialect`] says where they
+//! differ); Azure OpenAI reuses it with its own URLs and key header
+//! ([`super::azure`]).
+
+use http::{HeaderMap, Method};
+use serde_json::{json, Map, Value};
+
+use super::{
+    bad_response, json_body, json_content_type, parse_json, provider_error, secret_header,
+    status_for_kind, unix_now, Provider, StreamDecoder, UpstreamRequest,
+};
+use crate::canonical::{
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
+    FormatError, Message, Part, ProviderError, Role, StreamEvent, ToolCall, Usage,
+};
+use crate::formats::openai::{chat_body, embeddings_body};
+use crate::sse::SseParser;
+
+/// Where OpenAI-style servers disagree on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// api.openai.com: `max_completion_tokens` (reasoning models refuse
+    /// `max_tokens`), usage in streams on request.
+    OpenAi,
+    /// Azure OpenAI: `max_tokens`, usage in streams on request.
+    Azure,
+    /// Other servers speaking OpenAI's format (vLLM, Ollama, Groq…): the
+    /// classic `max_tokens`, usage in streams on request.
+    Compatible,
+    /// Mistral: `max_tokens`, `random_seed`, no `user`, tool call ids of
+    /// nine letters and digits, usage in the last chunk unasked (it refuses
+    /// `stream_options`).
+    Mistral,
+}
+
+/// The adapter for OpenAI, Mistral and OpenAI-compatible servers.
+#[derive(Debug)]
+pub struct OpenAi {
+    base_url: String,
+    dialect: Dialect,
+}
+
+impl OpenAi {
+    pub fn new(base_url: &str, dialect: Dialect) -> OpenAi {
+        OpenAi {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            dialect,
+        }
+    }
+}
+
+impl Provider for OpenAi {
+    fn chat_request(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+        key: Option<&str>,
+    ) -> Result<UpstreamRequest, FormatError> {
+        let body = chat_request_body(request, model, self.dialect);
+        let mut headers = vec![json_content_type()];
+        if let Some(key) = key {
+            headers.push(secret_header("authorization", &format!("Bearer {key}"))?);
+        }
+        Ok(UpstreamRequest {
+            method: Method::POST,
+            url: format!("{}/chat/completions", self.base_url),
+            headers,
+            body: json_body(body),
+        })
+    }
+
+    fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {
+        parse_chat_response(body)
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStreamDecoder::new())
+    }
+
+    fn embeddings_request(
+        &self,
+        request: &EmbeddingsRequest,
+        model: &str,
+        key: Option<&str>,
+    ) -> Result<UpstreamRequest, FormatError> {
+        let mut headers = vec![json_content_type()];
+        if let Some(key) = key {
+            headers.push(secret_header("authorization", &format!("Bearer {key}"))?);
+        }
+        Ok(UpstreamRequest {
+            method: Method::POST,
+            url: format!("{}/embeddings", self.base_url),
+            headers,
+            body: json_body(embeddings_request_body(request, model, self.dialect)),
+        })
+    }
+
+    fn embeddings_response(&self, body: &[u8]) -> Result<EmbeddingsResponse, ProviderError> {
+        parse_embeddings_response(body)
+    }
+
+    fn error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+        parse_error(status, headers, body)
+    }
+}
+
+/// The chat body for `dialect`, naming `model`.
+pub(crate) fn chat_request_body(
+    request: &ChatRequest,
+    model: &str,
+    dialect: Dialect,
+) -> Map<String, Value> {
+    let mut body = chat_body(request);
+    body.insert("model".into(), model.into());
+    match dialect {
+        Dialect::OpenAi => {
+            if let Some(max) = body.remove("max_tokens") {
+                body.insert("max_completion_tokens".into(), max);
+            }
+        }
+        Dialect::Azure | Dialect::Compatible => {}
+        Dialect::Mistral => {
+            if let Some(seed) = body.remove("seed") {
+                body.insert("random_seed".into(), seed);
+            }
+            body.remove("user");
+            if let Some(Value::Array(messages)) = body.get_mut("messages") {
+                for message in messages {
+                    rewrite_ids_for_mistral(message);
+                }
+            }
+        }
+    }
+    if request.stream && dialect != Dialect::Mistral {
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    body
+}
+
+/// Mistral refuses tool call ids other than nine letters and digits; others
+/// are replaced by a digest, the same for a call and its answer.
+fn rewrite_ids_for_mistral(message: &mut Value) {
+    if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+        for call in calls {
+            if let Some(Value::String(id)) = call.get_mut("id") {
+                *id = mistral_call_id(id);
+            }
+        }
+    }
+    if let Some(Value::String(id)) = message.get_mut("tool_call_id") {
+        *id = mistral_call_id(id);
+    }
+}
+
+fn mistral_call_id(id: &str) -> String {
+    if id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return id.to_owned();
+    }
+    // FNV-1a, written in base 62.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    (0..9)
+        .map(|_| {
+            let digit = DIGITS[(hash % 62) as usize] as char;
+            hash /= 62;
+            digit
+        })
+        .collect()
+}
+
+pub(crate) fn embeddings_request_body(
+    request: &EmbeddingsRequest,
+    model: &str,
+    dialect: Dialect,
+) -> Map<String, Value> {
+    let mut body = embeddings_body(request);
+    body.insert("model".into(), model.into());
+    if dialect == Dialect::Mistral {
+        if let Some(dimensions) = body.remove("dimensions") {
+            body.insert("output_dimension".into(), dimensions);
+        }
+        body.remove("user");
+    }
+    body
+}
+
+/// OpenAI's finish reasons.
+fn finish_reason(reason: &str) -> FinishReason {
+    match reason {
+        "stop" => FinishReason::Stop,
+        "length" | "model_length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_owned()),
+    }
+}
+
+/// OpenAI's usage: `prompt_tokens` already counts cached tokens and
+/// `completion_tokens` reasoning ones. DeepSeek reports its cache hits as
+/// `prompt_cache_hit_tokens`.
+pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
+    let usage = usage.as_object()?;
+    let count = |value: &Value| value.as_u64().unwrap_or(0);
+    let cached = usage
+        .get("prompt_tokens_details")
+        .and_then(|d| d.get("cached_tokens"))
+        .or_else(|| usage.get("prompt_cache_hit_tokens"))
+        .map_or(0, count);
+    Some(Usage {
+        input: usage.get("prompt_tokens").map_or(0, count),
+        output: usage.get("completion_tokens").map_or(0, count),
+        cached_input: cached,
+        reasoning: usage
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens"))
+            .map_or(0, count),
+    })
+}
+
+/// Text of a message's `content`: a string, or (Mistral) an array of parts
+/// whose text ones count.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|part| part["type"] == "text")
+            .filter_map(|part| part["text"].as_str())
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let root = parse_json(body, "the chat completion")?;
+    let choice = root["choices"]
+        .get(0)
+        .filter(|c| c.is_object())
+        .ok_or_else(|| bad_response("the chat completion has no choices"))?;
+    let message = &choice["message"];
+    let mut text = content_text(&message["content"]);
+    if text.is_empty() {
+        if let Some(refusal) = message["refusal"].as_str() {
+            text = refusal.to_owned();
+        }
+    }
+    let tool_calls = message["tool_calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| ToolCall {
+                    id: call["id"]
+                        .as_str()
+                        .map_or_else(|| format!("call_{i}"), str::to_owned),
+                    name: call["function"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    arguments: arguments_text(&call["function"]["arguments"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        id: root["id"].as_str().unwrap_or_default().to_owned(),
+        model: root["model"].as_str().unwrap_or_default().to_owned(),
+        created: root["created"].as_i64().unwrap_or_else(unix_now),
+        message: Message {
+            role: Role::Assistant,
+            content: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Text(text)]
+            },
+            tool_calls,
+            tool_call_id: None,
+            name: None,
+        },
+        finish: finish_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
+        usage: parse_usage(&root["usage"]),
+    })
+}
+
+pub(crate) fn parse_embeddings_response(body: &[u8]) -> Result<EmbeddingsResponse, ProviderError> {
+    let root = parse_json(body, "the embeddings answer")?;
+    let items = root["data"]
+        .as_array()
+        .ok_or_else(|| bad_response("the embeddings answer has no data"))?;
+    let mut indexed = Vec::with_capacity(items.len());
+    for (position, item) in items.iter().enumerate() {
+        let vector = item["embedding"]
+            .as_array()
+            .ok_or_else(|| bad_response("an embedding is not an array of numbers"))?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| bad_response("an embedding is not an array of numbers"))?;
+        let index = item["index"].as_u64().map_or(position, |i| i as usize);
+        indexed.push((index, vector));
+    }
+    indexed.sort_by_key(|(index, _)| *index);
+    Ok(EmbeddingsResponse {
+        model: root["model"].as_str().unwrap_or_default().to_owned(),
+        data: indexed.into_iter().map(|(_, vector)| vector).collect(),
+        usage: parse_usage(&root["usage"]),
+    })
+}
+
+/// `{"error":{"message","type","code"}}`, Mistral's `{"message", "type"}` or
+/// a validation `{"detail"}`.
+pub(crate) fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let root: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let (message, kind) = error_fields(&root);
+    provider_error(status, headers, kind, message, body)
+}
+
+/// The message and (when its type says more than a status) the kind of an
+/// OpenAI-style error object.
+fn error_fields(root: &Value) -> (Option<String>, Option<ErrorKind>) {
+    let error = if root["error"].is_object() {
+        &root["error"]
+    } else {
+        root
+    };
+    let message = match (&error["message"], &root["error"], &root["detail"]) {
+        (Value::String(m), _, _) => Some(m.clone()),
+        (_, Value::String(m), _) => Some(m.clone()),
+        (_, _, Value::String(m)) => Some(m.clone()),
+        (m @ (Value::Array(_) | Value::Object(_)), _, _) => Some(m.to_string()),
+        (_, _, detail @ (Value::Array(_) | Value::Object(_))) => Some(detail.to_string()),
+        _ => None,
+    };
+    let kind = match error["type"].as_str().or_else(|| error["code"].as_str()) {
+        Some("server_error") => Some(ErrorKind::Server),
+        Some("insufficient_quota" | "rate_limit_exceeded") => Some(ErrorKind::RateLimited),
+        Some("invalid_api_key") => Some(ErrorKind::Authentication),
+        _ => None,
+    };
+    (message, kind)
+}
+
+/// Reads OpenAI's `chat.completion.chunk` events.
+#[derive(Debug, Default)]
+pub struct OpenAiStreamDecoder {
+    sse: SseParser,
+    started: bool,
+    /// `(upstream index, canonical index)` of the tool calls begun.
+    tools: Vec<(u64, usize)>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl OpenAiStreamDecoder {
+    pub fn new() -> OpenAiStreamDecoder {
+        OpenAiStreamDecoder::default()
+    }
+
+    fn data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
+        if self.done {
+            return Ok(());
+        }
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            self.flush_usage(out);
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|e| bad_response(format!("a stream chunk is not valid JSON: {e}")))?;
+        if chunk["error"].is_object() {
+            let (message, kind) = error_fields(&chunk);
+            let kind = kind.unwrap_or(ErrorKind::Server);
+            return Err(ProviderError {
+                status: status_for_kind(kind),
+                kind,
+                message: message.unwrap_or_else(|| "the provider failed mid-stream".to_owned()),
+                retry_after: None,
+            });
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk["id"].as_str().unwrap_or_default().to_owned(),
+                model: chunk["model"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        // One choice is asked for; any other is ignored.
+        let choice = chunk["choices"].as_array().and_then(|choices| {
+            choices
+                .iter()
+                .find(|c| c["index"].as_u64().unwrap_or(0) == 0)
+        });
+        if let Some(choice) = choice {
+            let delta = &choice["delta"];
+            let text = content_text(&delta["content"]);
+            if !text.is_empty() {
+                out.push(StreamEvent::Text(text));
+            }
+            if let Some(calls) = delta["tool_calls"].as_array() {
+                for (position, call) in calls.iter().enumerate() {
+                    self.tool_call(call, position, out);
+                }
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                out.push(StreamEvent::Finish(finish_reason(reason)));
+            }
+        }
+        if let Some(usage) = parse_usage(&chunk["usage"]) {
+            self.usage = Some(usage);
+        }
+        Ok(())
+    }
+
+    fn tool_call(&mut self, call: &Value, position: usize, out: &mut Vec<StreamEvent>) {
+        let upstream = call["index"].as_u64().unwrap_or(position as u64);
+        let index = match self.tools.iter().find(|(u, _)| *u == upstream) {
+            Some((_, index)) => *index,
+            None => {
+                let index = self.tools.len();
+                self.tools.push((upstream, index));
+                out.push(StreamEvent::ToolCallStart {
+                    index,
+                    id: call["id"]
+                        .as_str()
+                        .map_or_else(|| format!("call_{index}"), str::to_owned),
+                    name: call["function"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+                index
+            }
+        };
+        let fragment = arguments_text(&call["function"]["arguments"]);
+        if !fragment.is_empty() {
+            out.push(StreamEvent::ToolCallArgs { index, fragment });
+        }
+    }
+
+    fn flush_usage(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some(usage) = self.usage.take() {
+            out.push(StreamEvent::Usage(usage));
+        }
+    }
+}
+
+impl StreamDecoder for OpenAiStreamDecoder {
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, ProviderError> {
+        let events = self
+            .sse
+            .feed(chunk)
+            .map_err(|e| bad_response(e.to_string()))?;
+        let mut out = Vec::new();
+        for event in events {
+            self.data(&event.data, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
+        let events = self.sse.finish().map_err(|e| bad_response(e.to_string()))?;
+        let mut out = Vec::new();
+        for event in events {
+            self.data(&event.data, &mut out)?;
+        }
+        self.flush_usage(&mut out);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::formats::anthropic::tests::CLIENT_MESSAGES;
+    use crate::formats::openai::tests::client_chat_expected;
+    use crate::providers::testing::decode_every_split;
+    use crate::providers::{adapter, ProviderKind};
+
+    fn body_of(request: &UpstreamRequest) -> Value {
+        serde_json::from_slice(&request.body).unwrap()
+    }
+
+    fn header_of<'a>(request: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn openai_requests_carry_the_key_and_ask_for_stream_usage() {
+        let openai = adapter(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let request = openai
+            .chat_request(
+                &client_chat_expected(),
+                "gpt-4o-2024-08-06",
+                Some("sk-test-123"),
+            )
+            .unwrap();
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(request.url, "https://api.openai.com/v1/chat/completions");
+        assert_eq!(
+            header_of(&request, "authorization"),
+            Some("Bearer sk-test-123")
+        );
+        assert_eq!(
+            header_of(&request, "content-type"),
+            Some("application/json")
+        );
+        assert!(
+            !format!("{request:?}").contains("sk-test-123"),
+            "the key stays out of Debug"
+        );
+        let body = body_of(&request);
+        assert_eq!(body["model"], "gpt-4o-2024-08-06");
+        assert_eq!(body["max_completion_tokens"], 256);
+        assert!(body.get("max_tokens").is_none());
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        assert_eq!(body["response_format"], json!({"type": "text"}));
+        assert_eq!(body["seed"], 42);
+        assert_eq!(body["user"], "user-1234");
+
+        let mut whole = client_chat_expected();
+        whole.stream = false;
+        let body = body_of(&openai.chat_request(&whole, "gpt-4o", None).unwrap());
+        assert!(body.get("stream_options").is_none());
+        assert!(body.get("stream").is_none());
+    }
+
+    #[test]
+    fn keyless_compatible_servers_get_no_authorization() {
+        let local = adapter(ProviderKind::OpenAiCompatible, "http://127.0.0.1:11434/v1/");
+        let request = local
+            .chat_request(&client_chat_expected(), "llama3.2", None)
+            .unwrap();
+        assert_eq!(request.url, "http://127.0.0.1:11434/v1/chat/completions");
+        assert_eq!(header_of(&request, "authorization"), None);
+        let body = body_of(&request);
+        assert_eq!(body["max_tokens"], 256);
+        assert!(body.get("max_completion_tokens").is_none());
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn mistral_gets_its_own_spellings_and_call_ids() {
+        let mistral = adapter(ProviderKind::Mistral, "https://api.mistral.ai/v1");
+        let request = mistral
+            .chat_request(&client_chat_expected(), "mistral-large-latest", Some("k"))
+            .unwrap();
+        let body = body_of(&request);
+        assert!(body.get("stream_options").is_none());
+        assert!(body.get("user").is_none());
+        assert!(body.get("seed").is_none());
+        assert_eq!(body["random_seed"], 42);
+        assert_eq!(body["max_tokens"], 256);
+        let call_id = body["messages"][2]["tool_calls"][0]["id"].as_str().unwrap();
+        assert_eq!(call_id.len(), 9);
+        assert!(call_id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(body["messages"][3]["tool_call_id"], call_id);
+        assert_ne!(
+            mistral_call_id("call_abc123"),
+            mistral_call_id("call_abc124")
+        );
+        assert_eq!(mistral_call_id("ZB0Hk2EvV"), "ZB0Hk2EvV");
+    }
+
+    #[test]
+    fn an_anthropic_client_request_becomes_an_openai_body() {
+        let request =
+            crate::formats::anthropic::parse_messages(CLIENT_MESSAGES.as_bytes()).unwrap();
+        let openai = adapter(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let body = body_of(&openai.chat_request(&request, "gpt-4o", Some("k")).unwrap());
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": "You are a weather bot."},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQSkZJRg=="}},
+                        {"type": "text", "text": "What's the weather in the city on this photo?"}
+                    ]},
+                    {"role": "assistant", "content": "Let me check.", "tool_calls": [{
+                        "id": "toolu_01A09q90qw90lq917835lq9", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris, France\"}"}
+                    }]},
+                    {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "18°C, sunny"},
+                    {"role": "user", "content": "Is that warm?"}
+                ],
+                "max_completion_tokens": 1024,
+                "temperature": 0.5,
+                "stop": ["END"],
+                "tools": [{"type": "function", "function": {
+                    "name": "get_weather",
+                    "description": "Get the current weather in a given location",
+                    "parameters": {"type": "object",
+                                   "properties": {"location": {"type": "string", "description": "The city and state"}},
+                                   "required": ["location"]}
+                }}],
+                "tool_choice": "required",
+                "user": "u-42"
+            })
+        );
+    }
+
+    #[test]
+    fn reads_a_completion_with_cached_and_reasoning_tokens() {
+        let body = br#"{
+          "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+          "object": "chat.completion",
+          "created": 1741570283,
+          "model": "o3-mini-2025-01-31",
+          "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "refusal": null,
+              "tool_calls": [{"id": "call_12345xyz", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris, France\"}"}}],
+              "annotations": []},
+            "logprobs": null,
+            "finish_reason": "tool_calls"
+          }],
+          "usage": {
+            "prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
+            "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 32, "audio_tokens": 0,
+              "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+          },
+          "service_tier": "default",
+          "system_fingerprint": "fp_fc9f1d7035"
+        }"#;
+        let openai = adapter(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let response = openai.chat_response(body).unwrap();
+        assert_eq!(
+            response,
+            ChatResponse {
+                id: "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG".into(),
+                model: "o3-mini-2025-01-31".into(),
+                created: 1_741_570_283,
+                message: Message {
+                    role: Role::Assistant,
+                    content: vec![],
+                    tool_calls: vec![ToolCall {
+                        id: "call_12345xyz".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"location":"Paris, France"}"#.into(),
+                    }],
+                    tool_call_id: None,
+                    name: None,
+                },
+                finish: FinishReason::ToolCalls,
+                usage: Some(Usage {
+                    input: 1117,
+                    output: 46,
+                    cached_input: 1024,
+                    reasoning: 32,
+                }),
+            }
+        );
+        let deepseek = br#"{"id":"x","model":"deepseek-chat","created":1,
+            "choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":100,"completion_tokens":5,"total_tokens":105,
+                     "prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}}"#;
+        let response = openai.chat_response(deepseek).unwrap();
+        assert_eq!(response.message, Message::text(Role::Assistant, "hi"));
+        assert_eq!(response.usage.unwrap().cached_input, 64);
+        assert_eq!(
+            openai.chat_response(b"{\"choices\":[]}").unwrap_err().kind,
+            ErrorKind::BadResponse
+        );
+        assert_eq!(
+            openai.chat_response(b"<html>").unwrap_err().kind,
+            ErrorKind::BadResponse
+        );
+    }
+
+    const OPENAI_TEXT_STREAM: &str = concat!(
+        "data: {\"id\":\"chatcmpl-AyPvA\",\"object\":\"chat.completion.chunk\",\"created\":1738960000,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_4691090a87\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-AyPvA\",\"object\":\"chat.completion.chunk\",\"created\":1738960000,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_4691090a87\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-AyPvA\",\"object\":\"chat.completion.chunk\",\"created\":1738960000,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_4691090a87\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" thère!\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-AyPvA\",\"object\":\"chat.completion.chunk\",\"created\":1738960000,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_4691090a87\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-AyPvA\",\"object\":\"chat.completion.chunk\",\"created\":1738960000,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_4691090a87\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":300,\"total_tokens\":1500,\"prompt_tokens_details\":{\"cached_tokens\":1024,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":128,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    const OPENAI_TOOL_STREAM: &str = concat!(
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_DdmO9pD3xa9XTPNJ32zg2hcA\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}],\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"lo\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"cation\\\": \\\"Paris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_7pTq3\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"{}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-B1\",\"object\":\"chat.completion.chunk\",\"created\":1738960001,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    const MISTRAL_STREAM: &str = concat!(
+        "data: {\"id\":\"cmpl-e5cc70bb28c444948073e77776eb30ef\",\"object\":\"chat.completion.chunk\",\"created\":1702256327,\"model\":\"mistral-small-latest\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"cmpl-e5cc70bb28c444948073e77776eb30ef\",\"object\":\"chat.completion.chunk\",\"created\":1702256327,\"model\":\"mistral-small-latest\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"ZB0Hk2EvV\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"location\\\": \\\"Paris\\\"}\"},\"index\":0}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"cmpl-e5cc70bb28c444948073e77776eb30ef\",\"object\":\"chat.completion.chunk\",\"created\":1702256327,\"model\":\"mistral-small-latest\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":70,\"total_tokens\":92,\"completion_tokens\":22}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn decoder() -> Box<dyn StreamDecoder> {
+        adapter(ProviderKind::OpenAi, "https://api.openai.com/v1").stream_decoder()
+    }
+
+    #[test]
+    fn decodes_a_text_stream_with_a_usage_chunk() {
+        let events = decode_every_split(decoder, OPENAI_TEXT_STREAM.as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                StreamEvent::Start {
+                    id: "chatcmpl-AyPvA".into(),
+                    model: "gpt-4o-2024-08-06".into()
+                },
+                StreamEvent::Text("Hello".into()),
+                StreamEvent::Text(" thère!".into()),
+                StreamEvent::Finish(FinishReason::Stop),
+                StreamEvent::Usage(Usage {
+                    input: 1200,
+                    output: 300,
+                    cached_input: 1024,
+                    reasoning: 128
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_streamed_tool_calls() {
+        let events = decode_every_split(decoder, OPENAI_TOOL_STREAM.as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                StreamEvent::Start {
+                    id: "chatcmpl-B1".into(),
+                    model: "gpt-4o-mini".into()
+                },
+                StreamEvent::ToolCallStart {
+                    index: 0,
+                    id: "call_DdmO9pD3xa9XTPNJ32zg2hcA".into(),
+                    name: "get_weather".into()
+                },
+                StreamEvent::ToolCallArgs {
+                    index: 0,
+                    fragment: "{\"lo".into()
+                },
+                StreamEvent::ToolCallArgs {
+                    index: 0,
+                    fragment: "cation\": \"Paris\"}".into()
+                },
+                StreamEvent::ToolCallStart {
+                    index: 1,
+                    id: "call_7pTq3".into(),
+                    name: "get_time".into()
+                },
+                StreamEvent::ToolCallArgs {
+                    index: 1,
+                    fragment: "{}".into()
+                },
+                StreamEvent::Finish(FinishReason::ToolCalls),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_mistral_usage_in_the_last_chunk() {
+        let mistral =
+            || adapter(ProviderKind::Mistral, "https://api.mistral.ai/v1").stream_decoder();
+        let events = decode_every_split(mistral, MISTRAL_STREAM.as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                StreamEvent::Start {
+                    id: "cmpl-e5cc70bb28c444948073e77776eb30ef".into(),
+                    model: "mistral-small-latest".into()
+                },
+                StreamEvent::ToolCallStart {
+                    index: 0,
+                    id: "ZB0Hk2EvV".into(),
+                    name: "get_weather".into()
+                },
+                StreamEvent::ToolCallArgs {
+                    index: 0,
+                    fragment: "{\"location\": \"Paris\"}".into()
+                },
+                StreamEvent::Finish(FinishReason::ToolCalls),
+                StreamEvent::Usage(Usage {
+                    input: 70,
+                    output: 22,
+                    cached_input: 0,
+                    reasoning: 0
+                }),
+            ]
+        );
+        // Without [DONE], the end of the body still reports the usage.
+        let cut = MISTRAL_STREAM.trim_end_matches("data: [DONE]\n\n");
+        let events = decode_every_split(mistral, cut.as_bytes()).unwrap();
+        assert!(matches!(events.last(), Some(StreamEvent::Usage(_))));
+    }
+
+    #[test]
+    fn an_error_inside_a_stream_is_an_error() {
+        let sample = concat!(
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+        );
+        let error = decode_every_split(decoder, sample.as_bytes()).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Server);
+        assert_eq!(
+            error.message,
+            "The server had an error while processing your request."
+        );
+        let error = decode_every_split(decoder, b"data: {not json}\n\n").unwrap_err();
+        assert_eq!(error.kind, ErrorKind::BadResponse);
+    }
+
+    #[test]
+    fn errors_map_status_body_and_retry_after() {
+        let openai = adapter(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("20"));
+        let error = openai.error(
+            429,
+            &headers,
+            br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(error.status, 429);
+        assert_eq!(error.kind, ErrorKind::RateLimited);
+        assert!(error.message.starts_with("Rate limit reached for gpt-4o"));
+        assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(20)));
+
+        let error = openai.error(
+            401,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+        );
+        assert_eq!(error.kind, ErrorKind::Authentication);
+        assert_eq!(error.retry_after, None);
+
+        let error = openai.error(
+            400,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"Unsupported parameter: 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":"unsupported_parameter"}}"#,
+        );
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        assert_eq!(error.message, "Unsupported parameter: 'max_tokens'");
+
+        // Mistral's flat errors and validation details.
+        let mistral = adapter(ProviderKind::Mistral, "https://api.mistral.ai/v1");
+        let error = mistral.error(
+            422,
+            &HeaderMap::new(),
+            br#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","user"],"msg":"Extra inputs are not permitted"}]},"type":"invalid_request_error","param":null,"code":null}"#,
+        );
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        assert!(error.message.contains("Extra inputs are not permitted"));
+        let error = mistral.error(
+            401,
+            &HeaderMap::new(),
+            br#"{"message":"Unauthorized","request_id":"c0ffee"}"#,
+        );
+        assert_eq!(
+            (error.kind, error.message.as_str()),
+            (ErrorKind::Authentication, "Unauthorized")
+        );
+        let error = mistral.error(503, &HeaderMap::new(), b"upstream connect error");
+        assert_eq!(error.kind, ErrorKind::Overloaded);
+        assert!(error.message.contains("upstream connect error"));
+    }
+
+    #[test]
+    fn embeddings_requests_and_answers() {
+        let request = EmbeddingsRequest {
+            model: "alias".into(),
+            input: vec!["hello".into(), "world".into()],
+            dimensions: Some(256),
+            user: Some("u".into()),
+        };
+        let openai = adapter(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let upstream = openai
+            .embeddings_request(&request, "text-embedding-3-small", Some("k"))
+            .unwrap();
+        assert_eq!(upstream.url, "https://api.openai.com/v1/embeddings");
+        assert_eq!(
+            body_of(&upstream),
+            json!({"model": "text-embedding-3-small", "input": ["hello", "world"], "dimensions": 256, "user": "u"})
+        );
+        let mistral = adapter(ProviderKind::Mistral, "https://api.mistral.ai/v1");
+        let body = body_of(
+            &mistral
+                .embeddings_request(&request, "mistral-embed", Some("k"))
+                .unwrap(),
+        );
+        assert_eq!(
+            body,
+            json!({"model": "mistral-embed", "input": ["hello", "world"], "output_dimension": 256})
+        );
+        let answer = br#"{"object":"list","data":[
+            {"object":"embedding","index":1,"embedding":[0.25,-0.5]},
+            {"object":"embedding","index":0,"embedding":[1.0,0.0]}],
+            "model":"text-embedding-3-small","usage":{"prompt_tokens":4,"total_tokens":4}}"#;
+        assert_eq!(
+            openai.embeddings_response(answer).unwrap(),
+            EmbeddingsResponse {
+                model: "text-embedding-3-small".into(),
+                data: vec![vec![1.0, 0.0], vec![0.25, -0.5]],
+                usage: Some(Usage {
+                    input: 4,
+                    ..Usage::default()
+                }),
+            }
+        );
+        assert_eq!(
+            openai
+                .embeddings_response(br#"{"data":[{"embedding":"AAAA"}]}"#)
+                .unwrap_err()
+                .kind,
+            ErrorKind::BadResponse
+        );
+    }
+}
