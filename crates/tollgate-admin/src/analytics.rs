@@ -1,6 +1,8 @@
 //! `GET /admin/v1/analytics`: access record aggregates in time buckets —
 //! requests, errors, denials by reason, latency percentiles, bytes — and the
-//! busiest consumers and APIs, computed by the store
+//! busiest consumers and APIs, plus, when the range holds AI calls, an `ai`
+//! object of their tokens and spend by model, provider, consumer and bucket
+//! (left out when it holds none), computed by the store
 //! ([`Store::analytics`](tollgate_store::Store::analytics)).
 //!
 //! Parameters: `from` and `to` (RFC 3339 or Unix seconds, as for `/logs`;

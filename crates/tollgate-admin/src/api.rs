@@ -222,6 +222,42 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             )],
         ),
         (
+            "/admin/v1/apis/{name}/openapi.json",
+            get(r::prompt_openapi),
+            vec![op(
+                M::GET,
+                "The OpenAPI description of a prompt API",
+                Empty,
+                200,
+            )],
+        ),
+        (
+            "/admin/v1/ai/{kind}",
+            get(r::ai_kinds::list).post(r::ai_kinds::create),
+            vec![
+                op(M::GET, "List AI providers, models or prices", Empty, 200),
+                op(M::POST, "Create an AI provider, model or price", Obj, 201),
+            ],
+        ),
+        (
+            "/admin/v1/ai/{kind}/{name}",
+            get(r::ai_kinds::one)
+                .merge(put(r::ai_kinds::replace))
+                .merge(patch_route(r::ai_kinds::patch))
+                .merge(delete(r::ai_kinds::remove)),
+            vec![
+                op(M::GET, "Read an AI resource (keys redacted)", Empty, 200),
+                op(
+                    M::PUT,
+                    "Replace (or create) an AI resource; If-Match",
+                    Obj,
+                    200,
+                ),
+                op(M::PATCH, "Merge patch an AI resource; If-Match", Obj, 200),
+                op(M::DELETE, "Delete an AI resource; If-Match", Empty, 204),
+            ],
+        ),
+        (
             "/admin/v1/{kind}",
             get(r::list).post(r::create),
             vec![
@@ -487,10 +523,19 @@ pub fn redact(value: &mut Value) {
                     redact_string(field);
                 } else if key == "keys" {
                     // Consumer keys: `value` is a secret, `hash` is not.
+                    // AI providers' keys are strings; an identity
+                    // provider's PEM public keys are not secret.
                     if let Value::Array(keys) = field {
                         for key in keys {
-                            if let Some(value) = key.get_mut("value") {
-                                redact_string(value);
+                            match key {
+                                Value::String(text) if !text.starts_with("-----BEGIN") => {
+                                    redact_string(key)
+                                }
+                                _ => {
+                                    if let Some(value) = key.get_mut("value") {
+                                        redact_string(value);
+                                    }
+                                }
                             }
                         }
                     }
@@ -533,6 +578,8 @@ async fn logs(
             "outcome" => query.outcome = Some(value.clone()),
             "reason" => query.reason = Some(value.clone()),
             "request_id" => query.request_id = Some(value.clone()),
+            "ai_model" => query.ai_model = Some(value.clone()),
+            "ai_provider" => query.ai_provider = Some(value.clone()),
             "status" => {
                 query.status = Some(
                     value
@@ -545,7 +592,7 @@ async fn logs(
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{other}`: use from, to, api, service, consumer, status, \
-                     outcome, reason, request_id, limit, cursor"
+                     outcome, reason, request_id, ai_model, ai_provider, limit, cursor"
                 )))
             }
         }

@@ -256,7 +256,11 @@ impl Directory {
                 team: field("name").map(String::from),
                 ..Owners::default()
             },
-            Kind::IdentityProviders | Kind::Blocks => Owners::default(),
+            Kind::IdentityProviders
+            | Kind::Blocks
+            | Kind::AiProviders
+            | Kind::AiModels
+            | Kind::AiPrices => Owners::default(),
             Kind::Consumers | Kind::Services => Owners {
                 team: field("team").map(String::from),
                 ..Owners::default()
@@ -380,6 +384,10 @@ pub fn check_write(
         (Kind::Teams | Kind::IdentityProviders | Kind::Blocks, _) => (
             false,
             "only a super_admin may change teams, identity providers and blocks",
+        ),
+        (Kind::AiProviders | Kind::AiModels | Kind::AiPrices, _) => (
+            false,
+            "only a super_admin may change AI providers, models and prices",
         ),
         (Kind::Services | Kind::Apis, _) => (
             both(&admin),
@@ -510,6 +518,9 @@ pub fn check_endpoint(
         }
         "/admin/v1/{kind}"
         | "/admin/v1/{kind}/{name}"
+        | "/admin/v1/ai/{kind}"
+        | "/admin/v1/ai/{kind}/{name}"
+        | "/admin/v1/apis/{name}/openapi.json"
         | "/admin/v1/consumers/{name}/keys"
         | "/admin/v1/consumers/{name}/keys/{id}"
         | "/admin/v1/subscriptions/{id}/{action}" => {

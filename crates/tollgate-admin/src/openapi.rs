@@ -48,6 +48,11 @@ pub struct RouteDoc {
 
 /// The concrete paths a route stands for: `{kind}` expanded to each kind.
 pub fn concrete_paths(path: &str) -> Vec<String> {
+    if path.starts_with("/admin/v1/ai/{kind}") {
+        // The AI kinds' own routes serve what `/admin/v1/{kind}` documents
+        // for `ai/providers`, `ai/models` and `ai/prices`.
+        return Vec::new();
+    }
     if path.contains("{kind}") {
         Kind::ALL
             .iter()

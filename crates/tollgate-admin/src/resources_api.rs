@@ -374,10 +374,21 @@ fn key_of_new(kind: Kind, body: &mut Map<String, Value>) -> Result<String, ApiEr
             body.insert("id".into(), id.clone().into());
             Ok(id)
         }
+        Kind::AiPrices => price_name(body),
         _ => match body.get("name") {
             Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
             _ => Err(unprocessable("name", "is required")),
         },
+    }
+}
+
+/// A price is named `<provider>:<model>` after its two fields.
+fn price_name(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match (body.get("provider"), body.get("model")) {
+        (Some(Value::String(provider)), Some(Value::String(model))) => {
+            Ok(format!("{provider}:{model}"))
+        }
+        _ => Err(unprocessable("provider", "provider and model are required")),
     }
 }
 
@@ -516,8 +527,22 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let kind = kind(&kind_name)?;
     let mut body = object(&body)?;
+    if kind == Kind::AiPrices {
+        // The name is the two fields: fill them in from it, or check them.
+        if let Some((provider, model)) = name.split_once(':') {
+            body.entry("provider").or_insert_with(|| provider.into());
+            body.entry("model").or_insert_with(|| model.into());
+        }
+        if price_name(&body)? != name {
+            return Err(unprocessable(
+                "provider",
+                format!("provider and model must make `{name}`, as in the URL"),
+            ));
+        }
+    }
     let field = kind.key_field();
-    match body.get(field) {
+    match body.get(field).filter(|_| kind != Kind::AiPrices) {
+        None if kind == Kind::AiPrices => {}
         None => {
             body.insert(field.into(), name.clone().into());
         }
@@ -568,7 +593,11 @@ pub async fn patch(
     let mut body = current.body.clone();
     merge_patch(&mut body, &patch);
     restore_redacted(&mut body, &current.body);
-    if body.get(kind.key_field()) != Some(&Value::String(name.clone())) {
+    let same_name = match (kind, &body) {
+        (Kind::AiPrices, Value::Object(map)) => price_name(map).ok().as_ref() == Some(&name),
+        _ => body.get(kind.key_field()) == Some(&Value::String(name.clone())),
+    };
+    if !same_name {
         return Err(unprocessable(
             kind.key_field(),
             "cannot be changed (renaming is not supported)",
@@ -919,8 +948,21 @@ pub async fn export(State(api): State<AdminApi>) -> Result<Response, ApiError> {
     for resource in resources::split(&config) {
         let mut body = resource.body;
         redact(&mut body);
-        document
-            .entry(resource.kind.as_str())
+        // `ai/providers` is the list `providers` under `ai`, as the file writes it.
+        let (section, list) = match resource.kind.config_path().split_once('.') {
+            Some((section, list)) => (Some(section), list),
+            None => (None, resource.kind.as_str()),
+        };
+        let parent = match section {
+            Some(section) => document
+                .entry(section)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("an object was inserted"),
+            None => &mut document,
+        };
+        parent
+            .entry(list)
             .or_insert_with(|| Value::Array(Vec::new()))
             .as_array_mut()
             .expect("an array was inserted")
@@ -967,6 +1009,99 @@ pub async fn import_openapi(
         .collect();
     let committed = writer.write(&api, &edits, dry_run).await?;
     Ok(Json(committed))
+}
+
+/// `GET /admin/v1/apis/<name>/openapi.json`: the generated OpenAPI
+/// description of a prompt API.
+pub async fn prompt_openapi(
+    State(api): State<AdminApi>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let state = api.control.state();
+    let resource = visible(
+        &api,
+        &principal,
+        Kind::Apis,
+        find(&state, Kind::Apis, &name),
+        || ApiError::not_found(format!("no apis named `{name}`")),
+    )?;
+    let decoded: tollgate_config::Api =
+        resources::decode(&resource.body).map_err(|e| ApiError::internal(e.to_string()))?;
+    match decoded.ai.as_ref().and_then(|ai| ai.prompt.as_ref()) {
+        Some(prompt) => Ok(Json(prompt.openapi(&decoded))),
+        None => Err(ApiError::not_found(format!("`{name}` is not a prompt API"))),
+    }
+}
+
+/// The AI kinds (`ai/providers`, `ai/models`, `ai/prices`) at
+/// `/admin/v1/ai/<kind>[/<name>]`: the generic handlers, the kind's `ai/`
+/// put back (a path parameter is one segment).
+pub mod ai_kinds {
+    use super::*;
+
+    fn ai(kind: String) -> Path<String> {
+        Path(format!("ai/{kind}"))
+    }
+
+    fn ai_named((kind, name): (String, String)) -> Path<(String, String)> {
+        Path((format!("ai/{kind}"), name))
+    }
+
+    pub async fn list(
+        state: State<AdminApi>,
+        principal: Extension<Principal>,
+        Path(kind): Path<String>,
+        query: Query_,
+    ) -> Result<Json<Value>, ApiError> {
+        super::list(state, principal, ai(kind), query).await
+    }
+
+    pub async fn create(
+        state: State<AdminApi>,
+        writer: Writer,
+        Path(kind): Path<String>,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        super::create(state, writer, ai(kind), body).await
+    }
+
+    pub async fn one(
+        state: State<AdminApi>,
+        principal: Extension<Principal>,
+        Path(path): Path<(String, String)>,
+    ) -> Result<Response, ApiError> {
+        super::one(state, principal, ai_named(path)).await
+    }
+
+    pub async fn replace(
+        state: State<AdminApi>,
+        writer: Writer,
+        Path(path): Path<(String, String)>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        super::replace(state, writer, ai_named(path), headers, body).await
+    }
+
+    pub async fn patch(
+        state: State<AdminApi>,
+        writer: Writer,
+        Path(path): Path<(String, String)>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        super::patch(state, writer, ai_named(path), headers, body).await
+    }
+
+    pub async fn remove(
+        state: State<AdminApi>,
+        writer: Writer,
+        Path(path): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Result<StatusCode, ApiError> {
+        super::remove(state, writer, ai_named(path), headers).await
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ pub struct Consumer {
     pub basic: Option<BasicCredentials>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateMatch>,
+    /// The AI models (as clients name them) this consumer may call; empty:
+    /// any model its APIs allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ai_models: Vec<String>,
 }
 
 /// One API key: its value (from the environment or literal) or only its hash.

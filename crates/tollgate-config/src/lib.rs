@@ -6,6 +6,7 @@
 //! path it is about (`apis[2].match.paths[0]: must start with '/'`) and
 //! validation returns all errors at once, not the first.
 
+pub mod ai;
 pub mod identity;
 pub mod model;
 pub mod openapi;
@@ -16,11 +17,13 @@ pub mod schema;
 pub mod secret;
 pub mod units;
 mod validate;
+pub mod validate_ai;
 mod validate_security;
 
 use std::fmt;
 use std::path::Path;
 
+pub use ai::*;
 pub use identity::*;
 pub use model::*;
 pub use pattern::{HostPattern, PathPattern, Segment};

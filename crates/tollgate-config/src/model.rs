@@ -13,6 +13,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ai::{Ai, ApiAi};
 use crate::identity::{
     Block, Consumer, IdentityProvider, OAuth2Server, Subscription, SubscriptionMode, Team,
 };
@@ -53,6 +54,9 @@ pub struct Config {
     pub subscriptions: Vec<Subscription>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<Block>,
+    /// LLM providers, the models clients name, and prices.
+    #[serde(default, skip_serializing_if = "Ai::is_empty")]
+    pub ai: Ai,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -366,6 +370,8 @@ impl Default for PassiveHealth {
 #[serde(deny_unknown_fields)]
 pub struct Api {
     pub name: String,
+    /// The service it proxies to; an AI API (`ai` set) has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     #[serde(rename = "match")]
     pub matcher: Match,
@@ -398,6 +404,9 @@ pub struct Api {
     /// deprecated API's header carries the time this node first served it as such.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecated_at: Option<Timestamp>,
+    /// Served by the AI gateway instead of a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<ApiAi>,
 }
 
 /// `version: 2` and `version: "2"` alike; `version: 1.10` would silently be

@@ -32,6 +32,12 @@ pub struct Policies {
     pub cors: Option<CorsPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_limits: Option<crate::ai::AiLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_budget: Option<crate::ai::AiBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_guard: Option<crate::ai::AiGuard>,
 }
 
 impl Policies {
@@ -50,6 +56,9 @@ impl Policies {
             validate: pick(&self.validate, &base.validate),
             cors: pick(&self.cors, &base.cors),
             headers: pick(&self.headers, &base.headers),
+            ai_limits: pick(&self.ai_limits, &base.ai_limits),
+            ai_budget: pick(&self.ai_budget, &base.ai_budget),
+            ai_guard: pick(&self.ai_guard, &base.ai_guard),
         }
     }
 

@@ -20,6 +20,10 @@ pub enum Kind {
     Teams,
     IdentityProviders,
     Consumers,
+    AiProviders,
+    AiModels,
+    /// Named `<provider>:<model>`.
+    AiPrices,
     Services,
     Apis,
     Subscriptions,
@@ -28,10 +32,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order a configuration lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Teams,
         Kind::IdentityProviders,
         Kind::Consumers,
+        Kind::AiProviders,
+        Kind::AiModels,
+        Kind::AiPrices,
         Kind::Services,
         Kind::Apis,
         Kind::Subscriptions,
@@ -47,6 +54,20 @@ impl Kind {
             Kind::Apis => "apis",
             Kind::Subscriptions => "subscriptions",
             Kind::Blocks => "blocks",
+            Kind::AiProviders => "ai/providers",
+            Kind::AiModels => "ai/models",
+            Kind::AiPrices => "ai/prices",
+        }
+    }
+
+    /// Where the kind's list sits in a whole configuration's field paths
+    /// (`ai.providers` for `ai/providers`).
+    pub fn config_path(self) -> &'static str {
+        match self {
+            Kind::AiProviders => "ai.providers",
+            Kind::AiModels => "ai.models",
+            Kind::AiPrices => "ai.prices",
+            other => other.as_str(),
         }
     }
 
@@ -59,6 +80,7 @@ impl Kind {
     pub fn key_field(self) -> &'static str {
         match self {
             Kind::Subscriptions | Kind::Blocks => "id",
+            Kind::AiPrices => "provider:model",
             _ => "name",
         }
     }
@@ -91,6 +113,7 @@ pub fn node_settings(config: &Config) -> Config {
         apis: Vec::new(),
         subscriptions: Vec::new(),
         blocks: Vec::new(),
+        ai: crate::Ai::default(),
         ..config.clone()
     }
 }
@@ -131,6 +154,20 @@ pub fn split(config: &Config) -> Vec<Resource> {
             consumer.team.clone(),
             to_json(consumer),
         );
+    }
+    for provider in &config.ai.providers {
+        push(
+            Kind::AiProviders,
+            provider.name.clone(),
+            None,
+            to_json(provider),
+        );
+    }
+    for model in &config.ai.models {
+        push(Kind::AiModels, model.name.clone(), None, to_json(model));
+    }
+    for price in &config.ai.prices {
+        push(Kind::AiPrices, price_key(price), None, to_json(price));
     }
     for service in &config.services {
         push(
@@ -191,6 +228,9 @@ pub fn assemble<'a>(
             Kind::Apis => decode(body).map(|v| config.apis.push(v)),
             Kind::Subscriptions => decode(body).map(|v| config.subscriptions.push(v)),
             Kind::Blocks => decode(body).map(|v| config.blocks.push(v)),
+            Kind::AiProviders => decode(body).map(|v| config.ai.providers.push(v)),
+            Kind::AiModels => decode(body).map(|v| config.ai.models.push(v)),
+            Kind::AiPrices => decode(body).map(|v| config.ai.prices.push(v)),
         };
         if let Err(error) = result {
             errors.push(ConfigError::new(join_path(&at, &error.path), error.message));
@@ -221,7 +261,11 @@ pub fn team_of(config: &Config, kind: Kind, name: &str) -> Option<String> {
     };
     match kind {
         Kind::Teams => Some(name.to_string()),
-        Kind::IdentityProviders | Kind::Blocks => None,
+        Kind::IdentityProviders
+        | Kind::Blocks
+        | Kind::AiProviders
+        | Kind::AiModels
+        | Kind::AiPrices => None,
         Kind::Consumers => config
             .consumers
             .iter()
@@ -239,6 +283,12 @@ pub fn team_of(config: &Config, kind: Kind, name: &str) -> Option<String> {
             .find(|s| s.key() == name)
             .and_then(|s| service_team(&s.service)),
     }
+}
+
+/// The name of a price resource: `<provider>:<model>` (provider names have
+/// no `:`, so the first one splits it).
+pub fn price_key(price: &crate::AiPrice) -> String {
+    format!("{}:{}", price.provider, price.model)
 }
 
 /// Deserialises one resource body, with the failing field's path.
@@ -270,6 +320,9 @@ pub fn position(config: &Config, kind: Kind, name: &str) -> Option<usize> {
         Kind::Apis => config.apis.iter().position(|r| r.name == name),
         Kind::Subscriptions => config.subscriptions.iter().position(|r| r.key() == name),
         Kind::Blocks => config.blocks.iter().position(|r| r.id == name),
+        Kind::AiProviders => config.ai.providers.iter().position(|r| r.name == name),
+        Kind::AiModels => config.ai.models.iter().position(|r| r.name == name),
+        Kind::AiPrices => config.ai.prices.iter().position(|r| price_key(r) == name),
     }
 }
 
@@ -279,7 +332,7 @@ pub fn position(config: &Config, kind: Kind, name: &str) -> Option<usize> {
 pub fn resource_path(config: &Config, path: &str) -> String {
     for kind in Kind::ALL {
         let Some(rest) = path
-            .strip_prefix(kind.as_str())
+            .strip_prefix(kind.config_path())
             .and_then(|r| r.strip_prefix('['))
         else {
             continue;
@@ -298,6 +351,9 @@ pub fn resource_path(config: &Config, path: &str) -> String {
             Kind::Apis => config.apis.get(index).map(|r| r.name.clone()),
             Kind::Subscriptions => config.subscriptions.get(index).map(|r| r.key()),
             Kind::Blocks => config.blocks.get(index).map(|r| r.id.clone()),
+            Kind::AiProviders => config.ai.providers.get(index).map(|r| r.name.clone()),
+            Kind::AiModels => config.ai.models.get(index).map(|r| r.name.clone()),
+            Kind::AiPrices => config.ai.prices.get(index).map(price_key),
         };
         if let Some(name) = name {
             return format!("{kind}/{name}{tail}");

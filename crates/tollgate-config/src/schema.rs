@@ -54,6 +54,9 @@ pub fn resource_schema(kind: Kind) -> serde_json::Value {
         Kind::Apis => schemars::schema_for!(crate::Api),
         Kind::Subscriptions => schemars::schema_for!(crate::Subscription),
         Kind::Blocks => schemars::schema_for!(crate::Block),
+        Kind::AiProviders => schemars::schema_for!(crate::AiProvider),
+        Kind::AiModels => schemars::schema_for!(crate::AiModel),
+        Kind::AiPrices => schemars::schema_for!(crate::AiPrice),
     };
     schema.to_value()
 }
@@ -67,10 +70,11 @@ mod tests {
         for kind in Kind::ALL {
             let schema = resource_schema(kind);
             assert_eq!(schema["type"], "object", "{kind}: {schema}");
-            assert!(
-                schema["properties"][kind.key_field()].is_object(),
-                "{kind}: {schema}"
-            );
+            // A price is named after two of its fields.
+            let fields: Vec<&str> = kind.key_field().split(':').collect();
+            for field in fields {
+                assert!(schema["properties"][field].is_object(), "{kind}: {schema}");
+            }
         }
         let api = resource_schema(Kind::Apis);
         assert!(api["properties"]["match"].is_object(), "{api}");

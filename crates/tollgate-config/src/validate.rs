@@ -140,7 +140,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
                 format!("duplicate api name `{}`", api.name),
             );
         }
-        if !service_names.contains(api.service.as_str()) {
+        if api.ai.is_none() && api.service.is_empty() {
+            err(
+                format!("{at}.service"),
+                "required (or `ai`, for an API the AI gateway serves)".into(),
+            );
+        } else if api.ai.is_none() && !service_names.contains(api.service.as_str()) {
             err(
                 format!("{at}.service"),
                 format!("no service named `{}`", api.service),
@@ -196,6 +201,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         check_lifecycle(config, api, &at, &mut err);
     }
     crate::validate_security::validate(config, &mut err);
+    crate::validate_ai::validate(config, &mut err);
     errors
 }
 

@@ -111,8 +111,14 @@ impl Rate {
     /// (`0` for a fresh key). Returns the hit's outcome; when it is allowed,
     /// its `tat` is the value to store.
     pub fn apply(self, tat: u64, now_us: u64) -> RateHit {
+        self.apply_n(tat, now_us, 1)
+    }
+
+    /// [`apply`](Self::apply) for a hit that weighs `n` (tokens of an AI
+    /// call): allowed when `n` more hits fit in the burst now.
+    pub fn apply_n(self, tat: u64, now_us: u64, n: u64) -> RateHit {
         let base = tat.max(now_us);
-        let next = base.saturating_add(self.interval_us);
+        let next = base.saturating_add(self.interval_us.saturating_mul(n));
         if next - now_us > self.tolerance_us() {
             RateHit {
                 allowed: false,
@@ -192,11 +198,38 @@ pub trait CounterStore: Send + Sync + 'static {
         key: &'a str,
         rate: Rate,
         now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        self.acquire_rate_n(key, rate, 1, now_us)
+    }
+
+    /// [`acquire_rate`](Self::acquire_rate) for a hit weighing `n` (the
+    /// tokens an AI call reserves), all or nothing.
+    fn acquire_rate_n<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        n: u64,
+        now_us: u64,
     ) -> CounterReply<'a, RateHit>;
+
+    /// Gives back `n` hits counted against `key`: the unused part of a
+    /// reservation. Redis: the same script as `release_rate`, by `n` intervals.
+    fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()>;
+
+    /// Adds `amount` to the running total `key` (spend in micro-USD), which
+    /// lives until `expires_at` (Unix seconds); returns the new total.
+    /// Redis: `INCRBY`, and `EXPIREAT` when the key was new.
+    fn add_total<'a>(&'a self, key: &'a str, amount: u64, expires_at: i64)
+        -> CounterReply<'a, u64>;
+
+    /// The running total `key` (0 when there is none). Redis: `GET`.
+    fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64>;
 
     /// Gives back one hit that [`acquire_rate`](Self::acquire_rate) counted
     /// against `key`: for a request another limit refused.
-    fn release_rate<'a>(&'a self, key: &'a str, rate: Rate) -> CounterReply<'a, ()>;
+    fn release_rate<'a>(&'a self, key: &'a str, rate: Rate) -> CounterReply<'a, ()> {
+        self.release_rate_n(key, rate, 1)
+    }
 
     /// Counts one hit against the quota `key` if its count is below `limit`,
     /// atomically. The counter lives until `expires_at` (Unix seconds, the
@@ -339,13 +372,13 @@ impl MemoryCounters {
         }
     }
 
-    fn acquire_rate_now(&self, key: &str, rate: Rate, now_us: u64) -> RateHit {
+    fn acquire_rate_now(&self, key: &str, rate: Rate, n: u64, now_us: u64) -> RateHit {
         let hit = |tat: &AtomicU64| {
             let mut current = tat.load(Ordering::Acquire);
             loop {
                 // After the load: a hit stored before it was judged no later.
                 let now_us = self.clock.fetch_max(now_us, Ordering::AcqRel).max(now_us);
-                let hit = rate.apply(current, now_us);
+                let hit = rate.apply_n(current, now_us, n);
                 if !hit.allowed {
                     return hit;
                 }
@@ -370,12 +403,29 @@ impl MemoryCounters {
         hit(&tat)
     }
 
-    fn release_rate_now(&self, key: &str, rate: Rate) {
+    fn release_rate_now(&self, key: &str, rate: Rate, n: u64) {
         if let Some(tat) = self.rates.get(key) {
             let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_sub(rate.interval_us))
+                Some(t.saturating_sub(rate.interval_us.saturating_mul(n)))
             });
         }
+    }
+
+    fn add_total_now(&self, key: &str, amount: u64, expires_at: i64) -> u64 {
+        let add = |entry: &QuotaEntry| {
+            let total = entry.count.fetch_add(amount, Ordering::AcqRel) + amount;
+            entry.dirty.store(true, Ordering::Release);
+            total
+        };
+        if let Some(entry) = self.quotas.get(key) {
+            return add(&entry);
+        }
+        let entry = self.quotas.entry(key.into()).or_insert_with(|| QuotaEntry {
+            count: AtomicU64::new(0),
+            expires_at,
+            dirty: AtomicBool::new(false),
+        });
+        add(&entry)
     }
 
     fn acquire_quota_now(&self, key: &str, limit: u64, expires_at: i64) -> QuotaHit {
@@ -409,18 +459,36 @@ impl MemoryCounters {
 }
 
 impl CounterStore for MemoryCounters {
-    fn acquire_rate<'a>(
+    fn acquire_rate_n<'a>(
         &'a self,
         key: &'a str,
         rate: Rate,
+        n: u64,
         now_us: u64,
     ) -> CounterReply<'a, RateHit> {
-        CounterReply::ready(Ok(self.acquire_rate_now(key, rate, now_us)))
+        CounterReply::ready(Ok(self.acquire_rate_now(key, rate, n, now_us)))
     }
 
-    fn release_rate<'a>(&'a self, key: &'a str, rate: Rate) -> CounterReply<'a, ()> {
-        self.release_rate_now(key, rate);
+    fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()> {
+        self.release_rate_now(key, rate, n);
         CounterReply::ready(Ok(()))
+    }
+
+    fn add_total<'a>(
+        &'a self,
+        key: &'a str,
+        amount: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, u64> {
+        CounterReply::ready(Ok(self.add_total_now(key, amount, expires_at)))
+    }
+
+    fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
+        let total = self
+            .quotas
+            .get(key)
+            .map_or(0, |entry| entry.count.load(Ordering::Acquire));
+        CounterReply::ready(Ok(total))
     }
 
     fn acquire_quota<'a>(
@@ -563,8 +631,8 @@ mod tests {
     fn a_hit_stored_after_a_later_one_is_judged_at_the_later_time() {
         let store = MemoryCounters::new();
         let rate = Rate::per_window(10, Duration::from_secs(60));
-        let later = store.acquire_rate_now("k", rate, T0 + 500);
-        let earlier = store.acquire_rate_now("k", rate, T0);
+        let later = store.acquire_rate_now("k", rate, 1, T0 + 500);
+        let earlier = store.acquire_rate_now("k", rate, 1, T0);
         assert_eq!(earlier.at_us, T0 + 500);
         assert_eq!(later.remaining(rate, later.at_us), 9);
         assert_eq!(earlier.remaining(rate, earlier.at_us), 8);
@@ -576,29 +644,65 @@ mod tests {
         let rate = Rate::per_window(3, Duration::from_secs(3));
         assert_eq!(rate.interval_us, 1_000_000);
         for remaining in [2, 1, 0] {
-            let hit = store.acquire_rate_now("k", rate, T0);
+            let hit = store.acquire_rate_now("k", rate, 1, T0);
             assert!(hit.allowed);
             assert_eq!(hit.remaining(rate, T0), remaining);
         }
-        let refused = store.acquire_rate_now("k", rate, T0);
+        let refused = store.acquire_rate_now("k", rate, 1, T0);
         assert!(!refused.allowed);
         assert_eq!(refused.until_next(rate, T0), Duration::from_secs(1));
         assert_eq!(refused.until_full(T0), Duration::from_secs(3));
         // One interval later, one more.
-        assert!(store.acquire_rate_now("k", rate, T0 + 1_000_000).allowed);
-        assert!(!store.acquire_rate_now("k", rate, T0 + 1_000_000).allowed);
+        assert!(store.acquire_rate_now("k", rate, 1, T0 + 1_000_000).allowed);
+        assert!(!store.acquire_rate_now("k", rate, 1, T0 + 1_000_000).allowed);
+    }
+
+    #[test]
+    fn weighted_hits_reserve_and_give_back_tokens() {
+        // 1000 tokens a minute: a 600-token call fits, a second one does not
+        // until 300 of the first are given back.
+        let store = MemoryCounters::new();
+        let rate = Rate::per_window(1000, Duration::from_secs(60));
+        assert!(store.acquire_rate_now("t", rate, 600, T0).allowed);
+        assert!(!store.acquire_rate_now("t", rate, 600, T0).allowed);
+        store.release_rate_now("t", rate, 300);
+        let hit = store.acquire_rate_now("t", rate, 600, T0);
+        assert!(hit.allowed);
+        assert_eq!(hit.remaining(rate, T0), 100);
+        // More than the whole burst never fits.
+        assert!(!store.acquire_rate_now("fresh", rate, 1001, T0).allowed);
+    }
+
+    #[test]
+    fn totals_add_up_and_persist_like_quotas() {
+        let store = MemoryCounters::new();
+        let expires = 2_000_000_000;
+        assert_eq!(now_or_never(store.read_total("b")), 0);
+        assert_eq!(now_or_never(store.add_total("b", 1_500, expires)), 1_500);
+        assert_eq!(now_or_never(store.add_total("b", 2_500, expires)), 4_000);
+        assert_eq!(now_or_never(store.read_total("b")), 4_000);
+        let dirty = store.take_dirty(0);
+        assert!(dirty.iter().any(|c| c.key == "b" && c.count == 4_000));
+    }
+
+    /// The memory store answers at once.
+    fn now_or_never<T>(reply: CounterReply<'_, T>) -> T {
+        match reply {
+            CounterReply::Ready(Some(answer)) => answer.expect("ok"),
+            _ => panic!("the memory store answers at once"),
+        }
     }
 
     #[test]
     fn release_gives_a_hit_back() {
         let store = MemoryCounters::new();
         let rate = Rate::per_window(1, Duration::from_secs(60));
-        assert!(store.acquire_rate_now("k", rate, T0).allowed);
-        assert!(!store.acquire_rate_now("k", rate, T0).allowed);
-        store.release_rate_now("k", rate);
-        assert!(store.acquire_rate_now("k", rate, T0).allowed);
+        assert!(store.acquire_rate_now("k", rate, 1, T0).allowed);
+        assert!(!store.acquire_rate_now("k", rate, 1, T0).allowed);
+        store.release_rate_now("k", rate, 1);
+        assert!(store.acquire_rate_now("k", rate, 1, T0).allowed);
         // Releasing an unknown key does not create it.
-        store.release_rate_now("other", rate);
+        store.release_rate_now("other", rate, 1);
         assert!(store.rates.get("other").is_none());
     }
 
@@ -628,8 +732,8 @@ mod tests {
         let store = MemoryCounters::new();
         let rate = Rate::per_window(10, Duration::from_secs(1));
         let t0 = UNIX_EPOCH + Duration::from_micros(T0);
-        store.acquire_rate_now("short", rate, T0);
-        store.acquire_rate_now("long", Rate::per_window(1, Duration::from_secs(60)), T0);
+        store.acquire_rate_now("short", rate, 1, T0);
+        store.acquire_rate_now("long", Rate::per_window(1, Duration::from_secs(60)), 1, T0);
         let t0_s = unix_seconds(t0);
         store.acquire_quota_now("ended", 5, t0_s + 1);
         store.acquire_quota_now("current", 5, t0_s + 86_400);

@@ -53,6 +53,12 @@ constructors! {
     blocked => "blocked", FORBIDDEN;
     rate_limited => "rate_limited", TOO_MANY_REQUESTS;
     quota_exceeded => "quota_exceeded", TOO_MANY_REQUESTS;
+    /// The AI spend of the period reached the `ai_budget`.
+    budget_exceeded => "budget_exceeded", PAYMENT_REQUIRED;
+    /// A prompt matched one of the `ai_guard`'s deny patterns.
+    prompt_rejected => "prompt_rejected", BAD_REQUEST;
+    /// The model is not in the `ai_guard`'s `allow_models`.
+    model_not_allowed => "model_not_allowed", FORBIDDEN;
     payload_too_large => "payload_too_large", PAYLOAD_TOO_LARGE;
     unsupported_media_type => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
     /// Malformed JSON, too deep, too large to validate.

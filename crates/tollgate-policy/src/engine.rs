@@ -1,6 +1,7 @@
 //! Compiling a configuration's identities and policies into what the request
 //! pipeline runs, and the phases that need more than one policy.
 
+use crate::ai_limits::{AiBudgetPolicy, AiLimitsPolicy};
 use crate::blocks::Blocks;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,6 +87,10 @@ pub struct ApiPolicies {
     pub validator: Option<Arc<BodyValidator>>,
     pub request_headers: Option<HeaderTransform>,
     pub response_headers: Option<HeaderTransform>,
+    pub ai_limits: Option<AiLimitsPolicy>,
+    pub ai_budget: Option<AiBudgetPolicy>,
+    /// Compiled by the AI gateway, which owns the guard's matchers.
+    pub ai_guard: Option<tollgate_config::AiGuard>,
 }
 
 pub struct CompiledPolicies {
@@ -111,13 +116,22 @@ pub fn compile(
     let mut validators: HashMap<String, Option<Arc<BodyValidator>>> = HashMap::new();
     let mut apis = Vec::with_capacity(config.apis.len());
     for (i, api) in config.apis.iter().enumerate() {
-        let Some(&(service_index, service)) = services.get(api.service.as_str()) else {
-            apis.push(None);
-            continue;
+        // An AI API has no service: its policies are its own over the global ones.
+        let service = match services.get(api.service.as_str()) {
+            Some(&found) => Some(found),
+            None if api.ai.is_some() => None,
+            None => {
+                apis.push(None);
+                continue;
+            }
         };
-        let service_level = service.policies.over(&config.policies);
+        let service_level = match service {
+            Some((_, service)) => service.policies.over(&config.policies),
+            None => config.policies.clone(),
+        };
+        let subscription = service.map_or(SubscriptionMode::Open, |(_, s)| s.subscription);
         let effective = api.policies.over(&service_level);
-        if effective.is_empty() && service.subscription == SubscriptionMode::Open {
+        if effective.is_empty() && subscription == SubscriptionMode::Open {
             apis.push(None);
             continue;
         }
@@ -126,10 +140,10 @@ pub fn compile(
         let declared = |pick: fn(&Policies) -> bool| {
             if pick(&api.policies) {
                 (format!("api:{}", api.name), format!("apis[{i}].policies"))
-            } else if pick(&service.policies) {
+            } else if let Some((index, service)) = service.filter(|(_, s)| pick(&s.policies)) {
                 (
                     format!("service:{}", service.name),
-                    format!("services[{service_index}].policies"),
+                    format!("services[{index}].policies"),
                 )
             } else {
                 ("global".to_string(), "policies".to_string())
@@ -163,12 +177,12 @@ pub fn compile(
         let headers = effective.headers.as_ref();
         apis.push(Some(Arc::new(ApiPolicies {
             api: api.name.as_str().into(),
-            service: service.name.as_str().into(),
+            service: service.map_or("", |(_, s)| s.name.as_str()).into(),
             ip: effective.ip.as_ref().map(IpRules::compile),
             cors: effective.cors.as_ref().map(Cors::compile),
             auth: effective.auth.as_ref().map(Authenticator::compile),
             acl: effective.acl.as_ref().map(Acl::compile),
-            subscription: service.subscription,
+            subscription,
             rate_limits: effective
                 .rate_limit
                 .as_deref()
@@ -186,6 +200,15 @@ pub fn compile(
             response_headers: headers
                 .map(|h| HeaderTransform::compile(&h.response))
                 .filter(|t| !t.is_empty()),
+            ai_limits: effective
+                .ai_limits
+                .as_ref()
+                .map(|limits| AiLimitsPolicy::compile(limits, &scope(|p| p.ai_limits.is_some()))),
+            ai_budget: effective
+                .ai_budget
+                .as_ref()
+                .map(|budget| AiBudgetPolicy::compile(budget, &scope(|p| p.ai_budget.is_some()))),
+            ai_guard: effective.ai_guard.clone(),
         })));
     }
     if errors.is_empty() {
@@ -210,12 +233,13 @@ fn compile_security(
     let mut certs = CertIndex::default();
     for (i, consumer) in config.consumers.iter().enumerate() {
         let groups: Vec<&str> = consumer.groups.iter().map(String::as_str).collect();
-        let info = Arc::new(ConsumerInfo::new(
-            &consumer.name,
-            consumer.team.as_deref(),
-            &groups,
-            true,
-        ));
+        let mut info = ConsumerInfo::new(&consumer.name, consumer.team.as_deref(), &groups, true);
+        info.ai_models = consumer
+            .ai_models
+            .iter()
+            .map(|m| m.as_str().into())
+            .collect();
+        let info = Arc::new(info);
         consumers.insert(consumer.name.clone(), info.clone());
         for (k, key) in consumer.keys.iter().enumerate() {
             let hash = match (&key.value, &key.hash) {

@@ -13,6 +13,9 @@ pub struct ConsumerInfo {
     /// False for a token subject that no `consumers:` entry declares: such an
     /// identity is authenticated but belongs to no team or group.
     pub registered: bool,
+    /// The AI models this consumer may call (`ai_models`); empty: any its
+    /// APIs allow.
+    pub ai_models: Vec<Arc<str>>,
     /// `X-Consumer-Name` and `X-Consumer-Team` values, made once.
     pub name_header: Option<http::HeaderValue>,
     pub team_header: Option<http::HeaderValue>,
@@ -25,6 +28,7 @@ impl ConsumerInfo {
             team: team.map(Into::into),
             groups: groups.iter().map(|g| (*g).into()).collect(),
             registered,
+            ai_models: Vec::new(),
             name_header: http::HeaderValue::from_str(name).ok(),
             team_header: team.and_then(|t| http::HeaderValue::from_str(t).ok()),
         }

@@ -11,6 +11,7 @@
 //! (memory on one node), and remote key sets and introspection answers are cached.
 
 pub mod acl;
+pub mod ai_limits;
 pub mod auth;
 pub mod basic;
 pub mod blocks;

@@ -102,7 +102,7 @@ pub(crate) struct Period {
     start: Date,
     kind: QuotaPeriod,
     /// Unix seconds: midnight UTC after the period's last day.
-    ends_at: i64,
+    pub(crate) ends_at: i64,
 }
 
 impl Period {
@@ -135,7 +135,7 @@ impl Period {
     }
 
     /// `d2025-03-01` or `m2025-03`.
-    fn write_label(&self, key: &mut String) {
+    pub(crate) fn write_label(&self, key: &mut String) {
         use std::fmt::Write as _;
         let (year, month) = (self.start.year(), u8::from(self.start.month()));
         let _ = match self.kind {

@@ -202,6 +202,19 @@ impl RecordFinisher {
 enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    Produced(Box<dyn ProducedBody>),
+}
+
+/// A body the gateway writes as it goes: the AI gateway's translated
+/// answers, which read a provider's stream and write the client's format.
+pub trait ProducedBody: Send {
+    /// The next chunk for the client; `None` at the end.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+
+    /// Called once, when the body ended (`finished`) or was dropped before
+    /// its end: completes the request's record (tokens, cost) before it is
+    /// written, and settles what the request reserved.
+    fn complete(&mut self, record: &mut AccessRecord, finished: bool);
 }
 
 /// A pooled upstream connection lent to one exchange, returned when the
@@ -217,6 +230,8 @@ pub struct ResponseBody {
     bytes_out: u64,
     finisher: Option<Box<RecordFinisher>>,
     pooled: Option<PooledSender>,
+    /// A produced body reached its end (not dropped half-way).
+    produced_ended: bool,
 }
 
 impl ResponseBody {
@@ -230,6 +245,7 @@ impl ResponseBody {
             bytes_out: 0,
             finisher,
             pooled,
+            produced_ended: false,
         }
     }
 
@@ -246,6 +262,21 @@ impl ResponseBody {
             bytes_out: 0,
             finisher,
             pooled: None,
+            produced_ended: false,
+        }
+    }
+
+    /// A body the gateway produces; `finisher` writes the record when it ends.
+    pub fn produced(
+        body: Box<dyn ProducedBody>,
+        finisher: Option<Box<RecordFinisher>>,
+    ) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Produced(body),
+            bytes_out: 0,
+            finisher,
+            pooled: None,
+            produced_ended: false,
         }
     }
 
@@ -259,7 +290,10 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, stream_error: bool) {
-        if let Some(finisher) = self.finisher.take() {
+        if let Some(mut finisher) = self.finisher.take() {
+            if let Inner::Produced(body) = &mut self.inner {
+                body.complete(&mut finisher.record, self.produced_ended && !stream_error);
+            }
             finisher.finish(self.bytes_out, stream_error);
         }
     }
@@ -287,6 +321,14 @@ impl Body for ResponseBody {
         let polled = match &mut this.inner {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Produced(body) => match body.poll_chunk(cx) {
+                Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(None) => {
+                    this.produced_ended = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -312,6 +354,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Upstream(body) => body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
+            Inner::Produced(_) => false,
         }
     }
 
@@ -321,6 +364,7 @@ impl Body for ResponseBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Inner::Produced(_) => SizeHint::default(),
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct GatewayError {
     pub extra_headers: Vec<(http::HeaderName, HeaderValue)>,
     /// More members of the JSON error object (a failing schema path, …).
     pub details: Option<serde_json::Value>,
+    /// Answer in Anthropic's error format: the request came to an AI API's
+    /// `/messages`, whose clients read `error.type`.
+    pub anthropic_body: bool,
 }
 
 macro_rules! constructors {
@@ -53,6 +56,7 @@ macro_rules! constructors {
                         close: false,
                         extra_headers: Vec::new(),
                         details: None,
+                        anthropic_body: false,
                     }
                 }
             )*
@@ -91,6 +95,14 @@ impl GatewayError {
     /// The JSON body: `{"error":{"code":…,"message":…,"request_id":…}}`, plus
     /// the details' members (which cannot replace those three).
     pub fn body(&self, request_id: &str) -> Bytes {
+        if self.anthropic_body {
+            return tollgate_ai::formats::anthropic::render_error(
+                self.status.as_u16(),
+                self.code,
+                &self.message,
+                request_id,
+            );
+        }
         let mut error = serde_json::Map::new();
         if let Some(serde_json::Value::Object(details)) = &self.details {
             for (key, value) in details {
@@ -145,6 +157,7 @@ impl From<tollgate_policy::Denial> for GatewayError {
             close: false,
             extra_headers: denial.headers,
             details: denial.details,
+            anthropic_body: false,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! bounded access-log channel. This crate must never buffer a body it does
 //! not have to, nor answer anything but a JSON error for its own refusals.
 
+pub mod ai;
 pub mod body;
 pub mod client;
 pub mod error;

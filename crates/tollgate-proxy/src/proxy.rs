@@ -145,9 +145,12 @@ impl Proxy {
         let mut unread_body = !http_body::Body::is_end_stream(req.body());
         // Once routed, a deprecated API's headers go on every answer, errors included.
         let mut lifecycle_headers: &[(http::HeaderName, HeaderValue)] = &[];
+        // An AI API's `/messages` answers errors in Anthropic's format.
+        let mut anthropic_errors = false;
         macro_rules! fail {
             ($error:expr) => {{
                 let mut error = $error;
+                error.anthropic_body = anthropic_errors;
                 error
                     .extra_headers
                     .extend(lifecycle_headers.iter().cloned());
@@ -268,11 +271,11 @@ impl Proxy {
             }
         };
         let api: &ApiRuntime = &snapshot.apis[api_index];
-        let service = &api.service;
         fin.record.api = Some(api.name.clone());
-        fin.record.service = Some(service.name.clone());
+        fin.record.service = api.service.as_ref().map(|s| s.name.clone());
         fin.metrics = Some(api.metrics.clone());
         lifecycle_headers = &api.lifecycle.headers;
+        anthropic_errors = api.ai.is_some() && path.trim_end_matches('/').ends_with("/messages");
 
         // Only the gateway says who the caller is, and the method and path
         // judged are the ones served.
@@ -362,6 +365,28 @@ impl Proxy {
                 }
             }
         }
+        if let Some(ai_api) = &api.ai {
+            let (parts, body) = req.into_parts();
+            let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+            let request_id = fin.request_id_header.clone();
+            let request = crate::ai::handler::AiRequest {
+                runtime: &snapshot.ai,
+                api: ai_api,
+                api_name: &api.name,
+                policies,
+                counters: &snapshot.security.counters,
+                identity: identity.as_ref(),
+                client_ip: fin.record.client_ip,
+                path: &path,
+                max_body,
+            };
+            let mut response = crate::ai::handler::serve(request, parts, body, fin).await;
+            finish_headers(response.headers_mut(), snapshot, conn, request_id, &applied);
+            return Ok(response);
+        }
+        let Some(service) = api.service.as_ref() else {
+            fail!(GatewayError::internal("the API has no service"));
+        };
         let body_limit_error = |limit: u64| {
             let message = format!("the request body exceeds {limit} bytes");
             if limit < snapshot.max_body {
@@ -581,37 +606,51 @@ fn respond(
 
     let (mut parts, body) = response.into_parts();
     forwarding::remove_hop_by_hop(&mut parts.headers, false);
+    finish_headers(
+        &mut parts.headers,
+        snapshot,
+        conn,
+        fin.request_id_header.clone(),
+        applied,
+    );
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, ResponseBody::upstream(body, Some(fin), pooled))
+}
+
+/// The headers the gateway sets on every answer of a routed API, the
+/// upstream's or the AI gateway's: response policies, request id, rate-limit
+/// status, lifecycle, `nosniff`, HSTS.
+fn finish_headers(
+    headers: &mut http::HeaderMap,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request_id: HeaderValue,
+    applied: &Applied<'_>,
+) {
     if let Some(policies) = applied.policies {
-        policies.transform_response(applied.origin.as_ref(), &mut parts.headers);
+        policies.transform_response(applied.origin.as_ref(), headers);
     }
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), fin.request_id_header.clone());
+    headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some(status) = &applied.rate_limit {
-        status.apply(&mut parts.headers);
+        status.apply(headers);
     }
     // The gateway's `Deprecation` and `Sunset` replace the upstream's; its
     // `Link` joins the upstream's own links (pagination and the like).
     for (name, value) in applied.lifecycle_headers {
         if name == header::LINK {
-            parts.headers.append(name.clone(), value.clone());
+            headers.append(name.clone(), value.clone());
         } else {
-            parts.headers.insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.clone());
         }
     }
-    parts
-        .headers
+    headers
         .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
     if conn.tls {
         if let Some(hsts) = &snapshot.hsts {
-            parts
-                .headers
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
-    parts.version = Version::HTTP_11;
-    Response::from_parts(parts, ResponseBody::upstream(body, Some(fin), pooled))
 }
 
 /// Copies bytes both ways between an upgraded client and upstream, then

@@ -33,6 +33,8 @@ pub struct Registries {
     /// snapshot: registering costs a registry look-up per status, which
     /// dominated compiling a thousand APIs.
     pub metrics: ApiMetricsRegistry,
+    /// Provider keys' health and the AI response caches.
+    pub ai: crate::ai::AiRegistry,
 }
 
 /// [`ApiMetrics`] by API name.
@@ -69,6 +71,7 @@ impl Registries {
             policy,
             deprecations: DeprecationRegistry::default(),
             metrics: ApiMetricsRegistry::default(),
+            ai: crate::ai::AiRegistry::default(),
         }
     }
 }
@@ -88,11 +91,15 @@ pub struct Snapshot {
     pub security: Arc<Security>,
     /// The configuration this snapshot was compiled from.
     pub config: Arc<Config>,
+    /// LLM providers, models and prices.
+    pub ai: Arc<crate::ai::AiRuntime>,
 }
 
 pub struct ApiRuntime {
     pub name: Arc<str>,
-    pub service: Arc<ServiceRuntime>,
+    /// `None` for an AI API, which `ai` serves.
+    pub service: Option<Arc<ServiceRuntime>>,
+    pub ai: Option<Arc<crate::ai::AiApi>>,
     pub strip_prefix: Option<String>,
     pub preserve_host: bool,
     pub metrics: Arc<ApiMetrics>,
@@ -256,10 +263,17 @@ impl Snapshot {
                 None
             }
         };
+        let ai = crate::ai::AiRuntime::compile(
+            &config,
+            &registries.ai,
+            &registries.clients,
+            &mut errors,
+        );
         let mut apis = Vec::new();
         let mut specs = Vec::new();
         for (i, api) in config.apis.iter().enumerate() {
-            let Some(service) = services.get(&api.service) else {
+            let service = services.get(&api.service).cloned();
+            if service.is_none() && api.ai.is_none() {
                 // A service that failed to compile has its own error already.
                 if !config.services.iter().any(|s| s.name == api.service) {
                     errors.push(ConfigError::new(
@@ -268,12 +282,20 @@ impl Snapshot {
                     ));
                 }
                 continue;
-            };
+            }
             // A draft is compiled (so its errors show) but not routed: its
             // requests get what any unmatched request gets.
             let policies = compiled_policies
                 .as_mut()
                 .and_then(|c| c.apis.get_mut(i).and_then(Option::take));
+            let ai_api = crate::ai::AiApi::compile(
+                api,
+                &format!("apis[{i}]"),
+                policies.as_ref().and_then(|p| p.ai_guard.as_ref()),
+                &registries.ai,
+                &mut errors,
+            )
+            .map(Arc::new);
             if api.lifecycle == Lifecycle::Draft {
                 continue;
             }
@@ -297,7 +319,8 @@ impl Snapshot {
             });
             apis.push(ApiRuntime {
                 name: api.name.as_str().into(),
-                service: service.clone(),
+                service,
+                ai: ai_api,
                 strip_prefix: api
                     .strip_prefix
                     .as_ref()
@@ -328,6 +351,7 @@ impl Snapshot {
             redirect_https_port: tls.filter(|t| t.redirect_http).map(|t| t.addr.port()),
             security,
             config: config.clone(),
+            ai: Arc::new(ai),
         };
         Ok(snapshot)
     }

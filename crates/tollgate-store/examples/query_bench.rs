@@ -143,6 +143,7 @@ impl Traffic {
             bytes_out: 600 + self.rng.next() % 4000,
             outcome: Outcome::Allowed,
             reason: None,
+            ai: None,
         };
         if self.rng.unit() < 0.02 {
             r.path = "/nowhere".to_owned();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p tollgate-store --example sink_bench -- \
-//!     [--records N] [--batch N] [--prefill N] [--only NAME]
+//!     [--records N] [--batch N] [--prefill N] [--ai N] [--only NAME]
 //! ```
 //!
 //! Feeds realistic records (32 random hex request ids, path `/`, api and
@@ -12,7 +12,9 @@
 //! the JSON-lines file sink, and the SQLite and file sinks together (what the
 //! gateway runs): `sqlite-disk`, `sqlite-memory`, `file` and `sqlite+file`,
 //! which `--only` picks one of. `--prefill` writes that many records into each database
-//! before measuring, to see how the cost grows with the table.
+//! before measuring, to see how the cost grows with the table. `--ai N` makes
+//! every Nth record an AI call's (tokens, cost, two attempts); 0, the
+//! default, none.
 //!
 //! Prints wall time and, on Linux, the thread's CPU time per record: the access
 //! log thread shares its core with the proxy, so CPU time is what it takes
@@ -23,12 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tollgate_store::SqliteStore;
-use tollgate_telemetry::{AccessRecord, FileSink, Outcome, RecordSink};
+use tollgate_telemetry::{AccessRecord, AiAttempt, AiUsage, FileSink, Outcome, RecordSink};
 
 struct Args {
     records: usize,
     batch: usize,
     prefill: usize,
+    /// Every `ai`th record is an AI call's; 0 for none.
+    ai: usize,
     /// Run only the case of this name.
     only: Option<String>,
 }
@@ -38,6 +42,7 @@ fn parse_args() -> Args {
         records: 200_000,
         batch: 1000,
         prefill: 0,
+        ai: 0,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -48,13 +53,16 @@ fn parse_args() -> Args {
         }
         let value = it.next().and_then(|v| v.replace('_', "").parse().ok());
         let Some(value) = value else {
-            eprintln!("usage: sink_bench [--records N] [--batch N] [--prefill N] [--only NAME]");
+            eprintln!(
+                "usage: sink_bench [--records N] [--batch N] [--prefill N] [--ai N] [--only NAME]"
+            );
             std::process::exit(2);
         };
         match flag.as_str() {
             "--records" => args.records = value,
             "--batch" => args.batch = value.max(1),
             "--prefill" => args.prefill = value,
+            "--ai" => args.ai = value,
             _ => {
                 eprintln!("unknown flag {flag}");
                 std::process::exit(2);
@@ -82,11 +90,16 @@ struct Records {
     ts: SystemTime,
     apis: Vec<(Arc<str>, Arc<str>)>,
     upstream: Arc<str>,
+    /// Every `ai`th record is an AI call's; 0 for none.
+    ai: usize,
+    made: usize,
 }
 
 impl Records {
-    fn new() -> Records {
+    fn new(ai: usize) -> Records {
         Records {
+            ai,
+            made: 0,
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             // 2026-12-04T17:00:00Z
             ts: UNIX_EPOCH + Duration::from_secs(1_796_403_600),
@@ -106,6 +119,27 @@ impl Records {
         let r = self.rng.next();
         let (api, service) = self.apis[(r % self.apis.len() as u64) as usize].clone();
         let latency_ms = 0.2 + (r >> 8) as f64 / (1u64 << 56) as f64 * 3.0;
+        self.made += 1;
+        let ai = (self.ai > 0 && self.made.is_multiple_of(self.ai)).then(|| {
+            let attempt = |key, result: &str| AiAttempt {
+                provider: "openai".to_owned(),
+                model: "gpt-4o-mini".to_owned(),
+                key,
+                result: result.to_owned(),
+            };
+            Box::new(AiUsage {
+                ai_provider: Some("openai".to_owned()),
+                ai_model: Some("gpt-4o-mini".to_owned()),
+                tokens_in: 200 + r % 2000,
+                tokens_out: 50 + (r >> 12) % 500,
+                tokens_cached: (r >> 24) % 200,
+                tokens_estimated: false,
+                cost_usd: Some((r % 1000) as f64 * 1e-6),
+                ttft_ms: Some(latency_ms * 0.3),
+                attempts: vec![attempt(1, "429"), attempt(2, "200")],
+                cache: Some("miss"),
+            })
+        });
         AccessRecord {
             ts: self.ts - Duration::from_micros(r % 500),
             request_id,
@@ -125,6 +159,7 @@ impl Records {
             bytes_out: 612 + (r >> 40) % 64,
             outcome: Outcome::Allowed,
             reason: None,
+            ai,
         }
     }
 
@@ -144,7 +179,7 @@ fn run(name: &str, args: &Args, sinks: &mut [&mut dyn RecordSink]) {
     if args.only.as_ref().is_some_and(|only| only != name) {
         return;
     }
-    let mut records = Records::new();
+    let mut records = Records::new(args.ai);
     let mut left = args.prefill;
     while left > 0 {
         let batch = records.batch(left.min(4096));

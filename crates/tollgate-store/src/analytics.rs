@@ -1,7 +1,8 @@
 //! Access record aggregates in time buckets for the admin API
 //! (`GET /admin/v1/analytics`): requests, errors, denials by reason, latency
 //! percentiles and bytes per minute, hour or day, and the busiest consumers
-//! and APIs.
+//! and APIs; and for the AI calls among them, tokens and spend by model,
+//! provider, consumer and bucket ([`AiAnalytics`]).
 //!
 //! # One pass, no new index
 //!
@@ -19,8 +20,11 @@
 //! of the time decoding the aggregated columns, whichever b-tree holds them
 //! (measured in the sqlite3 shell: such an index cut a million records'
 //! aggregate by a fifth and grew the database by 30%). A million records
-//! aggregate in about 0.3 s (see the `query_bench` example). Each query is
-//! steered to the cheapest of:
+//! aggregate in about 0.3 s (see the `query_bench` example), plus a fifth
+//! for the AI columns ([`COLUMNS`]): NULL in records without AI usage, they
+//! are read all the same (SQLite evaluates every column selected), and a
+//! pass over the AI records alone would need an index that every insert
+//! pays for (see migration 6). Each query is steered to the cheapest of:
 //!
 //! - the table, in id order, when the range holds much of it;
 //! - the `ts` index, when the range holds less than a third of the table (an
@@ -40,6 +44,14 @@
 //! reported as the bin's midpoint, clamped to the smallest and largest
 //! latency seen: within [`LATENCY_RELATIVE_ERROR`] (1/128, under 0.8%) of
 //! the exact value. Latencies of zero or less (or not a number) count as 0.
+//!
+//! # AI spend
+//!
+//! Costs are summed as whole picodollars (10⁻¹² USD, each call's cost
+//! rounded to one), so a sum is the same whatever order the records are
+//! read in, by either database and any plan. A cost that is unknown (the
+//! model has no price), negative or not a finite number is not summed: the
+//! call counts as unpriced.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -177,6 +189,78 @@ pub struct Analytics {
     /// The APIs with the most records, most first (ties by name); requests
     /// that matched no API are not ranked.
     pub top_apis: Vec<ApiCount>,
+    /// The AI calls among the records; `None` (left out of the JSON) when
+    /// there were none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiAnalytics>,
+}
+
+/// What the AI calls of a range used and cost: totals, then broken down.
+/// Each list is sorted by spend, most first, then by calls, most first,
+/// then by name (an unknown model or provider, `null`, last).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiAnalytics {
+    #[serde(flatten)]
+    pub totals: AiTotals,
+    /// Every model that answered (or was tried last); `null` for calls
+    /// that reached none.
+    pub by_model: Vec<AiModelTotals>,
+    /// Every provider, as `by_model`.
+    pub by_provider: Vec<AiProviderTotals>,
+    /// The [`AnalyticsQuery::top`] consumers with the most spend;
+    /// anonymous calls are not ranked.
+    pub by_consumer: Vec<AiConsumerTotals>,
+    /// The buckets holding at least one AI call, oldest first: the spend
+    /// over time.
+    pub buckets: Vec<AiBucket>,
+}
+
+/// AI calls' usage and spend, over a range or a part of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AiTotals {
+    /// Records of AI calls.
+    pub calls: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Prompt tokens read from the provider's cache (part of `tokens_in`).
+    pub tokens_cached: u64,
+    /// The sum of the known costs, in US dollars (see the module's
+    /// documentation): 0 when no call had a price.
+    pub cost_usd: f64,
+    /// Calls whose cost is unknown: counted in `calls` and the tokens, not
+    /// in `cost_usd`.
+    pub unpriced_calls: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiModelTotals {
+    pub model: Option<String>,
+    #[serde(flatten)]
+    pub totals: AiTotals,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiProviderTotals {
+    pub provider: Option<String>,
+    #[serde(flatten)]
+    pub totals: AiTotals,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiConsumerTotals {
+    pub consumer: String,
+    #[serde(flatten)]
+    pub totals: AiTotals,
+}
+
+/// One time bucket's AI calls.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiBucket {
+    /// The bucket's start; RFC 3339 in JSON.
+    #[serde(serialize_with = "rfc3339")]
+    pub start: i64,
+    #[serde(flatten)]
+    pub totals: AiTotals,
 }
 
 /// The aggregates of a bucket, or of the whole range.
@@ -371,9 +455,10 @@ fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, 
     (sql, params)
 }
 
-/// The columns [`Accumulator::add`] reads, in its order.
-pub(crate) const COLUMNS: &str =
-    "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, api, consumer";
+/// The columns [`Accumulator::add`] reads, in its order; `tokens_in` is
+/// set for every AI record, NULL for the others.
+pub(crate) const COLUMNS: &str = "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, \
+     api, consumer, tokens_in, tokens_out, tokens_cached, cost_usd, ai_model, ai_provider";
 
 /// Runs `query` with `plan`.
 pub(crate) fn aggregate(
@@ -407,6 +492,18 @@ pub(crate) struct AggregatedRecord<'a> {
     pub bytes_out: u64,
     pub api: Option<&'a str>,
     pub consumer: Option<&'a str>,
+    /// `None` for a record without AI usage.
+    pub ai: Option<AggregatedAi<'a>>,
+}
+
+/// An AI record's aggregated columns.
+pub(crate) struct AggregatedAi<'a> {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub tokens_cached: u64,
+    pub cost_usd: Option<f64>,
+    pub model: Option<&'a str>,
+    pub provider: Option<&'a str>,
 }
 
 /// Aggregates records as they are read: shared by both databases, so their
@@ -421,6 +518,9 @@ pub(crate) struct Accumulator {
     reason_ids: HashMap<Box<str>, usize>,
     consumers: HashMap<Box<str>, u64>,
     apis: HashMap<Box<str>, u64>,
+    ai_models: AiBreakdown,
+    ai_providers: AiBreakdown,
+    ai_consumers: AiBreakdown,
 }
 
 /// A bucket's counts.
@@ -434,6 +534,105 @@ struct Counts {
     bytes_in: u64,
     bytes_out: u64,
     latency: Histogram,
+    ai: AiCounts,
+}
+
+/// AI calls' counts, cost in whole picodollars: see the module's
+/// documentation.
+#[derive(Clone, Copy, Default)]
+struct AiCounts {
+    calls: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+    tokens_cached: u64,
+    picodollars: u128,
+    unpriced_calls: u64,
+}
+
+impl AiCounts {
+    fn add(&mut self, ai: &AggregatedAi<'_>, picodollars: Option<u128>) {
+        self.calls += 1;
+        self.tokens_in = self.tokens_in.saturating_add(ai.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(ai.tokens_out);
+        self.tokens_cached = self.tokens_cached.saturating_add(ai.tokens_cached);
+        match picodollars {
+            Some(p) => self.picodollars = self.picodollars.saturating_add(p),
+            None => self.unpriced_calls += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &AiCounts) {
+        self.calls += other.calls;
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+        self.tokens_cached = self.tokens_cached.saturating_add(other.tokens_cached);
+        self.picodollars = self.picodollars.saturating_add(other.picodollars);
+        self.unpriced_calls += other.unpriced_calls;
+    }
+
+    fn totals(&self) -> AiTotals {
+        AiTotals {
+            calls: self.calls,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            tokens_cached: self.tokens_cached,
+            cost_usd: self.picodollars as f64 / PICODOLLARS_PER_USD,
+            unpriced_calls: self.unpriced_calls,
+        }
+    }
+}
+
+const PICODOLLARS_PER_USD: f64 = 1e12;
+
+/// A known cost in whole picodollars, or `None` for an unknown, negative
+/// or non-finite one.
+fn picodollars(cost_usd: Option<f64>) -> Option<u128> {
+    let cost = cost_usd.filter(|c| c.is_finite() && *c >= 0.0)?;
+    // Saturates at u128::MAX: far beyond any spend.
+    Some((cost * PICODOLLARS_PER_USD).round() as u128)
+}
+
+/// AI counts by a name (model, provider or consumer); `None` for records
+/// without one.
+#[derive(Default)]
+struct AiBreakdown {
+    named: HashMap<Box<str>, AiCounts>,
+    unnamed: AiCounts,
+}
+
+impl AiBreakdown {
+    fn get(&mut self, name: Option<&str>) -> &mut AiCounts {
+        let Some(name) = name else {
+            return &mut self.unnamed;
+        };
+        if !self.named.contains_key(name) {
+            self.named.insert(name.into(), AiCounts::default());
+        }
+        self.named.get_mut(name).expect("inserted above")
+    }
+
+    /// Names and their totals by spend, calls and name (`None` last),
+    /// without the unnamed when `with_unnamed` is false.
+    fn ranked(self, with_unnamed: bool) -> Vec<(Option<String>, AiTotals)> {
+        let mut all: Vec<(Option<Box<str>>, AiCounts)> = self
+            .named
+            .into_iter()
+            .map(|(name, counts)| (Some(name), counts))
+            .collect();
+        if with_unnamed && self.unnamed.calls > 0 {
+            all.push((None, self.unnamed));
+        }
+        all.sort_unstable_by(|(a_name, a), (b_name, b)| {
+            b.picodollars
+                .cmp(&a.picodollars)
+                .then(b.calls.cmp(&a.calls))
+                .then_with(|| a_name.is_none().cmp(&b_name.is_none()))
+                .then_with(|| a_name.cmp(b_name))
+        });
+        all.into_iter()
+            .map(|(name, counts)| (name.map(String::from), counts.totals()))
+            .collect()
+    }
 }
 
 impl Accumulator {
@@ -448,6 +647,9 @@ impl Accumulator {
             reason_ids: HashMap::new(),
             consumers: HashMap::new(),
             apis: HashMap::new(),
+            ai_models: AiBreakdown::default(),
+            ai_providers: AiBreakdown::default(),
+            ai_consumers: AiBreakdown::default(),
         }
     }
 
@@ -470,6 +672,21 @@ impl Accumulator {
             bytes_out: count(row.get_ref(6)?),
             api: row.get_ref(7)?.as_str_or_null()?,
             consumer: row.get_ref(8)?.as_str_or_null()?,
+            // The other AI columns go unread for the other records.
+            ai: match row.get_ref(9)? {
+                ValueRef::Null => None,
+                tokens_in => Some(AggregatedAi {
+                    tokens_in: count(tokens_in),
+                    tokens_out: count(row.get_ref(10)?),
+                    tokens_cached: count(row.get_ref(11)?),
+                    cost_usd: match row.get_ref(12)? {
+                        ValueRef::Null => None,
+                        cost => Some(real(cost)),
+                    },
+                    model: row.get_ref(13)?.as_str_or_null()?,
+                    provider: row.get_ref(14)?.as_str_or_null()?,
+                }),
+            },
         });
         Ok(())
     }
@@ -511,6 +728,13 @@ impl Accumulator {
         }
         counts.bytes_in = counts.bytes_in.saturating_add(record.bytes_in);
         counts.bytes_out = counts.bytes_out.saturating_add(record.bytes_out);
+        if let Some(ai) = &record.ai {
+            let cost = picodollars(ai.cost_usd);
+            counts.ai.add(ai, cost);
+            self.ai_models.get(ai.model).add(ai, cost);
+            self.ai_providers.get(ai.provider).add(ai, cost);
+            self.ai_consumers.get(record.consumer).add(ai, cost);
+        }
         for (name, totals) in [
             (record.api, &mut self.apis),
             (record.consumer, &mut self.consumers),
@@ -531,8 +755,17 @@ impl Accumulator {
         let reasons = &self.reasons;
         let mut totals = Counts::default();
         let mut buckets = Vec::new();
+        let mut ai_buckets = Vec::new();
         for (index, counts) in self.buckets.into_iter().enumerate() {
             let Some(counts) = counts else { continue };
+            let start = from.saturating_add((index as i64).saturating_mul(self.width));
+            if counts.ai.calls > 0 {
+                totals.ai.merge(&counts.ai);
+                ai_buckets.push(AiBucket {
+                    start,
+                    totals: counts.ai.totals(),
+                });
+            }
             totals.requests += counts.requests;
             totals.errors += counts.errors;
             totals.denied += counts.denied;
@@ -546,11 +779,39 @@ impl Accumulator {
             totals.bytes_out = totals.bytes_out.saturating_add(counts.bytes_out);
             totals.latency.merge(&counts.latency);
             buckets.push(Bucket {
-                start: from.saturating_add((index as i64).saturating_mul(self.width)),
+                start,
                 aggregate: counts.aggregate(reasons),
             });
         }
         let top = query.top.min(AnalyticsQuery::MAX_TOP);
+        let ai = (totals.ai.calls > 0).then(|| AiAnalytics {
+            totals: totals.ai.totals(),
+            by_model: self
+                .ai_models
+                .ranked(true)
+                .into_iter()
+                .map(|(model, totals)| AiModelTotals { model, totals })
+                .collect(),
+            by_provider: self
+                .ai_providers
+                .ranked(true)
+                .into_iter()
+                .map(|(provider, totals)| AiProviderTotals { provider, totals })
+                .collect(),
+            by_consumer: self
+                .ai_consumers
+                .ranked(false)
+                .into_iter()
+                .take(top)
+                .filter_map(|(consumer, totals)| {
+                    Some(AiConsumerTotals {
+                        consumer: consumer?,
+                        totals,
+                    })
+                })
+                .collect(),
+            buckets: ai_buckets,
+        });
         Analytics {
             from,
             to,
@@ -563,6 +824,7 @@ impl Accumulator {
             top_apis: ranked(self.apis, top)
                 .map(|(api, requests)| ApiCount { api, requests })
                 .collect(),
+            ai,
         }
     }
 }
@@ -708,7 +970,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, UNIX_EPOCH};
 
-    use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+    use tollgate_telemetry::{AccessRecord, AiUsage, Outcome, RecordSink};
 
     use super::*;
 
@@ -745,6 +1007,16 @@ mod tests {
                         Outcome::Allowed
                     },
                     reason: denied.then_some("rate_limited"),
+                    // Costs whose `f64` sums depend on their order.
+                    ai: (i % 3 == 0).then(|| {
+                        Box::new(AiUsage {
+                            ai_model: Some(["m1", "m2"][i as usize % 2].to_owned()),
+                            ai_provider: Some("p".to_owned()),
+                            tokens_in: i as u64,
+                            cost_usd: (i % 9 != 0).then(|| 0.1 * i as f64 / 7.0),
+                            ..AiUsage::default()
+                        })
+                    }),
                 }
             })
             .collect();
@@ -780,6 +1052,7 @@ mod tests {
         for query in queries {
             let table = aggregate(&conn, &query, Plan::Table).unwrap();
             assert!(table.totals.requests > 0 || query.from > T0 + 6 * HOUR);
+            assert_eq!(table.ai.is_some(), table.totals.requests > 0, "{query:?}");
             let time_range = aggregate(&conn, &query, Plan::TimeRange).unwrap();
             assert_eq!(table, time_range, "{query:?}");
             if query.api.is_some() {
@@ -889,6 +1162,31 @@ mod tests {
         }
         assert_eq!(bin(0.0), 0);
         assert_eq!(midpoint(0), 0.0);
+    }
+
+    #[test]
+    fn costs_are_whole_picodollars_and_odd_ones_unpriced() {
+        assert_eq!(picodollars(Some(0.1)), Some(100_000_000_000));
+        assert_eq!(picodollars(Some(0.000_000_000_000_4)), Some(0));
+        assert_eq!(picodollars(Some(0.0)), Some(0));
+        assert_eq!(picodollars(Some(-0.0)), Some(0));
+        assert_eq!(picodollars(Some(1e300)), Some(u128::MAX));
+        for unknown in [None, Some(-0.01), Some(f64::NAN), Some(f64::INFINITY)] {
+            assert_eq!(picodollars(unknown), None, "{unknown:?}");
+        }
+        let mut sum = AiCounts::default();
+        for cost in [0.1, 0.2] {
+            let ai = AggregatedAi {
+                tokens_in: 0,
+                tokens_out: 0,
+                tokens_cached: 0,
+                cost_usd: Some(cost),
+                model: None,
+                provider: None,
+            };
+            sum.add(&ai, picodollars(ai.cost_usd));
+        }
+        assert_eq!(sum.totals().cost_usd, 0.3);
     }
 
     #[test]

@@ -47,13 +47,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tollgate_telemetry::record::Rfc3339;
+use tollgate_telemetry::AiUsage;
 
 pub use admin_tokens::AdminToken;
 pub use analytics::{
-    Aggregate, Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount,
-    ConsumerUsage, Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
+    Aggregate, AiAnalytics, AiBucket, AiConsumerTotals, AiModelTotals, AiProviderTotals, AiTotals,
+    Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount, ConsumerUsage,
+    Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
 pub use postgres::{is_postgres_url, redact as redact_database_url, PgRecordSink, PgStore};
 pub use query::{AccessPage, AccessQuery};
@@ -369,13 +371,86 @@ pub struct StoredAccessRecord {
     /// `allowed`, `denied` or `error`.
     pub outcome: String,
     pub reason: Option<String>,
+    /// For a request the AI gateway served: what it used and cost. As in
+    /// the access log's JSON lines, its fields are at the record's top
+    /// level, and absent for every other record.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<StoredAiUsage>,
 }
 
-/// The columns [`stored_access_record`] reads, in its order.
+/// [`tollgate_telemetry::AiUsage`] as read back: the same fields under the
+/// same names (`ai_attempts` and `ai_cache` in the database are `attempts`
+/// and `cache` here).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoredAiUsage {
+    pub ai_provider: Option<String>,
+    pub ai_model: Option<String>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub tokens_cached: u64,
+    /// The provider reported no usage: the counts are local estimates.
+    pub tokens_estimated: bool,
+    /// `None` (JSON `null`) when the model's price is unknown.
+    pub cost_usd: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    /// Every provider call made for the request, in order.
+    pub attempts: Vec<StoredAiAttempt>,
+    /// `hit` or `miss` when the API has a response cache.
+    pub cache: Option<String>,
+}
+
+/// [`tollgate_telemetry::AiAttempt`] as read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAiAttempt {
+    pub provider: String,
+    pub model: String,
+    /// Which of the provider's keys (from 1); never the key.
+    pub key: usize,
+    /// The provider's status, or `timeout` / `connect_error` / `stream_error`.
+    pub result: String,
+}
+
+impl From<&AiUsage> for StoredAiUsage {
+    /// What reading `ai` back gives, counts saturated at `i64::MAX` as the
+    /// databases store them.
+    fn from(ai: &AiUsage) -> StoredAiUsage {
+        let count = |n: u64| n.min(i64::MAX as u64);
+        StoredAiUsage {
+            ai_provider: ai.ai_provider.clone(),
+            ai_model: ai.ai_model.clone(),
+            tokens_in: count(ai.tokens_in),
+            tokens_out: count(ai.tokens_out),
+            tokens_cached: count(ai.tokens_cached),
+            tokens_estimated: ai.tokens_estimated,
+            cost_usd: ai.cost_usd,
+            ttft_ms: ai.ttft_ms,
+            attempts: ai
+                .attempts
+                .iter()
+                .map(|a| StoredAiAttempt {
+                    provider: a.provider.clone(),
+                    model: a.model.clone(),
+                    key: a.key,
+                    result: a.result.clone(),
+                })
+                .collect(),
+            cache: ai.cache.map(str::to_owned),
+        }
+    }
+}
+
+/// The columns [`stored_access_record`] reads, in its order: the AI
+/// columns from [`FIRST_AI_COLUMN`] on, `tokens_in` (set for every AI
+/// record) third among them.
 pub(crate) const STORED_COLUMNS: &str =
     "id, ts, request_id, client_ip, method, host, path, api, service,
     consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
-    bytes_in, bytes_out, outcome, reason";
+    bytes_in, bytes_out, outcome, reason,
+    ai_provider, ai_model, tokens_in, tokens_out, tokens_cached, tokens_estimated,
+    cost_usd, ttft_ms, ai_attempts, ai_cache";
+
+/// The index of `ai_provider` in [`STORED_COLUMNS`].
+pub(crate) const FIRST_AI_COLUMN: usize = 19;
 
 fn stored_access_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAccessRecord> {
     Ok(StoredAccessRecord {
@@ -398,7 +473,39 @@ fn stored_access_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAcces
         bytes_out: row.get(16)?,
         outcome: row.get(17)?,
         reason: row.get(18)?,
+        ai: stored_ai_usage(row)?,
     })
+}
+
+/// The AI columns of a row of [`STORED_COLUMNS`], or `None` for a record
+/// without AI usage.
+fn stored_ai_usage(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoredAiUsage>> {
+    let at = FIRST_AI_COLUMN;
+    let Some(tokens_in) = row.get::<_, Option<u64>>(at + 2)? else {
+        return Ok(None);
+    };
+    let attempts = match row.get_ref(at + 8)?.as_str_or_null()? {
+        Some(json) => serde_json::from_str(json).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                at + 8,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })?,
+        None => Vec::new(),
+    };
+    Ok(Some(StoredAiUsage {
+        ai_provider: row.get(at)?,
+        ai_model: row.get(at + 1)?,
+        tokens_in,
+        tokens_out: row.get::<_, Option<u64>>(at + 3)?.unwrap_or(0),
+        tokens_cached: row.get::<_, Option<u64>>(at + 4)?.unwrap_or(0),
+        tokens_estimated: row.get::<_, Option<bool>>(at + 5)?.unwrap_or(false),
+        cost_usd: row.get(at + 6)?,
+        ttft_ms: row.get(at + 7)?,
+        attempts,
+        cache: row.get(at + 9)?,
+    }))
 }
 
 /// Creates a missing database file readable by its owner only: it holds

@@ -194,6 +194,40 @@ const MIGRATIONS: &[(i64, &str)] = &[
         ) WITHOUT ROWID;
         CREATE INDEX sessions_user ON sessions (user_id);",
     ),
+    (
+        6,
+        // What an AI call used and cost (`AccessRecord::ai`), NULL in every
+        // column for the other records. `tokens_in` is set for every AI
+        // record (its other columns may be NULL: a model not reached, a price
+        // unknown), so `tokens_in IS NOT NULL` tells AI records apart.
+        // `ai_attempts` is the JSON array of the provider calls made, in
+        // order; `tokens_estimated` is 0 or 1.
+        //
+        // Adding the columns rewrites no row: SQLite reads a row shorter
+        // than the table as NULLs at its end. New rows are written to the
+        // table's full width, NULLs included, so every insert pays for them:
+        // ~5% more instructions per record without AI usage in the
+        // `sink_bench` example (sqlite-memory, ~900 a record; less of the
+        // total on disk) — the price of keeping a record in one row.
+        //
+        // No index. The AI aggregates ride the analytics' one pass over the
+        // range's records (`analytics.rs`), which no index shortens; and a
+        // partial index on `ai_model`, for the logs' filter, measured another
+        // ~2.5% on every insert, AI record or not (SQLite opens a cursor on
+        // each index of the table per insert). The `ai_model` and
+        // `ai_provider` filters scan the table newest first, as `consumer`'s
+        // does.
+        "ALTER TABLE access_records ADD COLUMN ai_provider TEXT;
+        ALTER TABLE access_records ADD COLUMN ai_model TEXT;
+        ALTER TABLE access_records ADD COLUMN tokens_in INTEGER;
+        ALTER TABLE access_records ADD COLUMN tokens_out INTEGER;
+        ALTER TABLE access_records ADD COLUMN tokens_cached INTEGER;
+        ALTER TABLE access_records ADD COLUMN tokens_estimated INTEGER; -- 0 or 1
+        ALTER TABLE access_records ADD COLUMN cost_usd REAL; -- NULL: no known price
+        ALTER TABLE access_records ADD COLUMN ttft_ms REAL;
+        ALTER TABLE access_records ADD COLUMN ai_attempts TEXT; -- JSON array
+        ALTER TABLE access_records ADD COLUMN ai_cache TEXT; -- hit, miss",
+    ),
 ];
 
 /// The highest version this build knows.
@@ -307,7 +341,7 @@ mod tests {
         .unwrap();
 
         run(&mut conn).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 5);
+        assert_eq!(current_version(&conn).unwrap(), latest());
         let (role, user): (String, Option<i64>) = conn
             .query_row(
                 "SELECT role, user_id FROM admin_tokens WHERE name = 'bootstrap'",
@@ -335,5 +369,63 @@ mod tests {
             );
             assert_eq!(inserted.is_ok(), ok, "{team} {role}");
         }
+    }
+
+    /// A database at version 5 keeps its access records, which read back
+    /// without AI usage, and gains the AI columns.
+    #[test]
+    fn upgrades_a_database_at_version_5_keeping_its_records() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+        )
+        .unwrap();
+        for (version, sql) in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO migrations VALUES (?1, 'then')", [version])
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO access_records (ts, request_id, request_id_hash, client_ip, method,
+                 host, path, api, status, latency_ms, bytes_in, bytes_out, outcome, reason)
+             VALUES (1, 'a', 0, '::1', 'GET', 'h', '/', 'orders', 200, 1.0, 0, 0, 'allowed', NULL),
+                    (2, 'b', 0, '::1', 'GET', 'h', '/', NULL, 404, 1.0, 0, 0, 'error', 'no_route')",
+        )
+        .unwrap();
+
+        run(&mut conn).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 6);
+        let rows: Vec<crate::StoredAccessRecord> = conn
+            .prepare(&format!(
+                "SELECT {} FROM access_records ORDER BY id",
+                crate::STORED_COLUMNS
+            ))
+            .unwrap()
+            .query_map([], crate::stored_access_record)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].request_id.as_str(), rows[0].status), ("a", 200));
+        assert_eq!(rows[1].reason.as_deref(), Some("no_route"));
+        assert!(rows.iter().all(|r| r.ai.is_none()), "{rows:#?}");
+
+        conn.execute_batch(
+            "INSERT INTO access_records (ts, request_id, request_id_hash, client_ip, method,
+                 host, path, status, latency_ms, bytes_in, bytes_out, outcome,
+                 ai_model, tokens_in, tokens_out, tokens_cached, tokens_estimated)
+             VALUES (3, 'c', 0, '::1', 'POST', 'h', '/', 200, 1.0, 0, 0, 'allowed',
+                     'gpt-4o', 10, 5, 0, 0)",
+        )
+        .unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT count(*) FROM access_records WHERE tokens_in IS NOT NULL"),
+            1
+        );
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
     }
 }

@@ -60,6 +60,10 @@ pub struct AccessQuery {
     pub outcome: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    /// Records of AI calls answered (or last tried) by this model.
+    pub ai_model: Option<String>,
+    /// Records of AI calls answered (or last tried) by this provider.
+    pub ai_provider: Option<String>,
     /// The page size: 0 means [`AccessQuery::DEFAULT_LIMIT`]; larger than
     /// [`AccessQuery::MAX_LIMIT`] means that.
     pub limit: usize,
@@ -165,6 +169,8 @@ pub(crate) fn choose_plan(
         query.consumer.is_some(),
         query.status.is_some(),
         query.outcome.is_some(),
+        query.ai_model.is_some(),
+        query.ai_provider.is_some(),
     ];
     let only_api = query.api.is_some() && filters_beyond_time.iter().filter(|f| **f).count() == 1;
     let scan = if only_api { Plan::Api } else { Plan::Table };
@@ -287,6 +293,12 @@ fn statement(
             ":request_id",
             text(&query.request_id),
         ),
+        ("ai_model = :ai_model", ":ai_model", text(&query.ai_model)),
+        (
+            "ai_provider = :ai_provider",
+            ":ai_provider",
+            text(&query.ai_provider),
+        ),
     ];
     for (term, name, value) in filters {
         if let Some(value) = value {
@@ -383,7 +395,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use tollgate_telemetry::record::unix_micros;
-    use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+    use tollgate_telemetry::{AccessRecord, AiUsage, Outcome, RecordSink};
 
     use super::*;
 
@@ -433,6 +445,21 @@ mod tests {
                 Some(previous) if i % 23 == 0 => previous.request_id.clone(),
                 _ => format!("req-{i:05}"),
             };
+            // One in five an AI call, some with neither model nor provider.
+            let ai = match next(10) {
+                0 => Some(("gpt-4o", "openai")),
+                1 => Some(("claude", "anthropic")),
+                _ => None,
+            }
+            .map(|(model, provider)| {
+                let known = i % 11 != 0;
+                Box::new(AiUsage {
+                    ai_provider: known.then(|| provider.to_owned()),
+                    ai_model: known.then(|| model.to_owned()),
+                    tokens_in: i as u64,
+                    ..AiUsage::default()
+                })
+            });
             out.push(AccessRecord {
                 ts: UNIX_EPOCH + Duration::from_micros(micros as u64),
                 request_id,
@@ -452,6 +479,7 @@ mod tests {
                 bytes_out: 0,
                 outcome,
                 reason,
+                ai,
             });
         }
         out
@@ -485,6 +513,14 @@ mod tests {
             && eq(&q.outcome, Some(r.outcome.as_str()))
             && eq(&q.reason, r.reason)
             && eq(&q.request_id, Some(&r.request_id))
+            && eq(
+                &q.ai_model,
+                r.ai.as_ref().and_then(|ai| ai.ai_model.as_deref()),
+            )
+            && eq(
+                &q.ai_provider,
+                r.ai.as_ref().and_then(|ai| ai.ai_provider.as_deref()),
+            )
     }
 
     /// The ids `query` should return, newest first: the sink wrote
@@ -546,6 +582,12 @@ mod tests {
             all.push(AccessQuery {
                 from,
                 to,
+                ai_model: text("claude"),
+                ..q()
+            });
+            all.push(AccessQuery {
+                from,
+                to,
                 request_id: Some(records[120].request_id.clone()),
                 ..q()
             });
@@ -591,6 +633,33 @@ mod tests {
                 ..q()
             });
         }
+        for model in ["gpt-4o", "claude", "nope"] {
+            all.push(AccessQuery {
+                ai_model: text(model),
+                ..q()
+            });
+            all.push(AccessQuery {
+                ai_model: text(model),
+                consumer: text("acme"),
+                ..q()
+            });
+            all.push(AccessQuery {
+                ai_model: text(model),
+                status: Some(429),
+                ..q()
+            });
+        }
+        for provider in ["openai", "anthropic", "nope"] {
+            all.push(AccessQuery {
+                ai_provider: text(provider),
+                ..q()
+            });
+        }
+        all.push(AccessQuery {
+            ai_model: text("gpt-4o"),
+            ai_provider: text("anthropic"),
+            ..q()
+        });
         for status in [200, 304, 308, 404, 500, 502, 999] {
             all.push(AccessQuery {
                 status: Some(status),
@@ -786,6 +855,21 @@ mod tests {
                 AccessQuery {
                     api: text("orders"),
                     consumer: text("acme"),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    ai_model: text("claude"),
+                    ..q()
+                },
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    api: text("orders"),
+                    ai_provider: text("anthropic"),
                     ..q()
                 },
                 Plan::Table,

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tollgate_store::{AccessPage, AccessQuery, Store, StoreError};
 use tollgate_telemetry::record::unix_micros;
-use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+use tollgate_telemetry::{AccessRecord, AiUsage, Outcome, RecordSink};
 
 /// 2024-05-01T12:00:00Z in Unix microseconds.
 const T0: i64 = 1_714_564_800_000_000;
@@ -33,6 +33,17 @@ fn record(n: usize) -> AccessRecord {
     };
     // Every 11th was a long request: it arrived long before it was written.
     let late = if n % 11 == 5 { 30_000_000 } else { 0 };
+    // Every 4th an AI call; every 8th of those reached no model.
+    let ai = (n % 4 == 1).then(|| {
+        let (provider, model) = [("openai", "gpt-4o"), ("anthropic", "claude")][n / 4 % 2];
+        let reached = n % 32 != 1;
+        Box::new(AiUsage {
+            ai_provider: Some(provider.to_owned()),
+            ai_model: reached.then(|| model.to_owned()),
+            tokens_in: n as u64,
+            ..AiUsage::default()
+        })
+    });
     AccessRecord {
         ts: UNIX_EPOCH + Duration::from_micros((T0 + n as i64 * 1_000_000 - late) as u64),
         request_id: format!("req-{n:05}"),
@@ -52,6 +63,7 @@ fn record(n: usize) -> AccessRecord {
         bytes_out: 0,
         outcome,
         reason,
+        ai,
     }
 }
 
@@ -103,6 +115,14 @@ fn expected(records: &[AccessRecord], keep: impl Fn(&AccessRecord) -> bool) -> V
         .filter(|r| keep(r))
         .map(|r| r.request_id.clone())
         .collect()
+}
+
+fn model(r: &AccessRecord) -> Option<&str> {
+    r.ai.as_ref()?.ai_model.as_deref()
+}
+
+fn provider(r: &AccessRecord) -> Option<&str> {
+    r.ai.as_ref()?.ai_provider.as_deref()
 }
 
 fn each_filter_selects_its_records_newest_first(db: &Db) {
@@ -206,6 +226,34 @@ fn each_filter_selects_its_records_newest_first(db: &Db) {
         ),
         (
             AccessQuery {
+                ai_model: text("claude"),
+                ..q()
+            },
+            Box::new(|r| model(r) == Some("claude")),
+        ),
+        (
+            AccessQuery {
+                ai_provider: text("openai"),
+                ..q()
+            },
+            Box::new(|r| provider(r) == Some("openai")),
+        ),
+        (
+            AccessQuery {
+                from: Some(from),
+                to: Some(to),
+                ai_model: text("gpt-4o"),
+                consumer: text("acme"),
+                ..q()
+            },
+            Box::new(move |r| {
+                (from..to).contains(&ts(r))
+                    && model(r) == Some("gpt-4o")
+                    && r.consumer.as_deref() == Some("acme")
+            }),
+        ),
+        (
+            AccessQuery {
                 from: Some(from),
                 to: Some(to),
                 api: text("orders"),
@@ -244,6 +292,11 @@ fn each_filter_selects_its_records_newest_first(db: &Db) {
             ..q()
         },
         AccessQuery {
+            ai_model: text("gpt-4o"),
+            ai_provider: text("anthropic"),
+            ..q()
+        },
+        AccessQuery {
             from: Some(to),
             to: Some(from),
             ..q()
@@ -273,6 +326,11 @@ fn a_filter_value_is_never_sql(db: &Db) {
         assert!(store.query_access_records(&query).unwrap().items.is_empty());
         let query = AccessQuery {
             request_id: Some(evil.to_owned()),
+            ..AccessQuery::default()
+        };
+        assert!(store.query_access_records(&query).unwrap().items.is_empty());
+        let query = AccessQuery {
+            ai_model: Some(evil.to_owned()),
             ..AccessQuery::default()
         };
         assert!(store.query_access_records(&query).unwrap().items.is_empty());

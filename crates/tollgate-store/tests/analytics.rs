@@ -11,10 +11,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tollgate_store::{
-    Analytics, AnalyticsQuery, BucketWidth, Percentiles, Store, StoreError, LATENCY_RELATIVE_ERROR,
+    AiTotals, Analytics, AnalyticsQuery, BucketWidth, Percentiles, Store, StoreError,
+    LATENCY_RELATIVE_ERROR,
 };
 use tollgate_telemetry::record::unix_micros;
-use tollgate_telemetry::{AccessRecord, Outcome, RecordSink};
+use tollgate_telemetry::{AccessRecord, AiUsage, Outcome, RecordSink};
 
 /// 2024-05-01T12:00:00Z in Unix microseconds.
 const T0: i64 = 1_714_564_800_000_000;
@@ -63,6 +64,8 @@ fn records(n: usize) -> Vec<AccessRecord> {
     ];
     let mut now = T0 + 17 * 60_000_000;
     let mut out = Vec::with_capacity(n);
+    // Apart, so the other fields are those they always were.
+    let mut ai_rng = Rng(0x2545_f491_4f6c_dd1d);
     for i in 0..n {
         now += rng.below(110_000_000) as i64;
         // Nothing between 03:00 and 05:00.
@@ -119,9 +122,41 @@ fn records(n: usize) -> Vec<AccessRecord> {
             bytes_out: rng.below(50_000),
             outcome,
             reason,
+            ai: ai_usage(&mut ai_rng),
         });
     }
     out
+}
+
+/// The models, with the provider of each, some calls reach; `None` for a
+/// call that reached none.
+const MODELS: [(Option<&str>, Option<&str>); 5] = [
+    (Some("gpt-4o"), Some("openai")),
+    (Some("gpt-4o"), Some("openai")),
+    (Some("gpt-4o-mini"), Some("openai")),
+    (Some("claude-sonnet"), Some("anthropic")),
+    (None, None),
+];
+
+/// One record in three an AI call: costs in whole microdollars, one in
+/// five of them unknown.
+fn ai_usage(rng: &mut Rng) -> Option<Box<AiUsage>> {
+    if rng.below(3) != 0 {
+        return None;
+    }
+    let (model, provider) = MODELS[rng.below(MODELS.len() as u64) as usize];
+    let tokens_in = rng.below(20_000);
+    Some(Box::new(AiUsage {
+        ai_provider: provider.map(str::to_owned),
+        ai_model: model.map(str::to_owned),
+        tokens_in,
+        tokens_out: rng.below(4000),
+        tokens_cached: rng.below(tokens_in + 1),
+        tokens_estimated: rng.below(7) == 0,
+        cost_usd: (rng.below(5) != 0).then(|| rng.below(90_000) as f64 / 1e6),
+        ttft_ms: Some(rng.unit() * 900.0),
+        ..AiUsage::default()
+    }))
 }
 
 fn store_with(db: &Db, records: &[AccessRecord]) -> Store {
@@ -143,6 +178,59 @@ struct Expected {
     bytes_in: u64,
     bytes_out: u64,
     latencies: Vec<f64>,
+    ai: ExpectedAi,
+}
+
+/// AI calls' totals, computed the slow way: costs in whole microdollars.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ExpectedAi {
+    calls: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+    tokens_cached: u64,
+    microdollars: u64,
+    unpriced_calls: u64,
+}
+
+impl ExpectedAi {
+    fn add(&mut self, ai: &AiUsage) {
+        self.calls += 1;
+        self.tokens_in += ai.tokens_in;
+        self.tokens_out += ai.tokens_out;
+        self.tokens_cached += ai.tokens_cached;
+        match ai.cost_usd {
+            Some(cost) => self.microdollars += (cost * 1e6).round() as u64,
+            None => self.unpriced_calls += 1,
+        }
+    }
+
+    /// What the analytics should say: the exact sum of the costs, as the
+    /// nearest `f64` to it.
+    fn totals(&self) -> AiTotals {
+        AiTotals {
+            calls: self.calls,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            tokens_cached: self.tokens_cached,
+            cost_usd: self.microdollars as f64 / 1e6,
+            unpriced_calls: self.unpriced_calls,
+        }
+    }
+}
+
+/// Names and their totals by spend, calls, then name (`None` last).
+fn ai_ranking(by: HashMap<Option<String>, ExpectedAi>) -> Vec<(Option<String>, AiTotals)> {
+    let mut all: Vec<(Option<String>, ExpectedAi)> = by.into_iter().collect();
+    all.sort_by(|(a_name, a), (b_name, b)| {
+        b.microdollars
+            .cmp(&a.microdollars)
+            .then(b.calls.cmp(&a.calls))
+            .then(a_name.is_none().cmp(&b_name.is_none()))
+            .then(a_name.cmp(b_name))
+    });
+    all.into_iter()
+        .map(|(name, ai)| (name, ai.totals()))
+        .collect()
 }
 
 impl Expected {
@@ -163,6 +251,9 @@ impl Expected {
         self.bytes_in += r.bytes_in;
         self.bytes_out += r.bytes_out;
         self.latencies.push(r.latency_ms.max(0.0));
+        if let Some(ai) = &r.ai {
+            self.ai.add(ai);
+        }
     }
 
     /// Checks `got` against these records.
@@ -262,6 +353,74 @@ fn check(records: &[AccessRecord], got: &Analytics, q: &AnalyticsQuery) {
         .map(|a| (a.api.clone(), a.requests))
         .collect();
     assert_eq!(got_apis, apis, "{what}");
+
+    check_ai(&matching, got, q, &what);
+}
+
+/// The AI totals, their breakdowns and series: exact sums.
+fn check_ai(matching: &[&AccessRecord], got: &Analytics, q: &AnalyticsQuery, what: &str) {
+    let width = q.bucket.micros();
+    let mut totals = ExpectedAi::default();
+    let mut by_model: HashMap<Option<String>, ExpectedAi> = HashMap::new();
+    let mut by_provider: HashMap<Option<String>, ExpectedAi> = HashMap::new();
+    let mut by_consumer: HashMap<Option<String>, ExpectedAi> = HashMap::new();
+    let mut buckets: BTreeMap<i64, ExpectedAi> = BTreeMap::new();
+    for r in matching {
+        let Some(ai) = &r.ai else { continue };
+        totals.add(ai);
+        by_model.entry(ai.ai_model.clone()).or_default().add(ai);
+        by_provider
+            .entry(ai.ai_provider.clone())
+            .or_default()
+            .add(ai);
+        if let Some(consumer) = &r.consumer {
+            by_consumer
+                .entry(Some(consumer.to_string()))
+                .or_default()
+                .add(ai);
+        }
+        let ts = unix_micros(r.ts);
+        buckets
+            .entry(ts.div_euclid(width) * width)
+            .or_default()
+            .add(ai);
+    }
+    let Some(ai) = &got.ai else {
+        assert_eq!(totals.calls, 0, "{what}: no AI totals");
+        return;
+    };
+    assert!(totals.calls > 0, "{what}: AI totals without AI calls");
+    assert_eq!(ai.totals, totals.totals(), "{what}: AI totals");
+    let models: Vec<(Option<String>, AiTotals)> = ai
+        .by_model
+        .iter()
+        .map(|m| (m.model.clone(), m.totals.clone()))
+        .collect();
+    assert_eq!(models, ai_ranking(by_model), "{what}: by model");
+    let providers: Vec<(Option<String>, AiTotals)> = ai
+        .by_provider
+        .iter()
+        .map(|p| (p.provider.clone(), p.totals.clone()))
+        .collect();
+    assert_eq!(providers, ai_ranking(by_provider), "{what}: by provider");
+    let consumers: Vec<(Option<String>, AiTotals)> = ai
+        .by_consumer
+        .iter()
+        .map(|c| (Some(c.consumer.clone()), c.totals.clone()))
+        .collect();
+    let mut want = ai_ranking(by_consumer);
+    want.truncate(q.top.min(AnalyticsQuery::MAX_TOP));
+    assert_eq!(consumers, want, "{what}: by consumer");
+    let series: Vec<(i64, AiTotals)> = ai
+        .buckets
+        .iter()
+        .map(|b| (b.start, b.totals.clone()))
+        .collect();
+    let want: Vec<(i64, AiTotals)> = buckets
+        .into_iter()
+        .map(|(start, ai)| (start, ai.totals()))
+        .collect();
+    assert_eq!(series, want, "{what}: AI buckets");
 }
 
 fn aggregates_equal_a_brute_force_count(db: &Db) {
@@ -350,6 +509,7 @@ fn an_empty_range_has_no_buckets_and_null_percentiles(db: &Db) {
     assert_eq!(got.totals.requests, 0);
     let json = serde_json::to_value(&got).unwrap();
     assert_eq!(json["totals"]["latency_ms"]["p99"], serde_json::Value::Null);
+    assert!(got.ai.is_none() && json.get("ai").is_none(), "{json}");
     assert_eq!(json["from"], "2024-05-01T12:00:00.000000Z");
     assert_eq!(json["to"], "2024-05-01T13:00:00.000000Z");
 }
@@ -401,6 +561,144 @@ fn serializes_as_the_admin_api_documents(db: &Db) {
     assert!(json["top_consumers"][0]["consumer"].is_string());
     assert!(json["top_consumers"][0]["requests"].is_u64());
     assert!(json["top_apis"][0]["api"].is_string());
+
+    let ai = &json["ai"];
+    let counts = [
+        "calls",
+        "tokens_in",
+        "tokens_out",
+        "tokens_cached",
+        "unpriced_calls",
+    ];
+    for (list, name) in [
+        ("by_model", "model"),
+        ("by_provider", "provider"),
+        ("by_consumer", "consumer"),
+        ("buckets", "start"),
+    ] {
+        let first = &ai[list][0];
+        assert!(first[name].is_string(), "{list}: {first}");
+        for field in counts {
+            assert!(first[field].is_u64(), "{list}.{field}: {first}");
+        }
+        assert!(first["cost_usd"].is_f64(), "{list}: {first}");
+    }
+    for field in counts {
+        assert!(ai[field].is_u64(), "{field}: {ai}");
+    }
+    assert!(ai["cost_usd"].is_f64(), "{ai}");
+    assert_eq!(ai["buckets"][0]["start"], "2024-05-01T12:00:00.000000Z");
+}
+
+/// Costs whose `f64` sum is not exact (0.1 + 0.2) are summed exactly;
+/// unknown ones are counted, not summed; every breakdown adds up.
+fn ai_spend_is_summed_exactly(db: &Db) {
+    let call = |n: usize, consumer: Option<&str>, model: &str, provider: &str, cost| {
+        let mut r = records(n + 1).pop().unwrap();
+        r.ts = UNIX_EPOCH + Duration::from_micros((T0 + n as i64 * 60_000_000) as u64);
+        r.consumer = consumer.map(Into::into);
+        r.ai = Some(Box::new(AiUsage {
+            ai_provider: Some(provider.to_owned()),
+            ai_model: Some(model.to_owned()),
+            tokens_in: 100 * (n as u64 + 1),
+            tokens_out: 10,
+            tokens_cached: n as u64,
+            cost_usd: cost,
+            ..AiUsage::default()
+        }));
+        r
+    };
+    let mut plain = records(1).pop().unwrap();
+    plain.ts = UNIX_EPOCH + Duration::from_micros(T0 as u64);
+    plain.ai = None;
+    let calls = [
+        call(0, Some("acme"), "gpt-4o", "openai", Some(0.1)),
+        call(1, Some("acme"), "gpt-4o", "openai", Some(0.2)),
+        call(2, Some("globex"), "claude", "anthropic", None),
+        call(3, None, "claude", "openai", Some(0.05)),
+        call(70, Some("globex"), "gpt-4o", "azure", Some(0.0)),
+        plain,
+    ];
+    let store = store_with(db, &calls);
+    let got = store
+        .analytics(&AnalyticsQuery::new(T0, T0 + 2 * HOUR, BucketWidth::Hour))
+        .unwrap();
+    assert_eq!(got.totals.requests, 6);
+    let ai = got.ai.expect("AI totals");
+    let totals = |calls, tokens_in, tokens_cached, cost_usd, unpriced_calls| AiTotals {
+        calls,
+        tokens_in,
+        tokens_out: 10 * calls,
+        tokens_cached,
+        cost_usd,
+        unpriced_calls,
+    };
+    assert_eq!(ai.totals, totals(5, 8100, 76, 0.35, 1));
+    let models: Vec<_> = ai
+        .by_model
+        .iter()
+        .map(|m| (m.model.as_deref().unwrap(), m.totals.clone()))
+        .collect();
+    assert_eq!(
+        models,
+        [
+            ("gpt-4o", totals(3, 7400, 71, 0.3, 0)),
+            ("claude", totals(2, 700, 5, 0.05, 1)),
+        ]
+    );
+    let providers: Vec<_> = ai
+        .by_provider
+        .iter()
+        .map(|p| (p.provider.as_deref().unwrap(), p.totals.clone()))
+        .collect();
+    assert_eq!(
+        providers,
+        [
+            ("openai", totals(3, 700, 4, 0.35, 0)),
+            // No spend, one call each: by name.
+            ("anthropic", totals(1, 300, 2, 0.0, 1)),
+            ("azure", totals(1, 7100, 70, 0.0, 0)),
+        ]
+    );
+    let consumers: Vec<_> = ai
+        .by_consumer
+        .iter()
+        .map(|c| (c.consumer.as_str(), c.totals.clone()))
+        .collect();
+    assert_eq!(
+        consumers,
+        [
+            ("acme", totals(2, 300, 1, 0.3, 0)),
+            ("globex", totals(2, 7400, 72, 0.0, 1)),
+        ]
+    );
+    let series: Vec<_> = ai
+        .buckets
+        .iter()
+        .map(|b| (b.start, b.totals.clone()))
+        .collect();
+    assert_eq!(
+        series,
+        [
+            (T0, totals(4, 1000, 6, 0.35, 1)),
+            (T0 + HOUR, totals(1, 7100, 70, 0.0, 0)),
+        ]
+    );
+}
+
+/// Records, but no AI call among them: no `ai`.
+fn a_range_without_ai_calls_has_no_ai_totals(db: &Db) {
+    let plain: Vec<AccessRecord> = records(200)
+        .into_iter()
+        .map(|r| AccessRecord { ai: None, ..r })
+        .collect();
+    let store = store_with(db, &plain);
+    let got = store
+        .analytics(&AnalyticsQuery::new(T0, T0 + 6 * HOUR, BucketWidth::Hour))
+        .unwrap();
+    assert!(got.totals.requests > 0);
+    assert!(got.ai.is_none());
+    assert!(serde_json::to_value(&got).unwrap().get("ai").is_none());
 }
 
 both!(
@@ -409,4 +707,6 @@ both!(
     an_empty_range_has_no_buckets_and_null_percentiles,
     too_many_buckets_are_refused,
     serializes_as_the_admin_api_documents,
+    ai_spend_is_summed_exactly,
+    a_range_without_ai_calls_has_no_ai_totals,
 );

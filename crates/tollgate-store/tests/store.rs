@@ -4,8 +4,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 mod common;
 
 use common::Db;
-use tollgate_store::{SqliteStore, Store, StoreError};
-use tollgate_telemetry::{AccessLog, AccessRecord, Outcome, RecordSink};
+use tollgate_store::{SqliteStore, Store, StoreError, StoredAiAttempt, StoredAiUsage};
+use tollgate_telemetry::{AccessLog, AccessRecord, AiAttempt, AiUsage, Outcome, RecordSink};
 
 fn record(n: usize) -> AccessRecord {
     AccessRecord {
@@ -27,6 +27,7 @@ fn record(n: usize) -> AccessRecord {
         bytes_out: u64::MAX,
         outcome: Outcome::Allowed,
         reason: None,
+        ai: None,
     }
 }
 
@@ -61,7 +62,7 @@ fn migrations_are_idempotent() {
         .write_batch(&[record(0)])
         .unwrap();
     let second = SqliteStore::open(&url).unwrap();
-    assert_eq!(second.schema_version().unwrap(), 5);
+    assert_eq!(second.schema_version().unwrap(), 6);
     assert_eq!(second.count_access_records().unwrap(), 1);
     drop((first, second));
 
@@ -69,7 +70,7 @@ fn migrations_are_idempotent() {
     let applied: i64 = conn
         .query_row("SELECT count(*) FROM migrations", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(applied, 5);
+    assert_eq!(applied, 6);
     let indexes: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'access_records' ORDER BY name")
         .unwrap()
@@ -101,7 +102,7 @@ fn refuses_a_newer_schema() {
         SqliteStore::open(&url(&path)),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 5
+            known: 6
         })
     ));
 }
@@ -228,6 +229,168 @@ fn fields_repeated_or_changed_between_records_round_trip(db: &Db) {
         assert_eq!(row.bytes_out, r.bytes_out.min(i64::MAX as u64));
         assert_eq!(row.outcome, r.outcome.as_str(), "{}", r.request_id);
         assert_eq!(row.reason.as_deref(), r.reason, "{}", r.request_id);
+    }
+}
+
+/// Every field of an AI call's usage, odd values included.
+fn ai_usage(n: usize) -> AiUsage {
+    AiUsage {
+        ai_provider: Some("openai-main".to_owned()),
+        ai_model: Some(format!("gpt-4o-\"{n}\" é")),
+        tokens_in: 1200 + n as u64,
+        tokens_out: 345,
+        tokens_cached: 1024,
+        tokens_estimated: true,
+        cost_usd: Some(0.004_275),
+        ttft_ms: Some(812.5),
+        attempts: vec![
+            AiAttempt {
+                provider: "openai-main".to_owned(),
+                model: "gpt-4o".to_owned(),
+                key: 1,
+                result: "429".to_owned(),
+            },
+            AiAttempt {
+                provider: "openai-main".to_owned(),
+                model: "gpt-4o".to_owned(),
+                key: 2,
+                result: "200".to_owned(),
+            },
+        ],
+        cache: Some("miss"),
+    }
+}
+
+/// The fields of an AI call's usage in an access record's JSON form.
+const AI_FIELDS: [&str; 10] = [
+    "ai_provider",
+    "ai_model",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cached",
+    "tokens_estimated",
+    "cost_usd",
+    "ttft_ms",
+    "attempts",
+    "cache",
+];
+
+fn ai_records_round_trip_with_every_field(db: &Db) {
+    let store = db.open();
+    let mut sink = store.access_record_sink().unwrap();
+    let mut full = record(0);
+    full.ai = Some(Box::new(ai_usage(0)));
+    // Nothing known but the counts: no provider reached, no price.
+    let mut bare = record(1);
+    bare.ai = Some(Box::new(AiUsage {
+        tokens_in: u64::MAX,
+        ..AiUsage::default()
+    }));
+    let plain = record(2);
+    sink.write_batch(&[full.clone(), bare.clone(), plain.clone()])
+        .unwrap();
+
+    let mut rows = store.recent_access_records(10).unwrap();
+    rows.reverse();
+    let ai = rows[0].ai.as_ref().expect("the AI call's usage");
+    assert_eq!(ai.ai_provider.as_deref(), Some("openai-main"));
+    assert_eq!(ai.ai_model.as_deref(), Some("gpt-4o-\"0\" é"));
+    assert_eq!(
+        (ai.tokens_in, ai.tokens_out, ai.tokens_cached),
+        (1200, 345, 1024)
+    );
+    assert!(ai.tokens_estimated);
+    assert_eq!(ai.cost_usd, Some(0.004_275));
+    assert_eq!(ai.ttft_ms, Some(812.5));
+    assert_eq!(
+        ai.attempts,
+        [
+            StoredAiAttempt {
+                provider: "openai-main".to_owned(),
+                model: "gpt-4o".to_owned(),
+                key: 1,
+                result: "429".to_owned(),
+            },
+            StoredAiAttempt {
+                provider: "openai-main".to_owned(),
+                model: "gpt-4o".to_owned(),
+                key: 2,
+                result: "200".to_owned(),
+            },
+        ]
+    );
+    assert_eq!(ai.cache.as_deref(), Some("miss"));
+    assert_eq!(
+        rows[1].ai,
+        Some(StoredAiUsage {
+            tokens_in: i64::MAX as u64,
+            ..StoredAiUsage::default()
+        }),
+        "saturated, and nothing else known"
+    );
+    assert_eq!(rows[2].ai, None);
+
+    // In JSON, the AI fields are the access log line's, at the top level,
+    // and absent from a record without AI usage.
+    for (row, r) in rows.iter().zip([&full, &bare, &plain]) {
+        let got = serde_json::to_value(row).unwrap();
+        let mut line = Vec::new();
+        r.write_json(&mut line).unwrap();
+        let want: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        for field in AI_FIELDS {
+            match &r.ai {
+                None => assert!(got.get(field).is_none(), "{field} in {got}"),
+                Some(ai) if field == "tokens_in" && ai.tokens_in == u64::MAX => {
+                    assert_eq!(got[field], i64::MAX)
+                }
+                Some(_) => assert_eq!(got.get(field), want.get(field), "{field}: {got}"),
+            }
+        }
+    }
+    assert_eq!(
+        serde_json::to_value(&rows[1]).unwrap()["cost_usd"],
+        serde_json::Value::Null,
+        "an unknown cost is null, not 0"
+    );
+    let found = store
+        .access_records_by_request_id(&full.request_id)
+        .unwrap();
+    assert_eq!(found, rows[..1]);
+}
+
+/// The SQLite sink binds only what changed since the record before: AI
+/// records among others, in runs and alone, across batches, each read back
+/// with its own AI usage or none.
+fn ai_usage_repeated_or_changed_between_records_round_trips(db: &Db) {
+    let store = db.open();
+    let mut sink = store.access_record_sink().unwrap();
+    let mut records = Vec::new();
+    for n in 0..16 {
+        let mut r = record(n);
+        if [1, 2, 3, 5, 8, 9, 12, 15].contains(&n) {
+            let mut ai = ai_usage(n / 2);
+            if n % 3 == 0 {
+                ai.cost_usd = None;
+                ai.ttft_ms = None;
+                ai.attempts.pop();
+                ai.cache = None;
+                ai.ai_provider = None;
+                ai.tokens_estimated = false;
+            }
+            r.ai = Some(Box::new(ai));
+        }
+        records.push(r);
+    }
+    sink.write_batch(&records[..3]).unwrap();
+    sink.write_batch(&records[3..9]).unwrap();
+    sink.write_batch(&records[9..]).unwrap();
+
+    let mut rows = store.recent_access_records(100).unwrap();
+    rows.reverse();
+    assert_eq!(rows.len(), records.len());
+    for (row, r) in rows.iter().zip(&records) {
+        let want = r.ai.as_deref().map(StoredAiUsage::from);
+        assert_eq!(row.ai, want, "{}", r.request_id);
     }
 }
 
@@ -369,7 +532,7 @@ fn migrations_apply_once(db: &Db) {
         .write_batch(&[record(0)])
         .unwrap();
     let second = db.open();
-    assert_eq!(second.schema_version().unwrap(), 5);
+    assert_eq!(second.schema_version().unwrap(), 6);
     assert_eq!(second.count_access_records().unwrap(), 1);
 }
 
@@ -384,7 +547,7 @@ fn nodes_opening_together_migrate_once(db: &Db) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for store in &stores {
-        assert_eq!(store.schema_version().unwrap(), 5);
+        assert_eq!(store.schema_version().unwrap(), 6);
         assert_eq!(store.config_revision().unwrap(), 0);
     }
 }
@@ -420,7 +583,7 @@ fn postgres_refuses_a_newer_schema() {
         Store::open(&schema.url()),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 5
+            known: 6
         })
     ));
 }
@@ -436,6 +599,8 @@ fn unreachable_postgres_is_an_error_not_a_hang() {
 both!(
     a_batch_round_trips,
     fields_repeated_or_changed_between_records_round_trip,
+    ai_records_round_trip_with_every_field,
+    ai_usage_repeated_or_changed_between_records_round_trips,
     looks_up_records_by_request_id_without_scanning_the_table,
     the_access_log_writes_through_the_sink,
     bulk_insert_sanity,

@@ -9,4 +9,4 @@ pub mod metrics;
 pub mod record;
 
 pub use access_log::{AccessLog, FileSink, RecordSink};
-pub use record::{AccessRecord, Outcome};
+pub use record::{AccessRecord, AiAttempt, AiUsage, Outcome};

@@ -55,6 +55,45 @@ pub struct AccessRecord {
     pub outcome: Outcome,
     /// The error code when the gateway refused or failed the request.
     pub reason: Option<&'static str>,
+    /// For a request the AI gateway served: provider, tokens, cost; its
+    /// fields are written at the record's top level.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<Box<AiUsage>>,
+}
+
+/// What one AI call used and cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AiUsage {
+    /// The provider and its model that answered (or were tried last).
+    pub ai_provider: Option<String>,
+    pub ai_model: Option<String>,
+    /// Prompt tokens, cached ones included.
+    pub tokens_in: u64,
+    /// Generated tokens, reasoning included.
+    pub tokens_out: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub tokens_cached: u64,
+    /// The provider reported no usage: the counts are local estimates.
+    pub tokens_estimated: bool,
+    /// `None` when the model's price is unknown (never reported as 0).
+    pub cost_usd: Option<f64>,
+    /// Time to the first byte of the answer sent to the client.
+    pub ttft_ms: Option<f64>,
+    /// Every provider call made for the request, in order.
+    pub attempts: Vec<AiAttempt>,
+    /// `hit` or `miss` when the API has a response cache.
+    pub cache: Option<&'static str>,
+}
+
+/// One call to a provider.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AiAttempt {
+    pub provider: String,
+    pub model: String,
+    /// Which of the provider's keys (from 1, as configured); never the key.
+    pub key: usize,
+    /// The provider's status, or `timeout` / `connect_error` / `stream_error`.
+    pub result: String,
 }
 
 impl AccessRecord {
@@ -80,6 +119,7 @@ impl AccessRecord {
             bytes_out: 0,
             outcome: Outcome::Allowed,
             reason: None,
+            ai: None,
         }
     }
 }
@@ -119,6 +159,14 @@ impl AccessRecord {
         field(out, b",\"bytes_out\":", self.bytes_out)?;
         field(out, b",\"outcome\":", self.outcome)?;
         field(out, b",\"reason\":", self.reason)?;
+        if let Some(ai) = &self.ai {
+            // Rare and varied: the derived form, its braces dropped.
+            let fields = serde_json::to_vec(ai)?;
+            if fields.len() > 2 {
+                out.push(b',');
+                out.extend_from_slice(&fields[1..fields.len() - 1]);
+            }
+        }
         out.push(b'}');
         Ok(())
     }
@@ -353,6 +401,7 @@ mod tests {
             bytes_out: 2048,
             outcome: Outcome::Allowed,
             reason: None,
+            ai: None,
         }
     }
 
@@ -392,6 +441,24 @@ mod tests {
             r.outcome = outcome;
             records.push(r.clone());
         }
+        r.ai = Some(Box::new(AiUsage {
+            ai_provider: Some("openai-main".into()),
+            ai_model: Some(odd.into()),
+            tokens_in: 12,
+            tokens_out: 5,
+            tokens_cached: 2,
+            tokens_estimated: true,
+            cost_usd: Some(0.000_125),
+            ttft_ms: None,
+            attempts: vec![AiAttempt {
+                provider: "openai-main".into(),
+                model: "gpt-4o".into(),
+                key: 2,
+                result: "429".into(),
+            }],
+            cache: Some("miss"),
+        }));
+        records.push(r.clone());
         for r in records {
             let mut line = Vec::new();
             r.write_json(&mut line).unwrap();

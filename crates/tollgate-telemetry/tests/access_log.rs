@@ -26,6 +26,7 @@ fn record(n: usize) -> AccessRecord {
         bytes_out: 2048,
         outcome: Outcome::Allowed,
         reason: None,
+        ai: None,
     }
 }
 

@@ -12,13 +12,15 @@
 use std::io;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::ToSql;
+use postgres::types::{Json, ToSql};
 use postgres::Client;
 use tollgate_telemetry::record::{unix_micros, IpText, Rfc3339};
-use tollgate_telemetry::{AccessRecord, RecordSink};
+use tollgate_telemetry::{AccessRecord, AiAttempt, AiUsage, RecordSink};
 
 use super::{connect, off_runtime, stored_access_record, PgStore, STORED_COLUMNS};
-use crate::analytics::{Accumulator, AggregatedRecord, COLUMNS as AGGREGATED_COLUMNS};
+use crate::analytics::{
+    Accumulator, AggregatedAi, AggregatedRecord, COLUMNS as AGGREGATED_COLUMNS,
+};
 use crate::query::{decode_cursor, encode_cursor};
 use crate::sink::request_id_hash;
 use crate::{
@@ -26,13 +28,16 @@ use crate::{
     StoredAccessRecord,
 };
 
-/// Rows per INSERT statement: 19 parameters each, well under PostgreSQL's
-/// 65535 parameters a statement.
+/// Rows per INSERT statement: [`COLUMNS_PER_ROW`] parameters each, well
+/// under PostgreSQL's 65535 parameters a statement.
 const ROWS_PER_INSERT: usize = 256;
 
 const INSERT_COLUMNS: &str = "ts, request_id, request_id_hash, client_ip, method, host, path, api,
     service, consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
-    bytes_in, bytes_out, outcome, reason";
+    bytes_in, bytes_out, outcome, reason,
+    ai_provider, ai_model, tokens_in, tokens_out, tokens_cached, tokens_estimated,
+    cost_usd, ttft_ms, ai_attempts, ai_cache";
+const COLUMNS_PER_ROW: usize = 29;
 
 /// Writes each batch of access records in one transaction, as multi-row
 /// INSERTs of up to [`ROWS_PER_INSERT`] records, over a connection of its
@@ -52,6 +57,11 @@ impl Drop for PgRecordSink {
 
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A nullable count column: 0 for NULL or a negative number.
+fn count(n: Option<i64>) -> u64 {
+    n.map_or(0, |n| u64::try_from(n).unwrap_or(0))
 }
 
 /// One record's values, in [`INSERT_COLUMNS`]' order.
@@ -75,6 +85,42 @@ struct RowValues<'a> {
     bytes_out: i64,
     outcome: &'static str,
     reason: Option<&'static str>,
+    ai: AiValues<'a>,
+}
+
+/// The AI columns' values: all `None` (NULL) for a record without AI usage.
+#[derive(Default)]
+struct AiValues<'a> {
+    provider: Option<&'a str>,
+    model: Option<&'a str>,
+    tokens_in: Option<i64>,
+    tokens_out: Option<i64>,
+    tokens_cached: Option<i64>,
+    tokens_estimated: Option<bool>,
+    cost_usd: Option<f64>,
+    ttft_ms: Option<f64>,
+    attempts: Option<Json<&'a [AiAttempt]>>,
+    cache: Option<&'static str>,
+}
+
+impl<'a> AiValues<'a> {
+    fn of(ai: Option<&'a AiUsage>) -> AiValues<'a> {
+        let Some(ai) = ai else {
+            return AiValues::default();
+        };
+        AiValues {
+            provider: ai.ai_provider.as_deref(),
+            model: ai.ai_model.as_deref(),
+            tokens_in: Some(saturating_i64(ai.tokens_in)),
+            tokens_out: Some(saturating_i64(ai.tokens_out)),
+            tokens_cached: Some(saturating_i64(ai.tokens_cached)),
+            tokens_estimated: Some(ai.tokens_estimated),
+            cost_usd: ai.cost_usd,
+            ttft_ms: ai.ttft_ms,
+            attempts: Some(Json(&ai.attempts)),
+            cache: ai.cache,
+        }
+    }
 }
 
 impl<'a> RowValues<'a> {
@@ -99,6 +145,7 @@ impl<'a> RowValues<'a> {
             bytes_out: saturating_i64(r.bytes_out),
             outcome: r.outcome.as_str(),
             reason: r.reason,
+            ai: AiValues::of(r.ai.as_deref()),
         }
     }
 
@@ -123,11 +170,21 @@ impl<'a> RowValues<'a> {
             &self.bytes_out,
             &self.outcome,
             &self.reason,
+            &self.ai.provider,
+            &self.ai.model,
+            &self.ai.tokens_in,
+            &self.ai.tokens_out,
+            &self.ai.tokens_cached,
+            &self.ai.tokens_estimated,
+            &self.ai.cost_usd,
+            &self.ai.ttft_ms,
+            &self.ai.attempts,
+            &self.ai.cache,
         ]);
     }
 }
 
-/// `INSERT … VALUES ($1, …, $19), …` for `rows` records.
+/// `INSERT … VALUES ($1, …, $29), …` for `rows` records.
 fn insert_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO access_records ({INSERT_COLUMNS}) VALUES ");
     for row in 0..rows {
@@ -135,11 +192,11 @@ fn insert_sql(rows: usize) -> String {
             sql.push(',');
         }
         sql.push('(');
-        for column in 0..19 {
+        for column in 0..COLUMNS_PER_ROW {
             if column > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("${}", row * 19 + column + 1));
+            sql.push_str(&format!("${}", row * COLUMNS_PER_ROW + column + 1));
         }
         sql.push(')');
     }
@@ -157,7 +214,8 @@ impl PgRecordSink {
         for chunk in records.chunks(ROWS_PER_INSERT) {
             let values: Vec<RowValues<'_>> = chunk.iter().map(RowValues::of).collect();
             let ips: Vec<String> = values.iter().map(|v| v.client_ip.to_string()).collect();
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 19);
+            let mut params: Vec<&(dyn ToSql + Sync)> =
+                Vec::with_capacity(chunk.len() * COLUMNS_PER_ROW);
             for (row, ip) in values.iter().zip(&ips) {
                 row.push(ip, &mut params);
             }
@@ -291,6 +349,8 @@ impl PgStore {
             ("outcome = ?", &query.outcome),
             ("reason = ?", &query.reason),
             ("request_id = ?", &query.request_id),
+            ("ai_model = ?", &query.ai_model),
+            ("ai_provider = ?", &query.ai_provider),
         ] {
             if let Some(value) = value {
                 add(term, Box::new(value.clone()));
@@ -404,6 +464,17 @@ impl PgStore {
                         bytes_out: u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0),
                         api: row.try_get(7)?,
                         consumer: row.try_get(8)?,
+                        ai: match row.try_get::<_, Option<i64>>(9)? {
+                            None => None,
+                            Some(tokens_in) => Some(AggregatedAi {
+                                tokens_in: u64::try_from(tokens_in).unwrap_or(0),
+                                tokens_out: count(row.try_get(10)?),
+                                tokens_cached: count(row.try_get(11)?),
+                                cost_usd: row.try_get(12)?,
+                                model: row.try_get(13)?,
+                                provider: row.try_get(14)?,
+                            }),
+                        },
                     });
                 }
                 Ok::<_, StoreError>(acc.finish(query))

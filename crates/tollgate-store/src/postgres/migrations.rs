@@ -3,8 +3,9 @@
 //! whose comments say why each is there), recorded in a `migrations` table.
 //!
 //! Differences of dialect only: integers are `BIGINT` (SQLite's INTEGER is
-//! 64-bit), ids are identity columns, blobs are `BYTEA`, the audit diff is
-//! `JSONB`, and the audit log's append-only triggers call a PL/pgSQL
+//! 64-bit), ids are identity columns, blobs are `BYTEA`, the audit diff and
+//! an access record's `ai_attempts` are `JSONB`, `tokens_estimated` is a
+//! `BOOLEAN`, and the audit log's append-only triggers call a PL/pgSQL
 //! function. Never edit a migration once released: add one, with the same
 //! number as its SQLite twin.
 
@@ -140,6 +141,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
         );
         CREATE INDEX sessions_user ON sessions (user_id);",
     ),
+    (
+        6,
+        // Adding nullable columns without a default rewrites no row. No
+        // index, as in SQLite.
+        "ALTER TABLE access_records
+            ADD COLUMN ai_provider      TEXT,
+            ADD COLUMN ai_model         TEXT,
+            ADD COLUMN tokens_in        BIGINT,
+            ADD COLUMN tokens_out       BIGINT,
+            ADD COLUMN tokens_cached    BIGINT,
+            ADD COLUMN tokens_estimated BOOLEAN,
+            ADD COLUMN cost_usd         DOUBLE PRECISION, -- NULL: no known price
+            ADD COLUMN ttft_ms          DOUBLE PRECISION,
+            ADD COLUMN ai_attempts      JSONB, -- array
+            ADD COLUMN ai_cache         TEXT;  -- hit, miss",
+    ),
 ];
 
 /// The highest version this build knows: the SQLite migrations' too.
@@ -183,4 +200,58 @@ pub(crate) fn current_version(
     client
         .query_one("SELECT coalesce(max(version), 0) FROM migrations", &[])?
         .try_get(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::{connect, off_runtime, parse_config};
+    use crate::testing::PgSchema;
+
+    /// A database at version 5 keeps its access records, which read back
+    /// without AI usage, and gains the AI columns.
+    #[test]
+    fn upgrades_a_database_at_version_5_keeping_its_records() {
+        let Some(schema) = PgSchema::create("upgrades_a_database_at_version_5_keeping_its_records")
+        else {
+            return;
+        };
+        off_runtime(|| {
+            let mut client = connect(&parse_config(&schema.url()).unwrap()).unwrap();
+            client
+                .batch_execute(
+                    "CREATE TABLE migrations (
+                         version    BIGINT PRIMARY KEY,
+                         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                     )",
+                )
+                .unwrap();
+            for (version, sql) in &MIGRATIONS[..5] {
+                client.batch_execute(sql).unwrap();
+                client
+                    .execute("INSERT INTO migrations (version) VALUES ($1)", &[version])
+                    .unwrap();
+            }
+            client
+                .batch_execute(
+                    "INSERT INTO access_records (ts, request_id, request_id_hash, client_ip,
+                         method, host, path, api, status, latency_ms, bytes_in, bytes_out,
+                         outcome, reason)
+                     VALUES (1, 'a', 0, '::1', 'GET', 'h', '/', 'orders', 200, 1.0, 0, 0,
+                             'allowed', NULL),
+                            (2, 'b', 0, '::1', 'GET', 'h', '/', NULL, 404, 1.0, 0, 0,
+                             'error', 'no_route')",
+                )
+                .unwrap();
+            run(&mut client).unwrap();
+            assert_eq!(current_version(&mut client).unwrap(), 6);
+        });
+
+        let store = schema.open();
+        let rows = store.recent_access_records(10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].reason.as_deref(), Some("no_route"));
+        assert_eq!((rows[1].request_id.as_str(), rows[1].status), ("a", 200));
+        assert!(rows.iter().all(|r| r.ai.is_none()), "{rows:#?}");
+    }
 }

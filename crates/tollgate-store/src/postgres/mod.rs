@@ -21,11 +21,12 @@ mod users;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use postgres::types::Json;
 use postgres::{Client, NoTls};
 
 pub use access::PgRecordSink;
 
-use crate::{StoreError, StoredAccessRecord};
+use crate::{StoreError, StoredAccessRecord, StoredAiAttempt, StoredAiUsage, FIRST_AI_COLUMN};
 use tollgate_telemetry::record::Rfc3339;
 
 /// A PostgreSQL database. Cheap to clone; clones share one connection for
@@ -180,7 +181,31 @@ pub(crate) fn stored_access_record(row: &postgres::Row) -> Result<StoredAccessRe
         bytes_out: count(row.try_get(16)?),
         outcome: row.try_get(17)?,
         reason: row.try_get(18)?,
+        ai: stored_ai_usage(row)?,
     })
+}
+
+/// The AI columns of a row of [`STORED_COLUMNS`], or `None` for a record
+/// without AI usage.
+fn stored_ai_usage(row: &postgres::Row) -> Result<Option<StoredAiUsage>, StoreError> {
+    let at = FIRST_AI_COLUMN;
+    let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    let Some(tokens_in) = row.try_get::<_, Option<i64>>(at + 2)? else {
+        return Ok(None);
+    };
+    let attempts: Option<Json<Vec<StoredAiAttempt>>> = row.try_get(at + 8)?;
+    Ok(Some(StoredAiUsage {
+        ai_provider: row.try_get(at)?,
+        ai_model: row.try_get(at + 1)?,
+        tokens_in: count(Some(tokens_in)),
+        tokens_out: count(row.try_get(at + 3)?),
+        tokens_cached: count(row.try_get(at + 4)?),
+        tokens_estimated: row.try_get::<_, Option<bool>>(at + 5)?.unwrap_or(false),
+        cost_usd: row.try_get(at + 6)?,
+        ttft_ms: row.try_get(at + 7)?,
+        attempts: attempts.map_or_else(Vec::new, |Json(attempts)| attempts),
+        cache: row.try_get(at + 9)?,
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,418 @@
+//! AI limits and budgets: tokens and requests per minute, USD per day or
+//! month, counted by consumer, IP, API or header like every limit, in the
+//! same [`CounterStore`](crate::counters::CounterStore).
+//!
+//! **Tokens** are reserved before the call — the prompt's estimate plus the
+//! most the answer may use — and settled after it with the real count: the
+//! unused part is given back. A reservation that turns out too small is
+//! charged on top when the limit still has room, and otherwise forgiven (the
+//! next calls pay for it through the reservation they make).
+//!
+//! **Spend** is checked before the call (refused with 402
+//! `budget_exceeded` once the period's spend reached the budget) and charged
+//! after it, in micro-USD, so one call may take the spend past the budget:
+//! the call after it is refused.
+//!
+//! Keys: `ai|<scope>|t|<subject>` (tokens), `ai|<scope>|r|<subject>`
+//! (requests), `ab|<scope>|<period>|<subject>` (spend). A store failure
+//! admits the call (fail open) and is logged, as for rate limits.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use tollgate_config::{AiBudget, AiLimits, QuotaPeriod};
+
+use crate::counters::{ceil_seconds, unix_seconds, CounterStore, Rate};
+use crate::quota::Period;
+use crate::rate_limit::{LimitInput, Subject};
+use crate::Denial;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// `ai_limits`, compiled.
+#[derive(Debug)]
+pub struct AiLimitsPolicy {
+    /// `ai|<scope>|`
+    prefix: Box<str>,
+    subject: Subject,
+    tokens: Option<(u64, Rate)>,
+    requests: Option<(u64, Rate)>,
+}
+
+/// Tokens held for one call, to settle once its usage is known.
+#[derive(Debug)]
+pub struct TokenReservation {
+    key: String,
+    rate: Rate,
+    reserved: u64,
+}
+
+impl AiLimitsPolicy {
+    /// Compiles the limits declared at `scope` (`global`, `api:<name>`…).
+    pub fn compile(limits: &AiLimits, scope: &str) -> AiLimitsPolicy {
+        let per_minute = |limit: Option<u64>| limit.map(|l| (l, Rate::per_window(l, MINUTE)));
+        AiLimitsPolicy {
+            prefix: format!("ai|{scope}|").into_boxed_str(),
+            subject: Subject::compile(&limits.by),
+            tokens: per_minute(limits.tokens_per_minute),
+            requests: per_minute(limits.requests_per_minute),
+        }
+    }
+
+    fn key(&self, kind: char, input: &LimitInput<'_>) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 2 + self.subject.max_len(input));
+        key.push_str(&self.prefix);
+        key.push(kind);
+        key.push('|');
+        self.subject.write(&mut key, input);
+        key
+    }
+
+    /// Counts one request and reserves `tokens` for it; refuses with 429
+    /// `rate_limited` (and `Retry-After`) when either limit has no room.
+    pub async fn reserve(
+        &self,
+        store: &dyn CounterStore,
+        input: &LimitInput<'_>,
+        tokens: u64,
+    ) -> Result<Option<TokenReservation>, Denial> {
+        let now_us = now_us();
+        let mut counted_request = None;
+        if let Some((limit, rate)) = self.requests {
+            let key = self.key('r', input);
+            match store.acquire_rate(&key, rate, now_us).await {
+                Ok(hit) if !hit.allowed => {
+                    let wait = hit.until_next(rate, hit.at_us);
+                    return Err(refusal(
+                        format!("AI request rate exceeded: {limit} requests per minute"),
+                        wait,
+                    ));
+                }
+                Ok(_) => counted_request = Some((key, rate)),
+                Err(error) => tracing::warn!(%error, "AI request limit not enforced"),
+            }
+        }
+        let Some((limit, rate)) = self.tokens else {
+            return Ok(None);
+        };
+        if tokens > limit {
+            self.give_back(store, counted_request).await;
+            return Err(Denial::rate_limited(format!(
+                "the request may use up to {tokens} tokens, more than the limit of {limit} tokens per minute; ask for fewer output tokens"
+            )));
+        }
+        let key = self.key('t', input);
+        match store.acquire_rate_n(&key, rate, tokens, now_us).await {
+            Ok(hit) if !hit.allowed => {
+                self.give_back(store, counted_request).await;
+                // Room for `tokens` comes back `tokens` intervals after the TAT
+                // falls to now + tolerance.
+                let needed = rate.interval_us.saturating_mul(tokens);
+                let earliest = hit
+                    .tat
+                    .saturating_add(needed)
+                    .saturating_sub(rate.tolerance_us());
+                let wait = Duration::from_micros(earliest.saturating_sub(hit.at_us));
+                Err(refusal(
+                    format!("AI token rate exceeded: {limit} tokens per minute"),
+                    wait,
+                ))
+            }
+            Ok(_) => Ok(Some(TokenReservation {
+                key,
+                rate,
+                reserved: tokens,
+            })),
+            Err(error) => {
+                tracing::warn!(%error, "AI token limit not enforced");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn give_back(&self, store: &dyn CounterStore, counted: Option<(String, Rate)>) {
+        if let Some((key, rate)) = counted {
+            if let Err(error) = store.release_rate(&key, rate).await {
+                tracing::warn!(%error, "AI request count not given back");
+            }
+        }
+    }
+}
+
+impl TokenReservation {
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Settles the reservation with the tokens the call really used.
+    pub async fn settle(self, store: &dyn CounterStore, used: u64) {
+        let result = if used < self.reserved {
+            store
+                .release_rate_n(&self.key, self.rate, self.reserved - used)
+                .await
+        } else if used > self.reserved {
+            store
+                .acquire_rate_n(&self.key, self.rate, used - self.reserved, now_us())
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "AI token reservation not settled");
+        }
+    }
+}
+
+/// `ai_budget`, compiled.
+#[derive(Debug)]
+pub struct AiBudgetPolicy {
+    /// `ab|<scope>|`
+    prefix: Box<str>,
+    subject: Subject,
+    limit_micro_usd: u64,
+    usd: f64,
+    period: QuotaPeriod,
+}
+
+/// Where one call's cost is charged.
+#[derive(Debug)]
+pub struct BudgetCharge {
+    key: String,
+    expires_at: i64,
+}
+
+impl AiBudgetPolicy {
+    pub fn compile(budget: &AiBudget, scope: &str) -> AiBudgetPolicy {
+        AiBudgetPolicy {
+            prefix: format!("ab|{scope}|").into_boxed_str(),
+            subject: Subject::compile(&budget.by),
+            limit_micro_usd: (budget.usd * 1e6).round() as u64,
+            usd: budget.usd,
+            period: budget.period,
+        }
+    }
+
+    /// Refuses with 402 `budget_exceeded` when the period's spend reached
+    /// the budget; otherwise says where to charge the call's cost.
+    pub async fn check(
+        &self,
+        store: &dyn CounterStore,
+        input: &LimitInput<'_>,
+    ) -> Result<Option<BudgetCharge>, Denial> {
+        let now = SystemTime::now();
+        let period = Period::at(self.period, unix_seconds(now));
+        let mut key = String::with_capacity(
+            self.prefix.len() + "d2025-03-01|".len() + self.subject.max_len(input),
+        );
+        key.push_str(&self.prefix);
+        period.write_label(&mut key);
+        key.push('|');
+        self.subject.write(&mut key, input);
+        let spent = match store.read_total(&key).await {
+            Ok(spent) => spent,
+            Err(error) => {
+                tracing::warn!(%error, "AI budget not enforced: counter store failed");
+                return Ok(None);
+            }
+        };
+        if spent >= self.limit_micro_usd {
+            let ends_at =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(period.ends_at.max(0).unsigned_abs());
+            let retry_after = ceil_seconds(ends_at.duration_since(now).unwrap_or_default()).max(1);
+            let per = match self.period {
+                QuotaPeriod::Day => "day",
+                QuotaPeriod::Month => "month",
+            };
+            return Err(Denial::budget_exceeded(format!(
+                "the AI budget of {} USD per {per} is spent",
+                self.usd
+            ))
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
+        }
+        Ok(Some(BudgetCharge {
+            key,
+            expires_at: period.ends_at,
+        }))
+    }
+}
+
+impl BudgetCharge {
+    pub async fn charge(self, store: &dyn CounterStore, micro_usd: u64) {
+        if micro_usd == 0 {
+            return;
+        }
+        if let Err(error) = store.add_total(&self.key, micro_usd, self.expires_at).await {
+            tracing::warn!(%error, "AI spend not counted: counter store failed");
+        }
+    }
+}
+
+fn refusal(message: String, wait: Duration) -> Denial {
+    Denial::rate_limited(message).with_header(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(ceil_seconds(wait).max(1)),
+    )
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+    use tollgate_config::LimitKey;
+
+    use super::*;
+    use crate::counters::MemoryCounters;
+
+    fn input<'a>(consumer: &'a str, headers: &'a HeaderMap) -> LimitInput<'a> {
+        LimitInput {
+            consumer: Some(consumer),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api: "llm",
+            headers,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_reserved_then_settled() {
+        let store = MemoryCounters::new();
+        let headers = HeaderMap::new();
+        let policy = AiLimitsPolicy::compile(
+            &AiLimits {
+                tokens_per_minute: Some(1000),
+                requests_per_minute: None,
+                by: LimitKey::Consumer,
+            },
+            "api:llm",
+        );
+        let first = policy
+            .reserve(&store, &input("a", &headers), 800)
+            .await
+            .unwrap()
+            .unwrap();
+        // Another consumer has its own counter.
+        assert!(policy
+            .reserve(&store, &input("b", &headers), 800)
+            .await
+            .is_ok());
+        let refused = policy
+            .reserve(&store, &input("a", &headers), 300)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, "rate_limited");
+        assert!(refused
+            .headers
+            .iter()
+            .any(|(name, _)| name == http::header::RETRY_AFTER));
+        // The call used 100 of its 800: 700 come back, and 300 fit again.
+        first.settle(&store, 100).await;
+        assert!(policy
+            .reserve(&store, &input("a", &headers), 300)
+            .await
+            .is_ok());
+        // More than the limit can never be reserved.
+        let too_big = policy
+            .reserve(&store, &input("c", &headers), 1001)
+            .await
+            .unwrap_err();
+        assert!(
+            too_big.message.contains("more than the limit"),
+            "{too_big:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_reservation_gives_its_request_back() {
+        let store = MemoryCounters::new();
+        let headers = HeaderMap::new();
+        let policy = AiLimitsPolicy::compile(
+            &AiLimits {
+                tokens_per_minute: Some(100),
+                requests_per_minute: Some(2),
+                by: LimitKey::Consumer,
+            },
+            "global",
+        );
+        policy
+            .reserve(&store, &input("a", &headers), 100)
+            .await
+            .unwrap();
+        // Refused for tokens: the request count is given back, so one more
+        // request still fits once tokens allow.
+        assert!(policy
+            .reserve(&store, &input("a", &headers), 50)
+            .await
+            .is_err());
+        let small = AiLimitsPolicy::compile(
+            &AiLimits {
+                tokens_per_minute: None,
+                requests_per_minute: Some(2),
+                by: LimitKey::Consumer,
+            },
+            "global",
+        );
+        // Same keys as `policy`'s request counter: one hit is still free.
+        assert!(small
+            .reserve(&store, &input("a", &headers), 0)
+            .await
+            .is_ok());
+        let refused = small
+            .reserve(&store, &input("a", &headers), 0)
+            .await
+            .unwrap_err();
+        assert!(refused.message.contains("2 requests per minute"));
+    }
+
+    #[tokio::test]
+    async fn budgets_refuse_once_spent_and_count_concurrent_charges_exactly() {
+        let store = Arc::new(MemoryCounters::new());
+        let headers = HeaderMap::new();
+        let policy = Arc::new(AiBudgetPolicy::compile(
+            &AiBudget {
+                usd: 1.0,
+                period: QuotaPeriod::Month,
+                by: LimitKey::Consumer,
+            },
+            "api:llm",
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, policy) = (store.clone(), policy.clone());
+            tasks.push(tokio::spawn(async move {
+                let headers = HeaderMap::new();
+                let charge = policy
+                    .check(&*store, &input("a", &headers))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                charge.charge(&*store, 10_000).await;
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // 50 × 0.01 USD: half the budget, exactly.
+        let charge = policy
+            .check(&*store, &input("a", &headers))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.read_total(&charge.key).await.unwrap(), 500_000);
+        charge.charge(&*store, 600_000).await;
+        let refused = policy
+            .check(&*store, &input("a", &headers))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, "budget_exceeded");
+        assert_eq!(refused.status, http::StatusCode::PAYMENT_REQUIRED);
+        assert!(policy.check(&*store, &input("b", &headers)).await.is_ok());
+    }
+}

@@ -1,0 +1,408 @@
+//! The AI gateway's side of the data plane: providers with their keys and
+//! clients, the models clients name, prices, and what each AI API serves —
+//! compiled once per snapshot. [`handler`] serves requests with them.
+//!
+//! State that must outlive a snapshot (a key found bad, a key cooling down
+//! after a 429, cached answers) lives in [`AiRegistry`], keyed by stable
+//! names, so a configuration change does not forget it.
+
+pub(crate) mod attempts;
+pub(crate) mod cache;
+pub(crate) mod handler;
+pub(crate) mod prompt;
+pub(crate) mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tollgate_ai::guard::{Guard, PiiKind};
+use tollgate_ai::prices::Price;
+use tollgate_ai::providers::{self, Provider, ProviderKind};
+use tollgate_config::{AiEndpoint, AiProviderKind, Api, Config, ConfigError, RetryOn};
+
+use crate::client::{ClientKey, ClientRegistry, UpstreamClient};
+
+/// A provider key's identity across snapshots: the provider's name and the
+/// key's SHA-256.
+type KeyId = (String, [u8; 32]);
+
+/// AI state that outlives snapshots.
+#[derive(Default)]
+pub struct AiRegistry {
+    /// By provider name and the key's SHA-256 (never the key itself).
+    keys: Mutex<HashMap<KeyId, Arc<KeyState>>>,
+    /// By API name.
+    caches: Mutex<HashMap<String, Arc<cache::ResponseCache>>>,
+}
+
+impl AiRegistry {
+    fn key(&self, provider: &str, secret: String, number: usize) -> Arc<KeyState> {
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let state = keys
+            .entry((provider.to_string(), digest))
+            .or_insert_with(|| {
+                Arc::new(KeyState {
+                    secret: secret.clone(),
+                    number,
+                    bad: AtomicBool::new(false),
+                    cool_until_ms: AtomicU64::new(0),
+                })
+            });
+        if state.number == number {
+            state.clone()
+        } else {
+            // The same key moved in the list: keep its health, new position.
+            let moved = Arc::new(KeyState {
+                secret,
+                number,
+                bad: AtomicBool::new(state.bad.load(Ordering::Relaxed)),
+                cool_until_ms: AtomicU64::new(state.cool_until_ms.load(Ordering::Relaxed)),
+            });
+            *state = moved.clone();
+            moved
+        }
+    }
+
+    fn cache(&self, api: &str, ttl: Duration, max_entries: usize) -> Arc<cache::ResponseCache> {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        match caches.get(api) {
+            Some(cache) if cache.has_settings(ttl, max_entries) => cache.clone(),
+            _ => {
+                let cache = Arc::new(cache::ResponseCache::new(ttl, max_entries));
+                caches.insert(api.to_string(), cache.clone());
+                cache
+            }
+        }
+    }
+}
+
+/// One provider key and what the gateway learnt about it.
+pub struct KeyState {
+    secret: String,
+    /// Its position in the provider's `keys`, from 1: what records show.
+    pub number: usize,
+    /// Refused by the provider (401/403): not used again until the
+    /// configuration changes it.
+    bad: AtomicBool,
+    /// Unix milliseconds until which a 429 asked to wait.
+    cool_until_ms: AtomicU64,
+}
+
+impl KeyState {
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    pub(crate) fn usable(&self, now_ms: u64) -> bool {
+        !self.bad.load(Ordering::Relaxed) && self.cool_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    pub(crate) fn mark_bad(&self) {
+        if !self.bad.swap(true, Ordering::Relaxed) {
+            tracing::warn!(key = self.number, "provider key refused: no longer used");
+        }
+    }
+
+    pub(crate) fn cool_down(&self, wait: Duration) {
+        let until = now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        self.cool_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyState(#{})", self.number)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub struct ProviderRuntime {
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    pub adapter: Box<dyn Provider>,
+    /// Empty for a keyless local server.
+    pub keys: Vec<Arc<KeyState>>,
+    pub client: UpstreamClient,
+}
+
+/// Where a model is served: one provider's model.
+#[derive(Clone)]
+pub struct AiTargetRuntime {
+    pub provider: Arc<ProviderRuntime>,
+    pub model: Arc<str>,
+    pub weight: u32,
+}
+
+pub struct ModelRuntime {
+    pub name: Arc<str>,
+    pub targets: Vec<AiTargetRuntime>,
+    pub fallbacks: Vec<AiTargetRuntime>,
+    pub attempts: u32,
+    pub retry_statuses: Vec<u16>,
+    pub retry_timeout: bool,
+    pub timeout: Duration,
+}
+
+impl ModelRuntime {
+    fn compile(
+        model: &tollgate_config::AiModel,
+        providers: &HashMap<String, Arc<ProviderRuntime>>,
+    ) -> Option<ModelRuntime> {
+        let resolve = |targets: &[tollgate_config::AiTarget]| -> Option<Vec<AiTargetRuntime>> {
+            targets
+                .iter()
+                .map(|t| {
+                    Some(AiTargetRuntime {
+                        provider: providers.get(&t.provider)?.clone(),
+                        model: t.model.as_str().into(),
+                        weight: t.weight,
+                    })
+                })
+                .collect()
+        };
+        Some(ModelRuntime {
+            name: model.name.as_str().into(),
+            targets: resolve(&model.targets)?,
+            fallbacks: resolve(&model.fallbacks)?,
+            attempts: model.retry.attempts.max(1),
+            retry_statuses: model
+                .retry
+                .on
+                .iter()
+                .filter_map(|on| match on {
+                    RetryOn::Status(status) => Some(*status),
+                    RetryOn::Timeout => None,
+                })
+                .collect(),
+            retry_timeout: model.retry.on.contains(&RetryOn::Timeout),
+            timeout: model.timeout.get(),
+        })
+    }
+
+    /// A model named `provider/model` directly: that one target, with the
+    /// default retry policy.
+    fn direct(name: &str, provider: Arc<ProviderRuntime>, model: &str) -> ModelRuntime {
+        let defaults = tollgate_config::AiRetry::default();
+        ModelRuntime {
+            name: name.into(),
+            targets: vec![AiTargetRuntime {
+                provider,
+                model: model.into(),
+                weight: 1,
+            }],
+            fallbacks: Vec::new(),
+            attempts: defaults.attempts,
+            retry_statuses: defaults
+                .on
+                .iter()
+                .filter_map(|on| match on {
+                    RetryOn::Status(status) => Some(*status),
+                    RetryOn::Timeout => None,
+                })
+                .collect(),
+            retry_timeout: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The providers, models and prices of one snapshot.
+#[derive(Default)]
+pub struct AiRuntime {
+    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    pub models: HashMap<String, Arc<ModelRuntime>>,
+    /// The configuration's prices, by provider name and model.
+    prices: HashMap<(String, String), Price>,
+}
+
+impl AiRuntime {
+    pub fn compile(
+        config: &Config,
+        registry: &AiRegistry,
+        clients: &ClientRegistry,
+        errors: &mut Vec<ConfigError>,
+    ) -> AiRuntime {
+        let mut runtime = AiRuntime::default();
+        if !config.ai.providers.is_empty() {
+            // Building the tokenizer takes a while: not in the first request.
+            std::thread::spawn(tollgate_ai::tokens::warm_up);
+        }
+        for (i, provider) in config.ai.providers.iter().enumerate() {
+            let kind = provider_kind(provider.kind);
+            let base_url = provider
+                .base_url
+                .as_deref()
+                .or_else(|| providers::default_base_url(kind))
+                .unwrap_or_default();
+            let mut keys = Vec::new();
+            for (k, secret) in provider.keys.iter().enumerate() {
+                match secret.resolve() {
+                    Ok(value) => keys.push(registry.key(&provider.name, value, k + 1)),
+                    Err(message) => errors.push(ConfigError::new(
+                        format!("ai.providers[{i}].keys[{k}]"),
+                        message,
+                    )),
+                }
+            }
+            let key = ClientKey {
+                ca: provider.ca.clone(),
+                connect_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(90),
+                protocol: tollgate_config::UpstreamProtocol::Auto,
+            };
+            let client = match clients.get(&key) {
+                Ok(client) => client,
+                Err(message) => {
+                    errors.push(ConfigError::new(format!("ai.providers[{i}].ca"), message));
+                    continue;
+                }
+            };
+            runtime.providers.insert(
+                provider.name.clone(),
+                Arc::new(ProviderRuntime {
+                    name: provider.name.as_str().into(),
+                    kind,
+                    adapter: providers::adapter(kind, base_url),
+                    keys,
+                    client,
+                }),
+            );
+        }
+        for model in &config.ai.models {
+            if let Some(compiled) = ModelRuntime::compile(model, &runtime.providers) {
+                runtime
+                    .models
+                    .insert(model.name.clone(), Arc::new(compiled));
+            }
+        }
+        for price in &config.ai.prices {
+            runtime.prices.insert(
+                (price.provider.clone(), price.model.clone()),
+                Price {
+                    input: price.input,
+                    output: price.output,
+                    cached_input: price.cached_input,
+                    reasoning: price.reasoning,
+                },
+            );
+        }
+        runtime
+    }
+
+    /// The model a client named: a configured one, or `provider/model`.
+    pub fn resolve(&self, name: &str) -> Option<Arc<ModelRuntime>> {
+        if let Some(model) = self.models.get(name) {
+            return Some(model.clone());
+        }
+        let (provider, model) = name.split_once('/')?;
+        let provider = self.providers.get(provider)?;
+        (!model.is_empty()).then(|| Arc::new(ModelRuntime::direct(name, provider.clone(), model)))
+    }
+
+    /// The price of `model` at `provider`: the configuration's, else the
+    /// built-in table's; `None` when unknown.
+    pub fn price(&self, provider: &ProviderRuntime, model: &str) -> Option<Price> {
+        self.prices
+            .get(&(provider.name.to_string(), model.to_string()))
+            .copied()
+            .or_else(|| tollgate_ai::prices::builtin(provider.kind, model))
+    }
+}
+
+fn provider_kind(kind: AiProviderKind) -> ProviderKind {
+    match kind {
+        AiProviderKind::OpenAi => ProviderKind::OpenAi,
+        AiProviderKind::Anthropic => ProviderKind::Anthropic,
+        AiProviderKind::Gemini => ProviderKind::Gemini,
+        AiProviderKind::Mistral => ProviderKind::Mistral,
+        AiProviderKind::AzureOpenAi => ProviderKind::AzureOpenAi,
+        AiProviderKind::OpenAiCompatible => ProviderKind::OpenAiCompatible,
+    }
+}
+
+/// The `ai_guard` policy, compiled.
+pub struct GuardRuntime {
+    pub guard: Guard,
+    pub max_output_tokens: Option<u64>,
+    /// Empty allows every model.
+    pub allow_models: Vec<String>,
+}
+
+impl GuardRuntime {
+    pub fn allows(&self, model: &str) -> bool {
+        self.allow_models.is_empty() || self.allow_models.iter().any(|m| m == model)
+    }
+}
+
+/// What one AI API serves.
+pub struct AiApi {
+    pub endpoints: Vec<AiEndpoint>,
+    pub prompt: Option<prompt::PromptRuntime>,
+    pub cache: Option<Arc<cache::ResponseCache>>,
+    pub guard: Option<GuardRuntime>,
+}
+
+impl AiApi {
+    pub fn compile(
+        api: &Api,
+        at: &str,
+        guard: Option<&tollgate_config::AiGuard>,
+        registry: &AiRegistry,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<AiApi> {
+        let ai = api.ai.as_ref()?;
+        let guard = match guard {
+            Some(guard) => {
+                let kinds: Vec<PiiKind> = guard
+                    .mask_pii
+                    .iter()
+                    .filter_map(|kind| kind.parse().ok())
+                    .collect();
+                match Guard::new(&kinds, &guard.deny_patterns) {
+                    Ok(compiled) => Some(GuardRuntime {
+                        guard: compiled,
+                        max_output_tokens: guard.max_output_tokens,
+                        allow_models: guard.allow_models.clone(),
+                    }),
+                    Err(message) => {
+                        errors.push(ConfigError::new(
+                            format!("{at}.policies.ai_guard.deny_patterns"),
+                            message,
+                        ));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let prompt = match &ai.prompt {
+            Some(prompt) => match prompt::PromptRuntime::compile(prompt) {
+                Ok(compiled) => Some(compiled),
+                Err(message) => {
+                    errors.push(ConfigError::new(format!("{at}.ai.prompt"), message));
+                    None
+                }
+            },
+            None => None,
+        };
+        Some(AiApi {
+            endpoints: ai.served_endpoints(),
+            prompt,
+            cache: ai
+                .cache
+                .as_ref()
+                .map(|c| registry.cache(&api.name, c.ttl.get(), c.max_entries)),
+            guard,
+        })
+    }
+}
