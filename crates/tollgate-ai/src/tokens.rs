@@ -98,6 +98,40 @@ pub fn estimate_prompt(request: &ChatRequest) -> u64 {
     tokens
 }
 
+/// A quick upper bound of [`estimate_prompt`], for reserving tokens before
+/// a call without running the tokenizer on the request path: a token is
+/// rarely shorter than 3 bytes of UTF-8 (CJK characters are 3 bytes and
+/// about one token each; English averages 4 bytes a token). The reservation
+/// is settled with the provider's count, so erring high costs nothing.
+pub fn prompt_upper_bound(request: &ChatRequest) -> u64 {
+    let mut bytes = 0usize;
+    let mut tokens = REPLY_PRIMING_TOKENS;
+    for message in &request.messages {
+        tokens += TOKENS_PER_MESSAGE + 1 + TOKENS_PER_NAME;
+        bytes += message.name.as_ref().map_or(0, String::len);
+        for part in &message.content {
+            match part {
+                Part::Text(text) => bytes += text.len(),
+                Part::Image(_) => tokens += IMAGE_TOKENS,
+            }
+        }
+        for call in &message.tool_calls {
+            tokens += TOKENS_PER_TOOL_CALL;
+            bytes += call.name.len() + call.arguments.len();
+        }
+        bytes += message.tool_call_id.as_ref().map_or(0, String::len);
+    }
+    if !request.tools.is_empty() {
+        tokens += TOOLS_OVERHEAD_TOKENS;
+        for tool in &request.tools {
+            bytes += tool.name.len()
+                + tool.description.as_ref().map_or(0, String::len)
+                + tool.parameters.to_string().len();
+        }
+    }
+    tokens + (bytes as u64).div_ceil(3)
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::System => "system",
@@ -129,6 +163,27 @@ mod tests {
             user: None,
             extra: Map::new(),
             extra_format: Format::OpenAi,
+        }
+    }
+
+    #[test]
+    fn the_upper_bound_is_above_the_estimate() {
+        for text in [
+            "Say hello in one short sentence.",
+            "東京の天気はどうですか？明日は雨が降りますか？",
+            "Ünïcödé ñ 😀😀 mixed text, with numbers 1234567890",
+            "",
+        ] {
+            let request = request(vec![
+                Message::text(Role::System, "You are a helpful assistant."),
+                Message::text(Role::User, text),
+            ]);
+            assert!(
+                prompt_upper_bound(&request) >= estimate_prompt(&request),
+                "{text}: {} < {}",
+                prompt_upper_bound(&request),
+                estimate_prompt(&request)
+            );
         }
     }
 

@@ -380,7 +380,9 @@ impl Proxy {
                 path: &path,
                 max_body,
             };
-            let mut response = crate::ai::handler::serve(request, parts, body, fin).await;
+            // Boxed: the AI handler's future is large, and would otherwise
+            // enlarge every request's future, AI or not.
+            let mut response = Box::pin(crate::ai::handler::serve(request, parts, body, fin)).await;
             finish_headers(response.headers_mut(), snapshot, conn, request_id, &applied);
             return Ok(response);
         }

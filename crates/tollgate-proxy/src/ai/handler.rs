@@ -426,15 +426,22 @@ async fn chat(
 ) -> Result<Respond, AiError> {
     guard(req, &mut request)?;
     let model = resolve(req, &request.model)?;
-    let prompt_estimate = tollgate_ai::tokens::estimate_prompt(&request);
-    let reserve = prompt_estimate + request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+    // Reserving needs a bound, not a count: the tokenizer runs only when a
+    // provider reports no usage.
+    let reserve = match &req.policies {
+        Some(p) if p.ai_limits.is_some() => {
+            tollgate_ai::tokens::prompt_upper_bound(&request)
+                + request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE)
+        }
+        _ => 0,
+    };
     let (reservation, budget) = admit(req, input, reserve).await?;
     let mut accounting = Accounting {
         counters: req.counters.clone(),
         reservation,
         budget,
         price: None,
-        prompt_estimate,
+        prompt: Prompt::Pending,
         provider: None,
         model: None,
         attempts: Vec::new(),
@@ -462,6 +469,7 @@ async fn chat(
 
     let started = fin.started;
     let outcome = attempts::run(&model, &ChatCall { request: &request }).await;
+    accounting.prompt = Prompt::Chat(Box::new(request));
     let success = match outcome {
         Ok(success) => success,
         Err(failure) => {
@@ -538,14 +546,21 @@ async fn embeddings(
     let (request, encoding) = openai::parse_embeddings_with_encoding(bytes)?;
     check_model(req, &request.model)?;
     let model = resolve(req, &request.model)?;
-    let prompt_estimate = tollgate_ai::tokens::estimate_embeddings(&request.input);
-    let (reservation, budget) = admit(req, input, prompt_estimate).await?;
+    let reserve = match &req.policies {
+        Some(p) if p.ai_limits.is_some() => request
+            .input
+            .iter()
+            .map(|i| (i.len() as u64).div_ceil(3))
+            .sum(),
+        _ => 0,
+    };
+    let (reservation, budget) = admit(req, input, reserve).await?;
     let mut accounting = Accounting {
         counters: req.counters.clone(),
         reservation,
         budget,
         price: None,
-        prompt_estimate,
+        prompt: Prompt::Pending,
         provider: None,
         model: None,
         attempts: Vec::new(),
@@ -553,7 +568,9 @@ async fn embeddings(
         cache: None,
         cache_status: None,
     };
-    let success = match attempts::run(&model, &EmbeddingsCall { request: &request }).await {
+    let outcome = attempts::run(&model, &EmbeddingsCall { request: &request }).await;
+    accounting.prompt = Prompt::Embeddings(request.input);
+    let success = match outcome {
         Ok(success) => success,
         Err(failure) => {
             accounting.attempts = failure.attempts;
@@ -755,13 +772,31 @@ fn error_response(
     response
 }
 
+/// The prompt, kept to count its tokens locally if the provider reports none.
+pub(crate) enum Prompt {
+    /// Not handed over yet (a cache hit never is).
+    Pending,
+    Chat(Box<ChatRequest>),
+    Embeddings(Vec<String>),
+}
+
+impl Prompt {
+    fn estimate(&self) -> u64 {
+        match self {
+            Prompt::Pending => 0,
+            Prompt::Chat(request) => tollgate_ai::tokens::estimate_prompt(request),
+            Prompt::Embeddings(input) => tollgate_ai::tokens::estimate_embeddings(input),
+        }
+    }
+}
+
 /// What a call reserved and how to settle it once its usage is known.
 pub(crate) struct Accounting {
     counters: Arc<dyn CounterStore>,
     reservation: Option<TokenReservation>,
     budget: Option<BudgetCharge>,
     price: Option<Price>,
-    prompt_estimate: u64,
+    prompt: Prompt,
     provider: Option<Arc<str>>,
     model: Option<Arc<str>>,
     attempts: Vec<AiAttempt>,
@@ -786,7 +821,7 @@ impl Accounting {
             Some(usage) => (usage, false),
             None => (
                 Usage {
-                    input: self.prompt_estimate,
+                    input: self.prompt.estimate(),
                     output: tollgate_ai::tokens::estimate_text(output_text),
                     cached_input: 0,
                     reasoning: 0,
