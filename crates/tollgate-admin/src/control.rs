@@ -317,7 +317,13 @@ pub fn sync_resources(
             .resources
             .iter()
             .find(|r| r.kind == resource.kind.as_str() && r.name == resource.name);
-        if current.is_some_and(|c| c.body == resource.body) {
+        // A stored body may omit defaults (an admin write sends what it
+        // likes); the wanted one is as `split` writes it.
+        let same = current.is_some_and(|c| {
+            c.body == resource.body
+                || resources::normalize(resource.kind, &c.body).as_ref() == Some(&resource.body)
+        });
+        if same {
             continue;
         }
         let mut edit = Edit::put(

@@ -291,6 +291,28 @@ pub fn price_key(price: &crate::AiPrice) -> String {
     format!("{}:{}", price.provider, price.model)
 }
 
+/// `body` as [`split`] writes a resource of `kind`: decoded and written
+/// back, defaults filled in. Two bodies meaning the same compare equal this
+/// way; `None` for a body that does not decode.
+pub fn normalize(kind: Kind, body: &Value) -> Option<Value> {
+    fn again<T: serde::de::DeserializeOwned + serde::Serialize>(body: &Value) -> Option<Value> {
+        let typed: T = decode(body).ok()?;
+        serde_json::to_value(typed).ok()
+    }
+    match kind {
+        Kind::Teams => again::<crate::Team>(body),
+        Kind::IdentityProviders => again::<crate::IdentityProvider>(body),
+        Kind::Consumers => again::<crate::Consumer>(body),
+        Kind::Services => again::<crate::Service>(body),
+        Kind::Apis => again::<crate::Api>(body),
+        Kind::Subscriptions => again::<crate::Subscription>(body),
+        Kind::Blocks => again::<crate::Block>(body),
+        Kind::AiProviders => again::<crate::AiProvider>(body),
+        Kind::AiModels => again::<crate::AiModel>(body),
+        Kind::AiPrices => again::<crate::AiPrice>(body),
+    }
+}
+
 /// Deserialises one resource body, with the failing field's path.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(body).map_err(|err| {

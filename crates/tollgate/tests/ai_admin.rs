@@ -101,6 +101,18 @@ apis:
         "{exported}"
     );
     assert!(!exported.contains(PROVIDER_KEY), "{exported}");
+    // The export applies back unchanged, redacted key included.
+    let res = gw
+        .client()
+        .post(format!("{}/admin/v1/apply", gw.admin_url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(exported.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let diff: Value = res.json().await.unwrap();
+    assert_eq!(diff["changes"], json!([]), "{diff}");
 
     // What was written is served at once, with the key that was never shown.
     let chat = || {
