@@ -31,6 +31,7 @@
 pub mod body;
 mod eventually;
 pub mod fake_llm;
+pub mod fault_proxy;
 pub mod gateway;
 pub mod h2;
 pub mod port;
