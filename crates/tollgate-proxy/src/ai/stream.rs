@@ -119,6 +119,10 @@ impl Collector {
     }
 }
 
+/// Bytes gathered into one write at most, when a provider sends faster
+/// than the client reads.
+const MAX_COALESCED: usize = 64 * 1024;
+
 /// The translated stream sent to the client.
 pub(crate) struct TranslatedStream {
     pending: VecDeque<StreamEvent>,
@@ -172,24 +176,27 @@ impl TranslatedStream {
 }
 
 impl ProducedBody for TranslatedStream {
+    /// Everything the provider has sent so far, translated: what arrived
+    /// together leaves together (one write, not one per event), and nothing
+    /// waits for more.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut out = BytesMut::new();
         if !self.pending.is_empty() {
             let events: Vec<StreamEvent> = self.pending.drain(..).collect();
-            let out = self.render(events);
-            if !out.is_empty() {
-                return Poll::Ready(Some(out.freeze()));
-            }
+            out = self.render(events);
         }
+        let ready = |out: BytesMut| Poll::Ready((!out.is_empty()).then(|| out.freeze()));
         loop {
-            if self.done {
-                return Poll::Ready(None);
+            if self.done || out.len() >= MAX_COALESCED {
+                return ready(out);
             }
             let Some(body) = self.body.as_mut() else {
-                let out = self.end(Vec::new());
-                return Poll::Ready((!out.is_empty()).then_some(out));
+                out.extend_from_slice(&self.end(Vec::new()));
+                continue;
             };
             let events = match Pin::new(body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending if out.is_empty() => return Poll::Pending,
+                Poll::Pending => return ready(out),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => self.decoder.feed(&data),
                     Err(_) => continue,
@@ -216,13 +223,11 @@ impl ProducedBody for TranslatedStream {
                 }
             };
             if self.broken || self.body.is_none() {
-                let out = self.end(events);
-                return Poll::Ready((!out.is_empty()).then_some(out));
+                out.extend_from_slice(&self.end(events));
+                continue;
             }
-            let out = self.render(events);
-            if !out.is_empty() {
-                return Poll::Ready(Some(out.freeze()));
-            }
+            let rendered = self.render(events);
+            out.extend_from_slice(&rendered);
         }
     }
 
