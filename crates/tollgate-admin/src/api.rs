@@ -167,6 +167,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             vec![op(M::GET, "Query the audit log, newest first", Empty, 200)],
         ),
         (
+            "/admin/v1/nodes",
+            get(crate::nodes::list),
+            vec![op(
+                M::GET,
+                "The nodes sharing the store: heartbeats, lagging, silent",
+                Empty,
+                200,
+            )],
+        ),
+        (
             "/admin/v1/apply",
             post(r::apply),
             vec![op(

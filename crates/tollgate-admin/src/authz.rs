@@ -485,6 +485,15 @@ pub fn check_endpoint(
                 ))
             }
         }
+        "/admin/v1/nodes" => {
+            if principal.reads_everything() {
+                Ok(())
+            } else {
+                Err(Refusal::forbidden(
+                    "only super_admins and auditors read the node list",
+                ))
+            }
+        }
         "/admin/v1/analytics" => {
             let scoped = query
                 .get("service")
@@ -810,6 +819,22 @@ mod tests {
             &config,
         );
         assert!(matches!(writes, Err(Refusal::Forbidden(_))));
+    }
+
+    #[test]
+    fn the_node_list_is_for_the_global_roles() {
+        let config = Config::default();
+        let none = HashMap::new();
+        let route = Some("/admin/v1/nodes");
+        let auditor = Principal::user("au", &[member("*", "auditor")]);
+        let root = Principal::token("bootstrap", "super_admin");
+        let admin_a = Principal::user("aa", &[member("a", "team_admin")]);
+        assert!(check_endpoint(&root, &Method::GET, route, &none, &config).is_ok());
+        assert!(check_endpoint(&auditor, &Method::GET, route, &none, &config).is_ok());
+        assert!(matches!(
+            check_endpoint(&admin_a, &Method::GET, route, &none, &config),
+            Err(Refusal::Forbidden(_))
+        ));
     }
 
     #[test]

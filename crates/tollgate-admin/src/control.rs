@@ -13,8 +13,18 @@
 //! serving; a crash before 4 completes loses only the uncommitted change.
 //! Writes are serialised by one lock; a commit that finds the revision
 //! moved (another node, or a file sync) reloads and plans again.
-//! [`ControlPlane::follow`] polls the store's revision every second so that
-//! changes made by others reach this node's data plane too.
+//!
+//! [`ControlPlane::follow`] brings changes made by others (other nodes
+//! sharing the database) to this node's data plane. On PostgreSQL every
+//! commit notifies the channel `tollgate_config` and each node listens on a
+//! connection of its own (see [`tollgate_store::ConfigListener`]): a change
+//! is served by every node a few milliseconds after its commit. The
+//! store's revision is also polled every [`FOLLOW_INTERVAL`], as a safety
+//! net: while the listening connection is down (a notification sent then
+//! is lost), and in case a notification never arrives. The poll stays at
+//! one second even with notifications: it is one single-row read per node
+//! per second, and it keeps the one-second bound without trusting the
+//! listener. SQLite has no notifications (and one node): polling only.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,12 +38,21 @@ use tollgate_config::resources::{self, Kind};
 use tollgate_config::{Config, ConfigError};
 use tollgate_proxy::DataPlane;
 use tollgate_store::sealing::Sealer;
-use tollgate_store::{AuditEntry, ConfigState, Expect, Origin, ResourceWrite, Store, StoreError};
+use tollgate_store::{
+    AuditEntry, ConfigEvent, ConfigListener, ConfigState, Expect, Origin, ResourceWrite, Store,
+    StoreError,
+};
 
 use crate::api::redact;
+use crate::nodes::Health;
 
-/// How often [`ControlPlane::follow`] looks for other writers' changes.
+/// How often [`ControlPlane::follow`] polls for other writers' changes
+/// (besides waking at once on PostgreSQL's notifications).
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// The [`Health`] component of serving the store's revision.
+const CONFIG_HEALTH: &str = "config";
+/// The [`Health`] component of listening for config notifications.
+const LISTENER_HEALTH: &str = "config_notifications";
 
 /// Who makes a change, for the audit log.
 #[derive(Clone, Debug)]
@@ -369,6 +388,7 @@ pub struct ControlPlane {
     node: ArcSwap<Config>,
     state: ArcSwap<ConfigState>,
     writes: tokio::sync::Mutex<()>,
+    health: Arc<Health>,
 }
 
 impl ControlPlane {
@@ -387,7 +407,15 @@ impl ControlPlane {
             node: ArcSwap::from_pointee(resources::node_settings(&node)),
             state: ArcSwap::from_pointee(state),
             writes: tokio::sync::Mutex::new(()),
+            health: Arc::new(Health::new()),
         })
+    }
+
+    /// This node's health, which its heartbeats report (see
+    /// [`crate::nodes`]): the control plane sets its own entries, other
+    /// components theirs.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The resources of the revision served.
@@ -548,17 +576,55 @@ impl ControlPlane {
     }
 
     /// Follows the store's revision until shutdown: changes committed by
-    /// another process reach this data plane within [`FOLLOW_INTERVAL`].
+    /// another process reach this data plane as soon as their notification
+    /// does (PostgreSQL), and within [`FOLLOW_INTERVAL`] anyway.
     pub async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _listener = self.listen(wake.clone());
         let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 _ = tick.tick() => {}
+                // Notifications arriving during a refresh leave one permit:
+                // they are served by one more refresh, not lost.
+                _ = wake.notified() => {}
             }
-            if let Err(error) = self.refresh().await {
-                tracing::error!(%error, "cannot serve the store's configuration revision; the previous one keeps serving");
+            match self.refresh().await {
+                Ok(_) => self.health.clear(CONFIG_HEALTH),
+                Err(error) => {
+                    tracing::error!(%error, "cannot serve the store's configuration revision; the previous one keeps serving");
+                    self.health.set(
+                        CONFIG_HEALTH,
+                        format!("cannot serve the store's revision: {error}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts listening for other nodes' commits, which wake `wake`; `None`
+    /// on SQLite, or when the listener cannot start (then polling only).
+    fn listen(&self, wake: Arc<tokio::sync::Notify>) -> Option<ConfigListener> {
+        let health = self.health.clone();
+        let listening = self.store.listen_config(move |event| match event {
+            // Commits made while not listening were not notified: look.
+            ConfigEvent::Listening => {
+                health.clear(LISTENER_HEALTH);
+                wake.notify_one();
+            }
+            ConfigEvent::Changed { .. } => wake.notify_one(),
+            ConfigEvent::Lost { error } => health.set(
+                LISTENER_HEALTH,
+                format!("not listening for configuration changes ({error}); polling every second"),
+            ),
+        });
+        match listening {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot start listening for configuration changes; polling every second");
+                None
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod compliance;
 pub mod control;
+pub mod nodes;
 pub mod openapi;
 mod resources_api;
 mod tokens;

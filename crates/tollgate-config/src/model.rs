@@ -28,6 +28,9 @@ pub struct Config {
     pub listen: Listen,
     #[serde(default)]
     pub storage: Storage,
+    /// This node among the nodes sharing a database.
+    #[serde(default, skip_serializing_if = "NodeSettings::is_empty")]
+    pub node: NodeSettings,
     #[serde(default)]
     pub access_log: AccessLog,
     #[serde(default)]
@@ -84,6 +87,22 @@ impl Default for Listen {
     }
 }
 
+/// `node:`: who this node is among the nodes sharing a database.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// The node's name in the node list (`GET /admin/v1/nodes`), unique
+    /// among the nodes of one database. Default: the host's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl NodeSettings {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListen {
@@ -118,6 +137,16 @@ pub struct Storage {
     /// `./tollgate-data`), or `env:NAME` for a URL with a password in it.
     #[serde(default = "defaults::database")]
     pub database: String,
+    /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), `unix:///PATH`, or
+    /// `env:NAME` for a URL with a password in it: rate limits, quotas, AI
+    /// token limits and budgets then count in this Redis, shared by every
+    /// node that uses it. Without it each node counts on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Put before every key written to `redis`, so that several gateways can
+    /// share one server.
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
 }
 
 impl Storage {
@@ -129,12 +158,29 @@ impl Storage {
             None => Ok(self.database.clone()),
         }
     }
+
+    /// The Redis URL, if `redis` is set: itself, or the value of the
+    /// variable an `env:NAME` names (an error message when it is unset or
+    /// empty).
+    pub fn redis_url(&self) -> Result<Option<String>, String> {
+        let Some(redis) = &self.redis else {
+            return Ok(None);
+        };
+        match redis.strip_prefix("env:") {
+            Some(name) => crate::Secret::Env(name.trim().to_string())
+                .resolve()
+                .map(Some),
+            None => Ok(Some(redis.clone())),
+        }
+    }
 }
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             database: defaults::database(),
+            redis: None,
+            redis_prefix: defaults::redis_prefix(),
         }
     }
 }
@@ -488,6 +534,9 @@ pub mod defaults {
     }
     pub fn database() -> String {
         "sqlite://tollgate-data/tollgate.db".to_string()
+    }
+    pub fn redis_prefix() -> String {
+        "tollgate:".to_string()
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)

@@ -47,6 +47,14 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    if let Some(name) = &config.node.name {
+        if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            err(
+                "node.name".into(),
+                "must be 1 to 255 bytes, not blank, without control characters".into(),
+            );
+        }
+    }
     if config.listen.proxy == config.listen.admin {
         err(
             "listen.admin".into(),
@@ -65,6 +73,21 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
             err(
                 "storage.database".into(),
                 "must be sqlite://PATH, postgres://… or env:NAME".into(),
+            )
+        }
+        Ok(_) => {}
+    }
+    match config.storage.redis_url() {
+        Err(message) => err("storage.redis".into(), message),
+        Ok(Some(url))
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)) =>
+        {
+            // Never repeat the URL: it may hold a password.
+            err(
+                "storage.redis".into(),
+                "must be redis://HOST:PORT, rediss://… (TLS), unix:///PATH or env:NAME".into(),
             )
         }
         Ok(_) => {}
@@ -284,6 +307,38 @@ fn check_target(target: &Target, path: &str, err: &mut impl FnMut(String, String
 #[cfg(test)]
 mod tests {
     use crate::from_yaml;
+
+    #[test]
+    fn the_redis_url_is_checked_and_never_echoed() {
+        let config = crate::from_yaml("storage: { redis: 'redis://127.0.0.1:6379/0' }").unwrap();
+        assert_eq!(
+            config.storage.redis_url().unwrap().as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(config.storage.redis_prefix, "tollgate:");
+        assert_eq!(
+            crate::from_yaml("{}").unwrap().storage.redis_url(),
+            Ok(None)
+        );
+        let bad = crate::from_yaml("storage: { redis: 'memcached://u:s3cr3t@h' }").unwrap_err();
+        assert_eq!(bad[0].path, "storage.redis");
+        assert!(!bad[0].message.contains("s3cr3t"), "{}", bad[0]);
+        std::env::set_var(
+            "TOLLGATE_TEST_REDIS_URL_4711",
+            "rediss://:s3cr3t@cache:6380",
+        );
+        let config = crate::from_yaml(
+            "storage: { redis: env:TOLLGATE_TEST_REDIS_URL_4711, redis_prefix: 'gw-a:' }",
+        )
+        .unwrap();
+        assert_eq!(
+            config.storage.redis_url().unwrap().as_deref(),
+            Some("rediss://:s3cr3t@cache:6380")
+        );
+        let unset =
+            crate::from_yaml("storage: { redis: env:TOLLGATE_TEST_REDIS_UNSET_4711 }").unwrap_err();
+        assert_eq!(unset[0].path, "storage.redis");
+    }
 
     #[test]
     fn the_database_url_may_come_from_the_environment_and_is_never_echoed() {

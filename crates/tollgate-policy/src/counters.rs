@@ -1,6 +1,6 @@
 //! Where rate-limit and quota counts live: the [`CounterStore`] interface the
 //! policies call on the request path, and [`MemoryCounters`], its single-node
-//! implementation (a later issue adds Redis for a cluster).
+//! implementation; [`crate::counters_redis`] shares them between nodes.
 //!
 //! Two kinds of counters:
 //!

@@ -8,7 +8,8 @@
 //!
 //! Nothing here touches a database on the request path: credentials are
 //! indexed by hash at compile time, counters live behind [`counters::CounterStore`]
-//! (memory on one node), and remote key sets and introspection answers are cached.
+//! (memory on one node, or Redis shared by a cluster: [`counters_redis`]), and
+//! remote key sets and introspection answers are cached.
 
 pub mod acl;
 pub mod ai_limits;
@@ -17,6 +18,7 @@ pub mod basic;
 pub mod blocks;
 pub mod cors;
 pub mod counters;
+pub mod counters_redis;
 pub mod credentials;
 pub mod denial;
 pub mod engine;

@@ -7,8 +7,10 @@
 //! writes into the database, and what the admin API reads and keeps there:
 //! access record queries ([`Store::query_access_records`]) and aggregates
 //! ([`Store::analytics`]), the configuration's resources with their audit
-//! log ([`Store::commit`]), admin tokens ([`AdminToken`]), and admin users
-//! with their memberships and console sessions ([`User`]).
+//! log ([`Store::commit`]), admin tokens ([`AdminToken`]), admin users
+//! with their memberships and console sessions ([`User`]), and the nodes'
+//! heartbeats ([`NodeRecord`]). On PostgreSQL, config commits notify the
+//! other nodes ([`Store::listen_config`]).
 //!
 //! [`Store`] is an enum of the two backends, not a trait object: see its
 //! documentation for why.
@@ -32,6 +34,7 @@ mod admin_tokens;
 mod analytics;
 mod counters;
 mod migrations;
+mod nodes;
 mod postgres;
 mod query;
 mod resources;
@@ -57,7 +60,11 @@ pub use analytics::{
     Analytics, AnalyticsQuery, ApiCount, Bucket, BucketWidth, ConsumerCount, ConsumerUsage,
     Percentiles, LATENCY_RELATIVE_ERROR, LATENCY_SUB_BINS,
 };
-pub use postgres::{is_postgres_url, redact as redact_database_url, PgRecordSink, PgStore};
+pub use nodes::{NodeHeartbeat, NodeRecord};
+pub use postgres::{
+    is_postgres_url, redact as redact_database_url, ConfigEvent, ConfigListener, PgRecordSink,
+    PgStore, CONFIG_CHANNEL,
+};
 pub use query::{AccessPage, AccessQuery};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,

@@ -228,6 +228,32 @@ const MIGRATIONS: &[(i64, &str)] = &[
         ALTER TABLE access_records ADD COLUMN ai_attempts TEXT; -- JSON array
         ALTER TABLE access_records ADD COLUMN ai_cache TEXT; -- hit, miss",
     ),
+    (
+        7,
+        // The nodes serving from this database, one row per node name: each
+        // node writes its own about every two seconds (its heartbeat; see
+        // tollgate-admin's `nodes`), `GET /admin/v1/nodes` reads them all.
+        // A handful of rows: no index but the key.
+        //
+        // `instance` is random per process start: it tells a node's
+        // previous run from another node started under the same name.
+        // `behind_since` is when a heartbeat first reported a revision older
+        // than the store's (NULL while it serves the latest), so that a
+        // node is flagged as lagging only when it stays behind, not for the
+        // moment between a commit and its next heartbeat.
+        "CREATE TABLE nodes (
+            name         TEXT    PRIMARY KEY,
+            instance     TEXT    NOT NULL,
+            version      TEXT    NOT NULL,
+            address      TEXT    NOT NULL, -- the proxy listen address
+            revision     INTEGER NOT NULL, -- the config revision it serves
+            health       TEXT    NOT NULL CHECK (health IN ('ok', 'degraded')),
+            detail       TEXT,             -- what is degraded
+            started_at   INTEGER NOT NULL, -- Unix seconds, UTC
+            last_seen    INTEGER NOT NULL, -- Unix seconds, UTC
+            behind_since INTEGER           -- Unix seconds, UTC
+        ) WITHOUT ROWID;",
+    ),
 ];
 
 /// The highest version this build knows.
@@ -394,7 +420,7 @@ mod tests {
         .unwrap();
 
         run(&mut conn).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 6);
+        assert_eq!(current_version(&conn).unwrap(), latest());
         let rows: Vec<crate::StoredAccessRecord> = conn
             .prepare(&format!(
                 "SELECT {} FROM access_records ORDER BY id",

@@ -9,8 +9,9 @@ use crate::postgres::{is_postgres_url, PgRecordSink, PgStore};
 use crate::sealing::Sealer;
 use crate::{
     AccessPage, AccessQuery, AdminToken, Analytics, AnalyticsQuery, AuditEntry, AuditQuery,
-    AuditRecord, ConfigState, ConsumerUsage, Membership, ResourceWrite, SqliteRecordSink,
-    SqliteStore, StoreError, StoredAccessRecord, User, UserUpdate,
+    AuditRecord, ConfigEvent, ConfigListener, ConfigState, ConsumerUsage, Membership,
+    NodeHeartbeat, NodeRecord, ResourceWrite, SqliteRecordSink, SqliteStore, StoreError,
+    StoredAccessRecord, User, UserUpdate,
 };
 
 /// The store, in SQLite or PostgreSQL, as its URL says. Cheap to clone.
@@ -78,6 +79,19 @@ impl Store {
                 StoreRecordSink::Postgres(Box::new(store.access_record_sink()?))
             }
         })
+    }
+
+    /// Listens for other nodes' config commits on PostgreSQL (see
+    /// [`PgStore::listen_config`]); `None` on SQLite, which has no
+    /// notifications (and one node).
+    pub fn listen_config(
+        &self,
+        on_event: impl FnMut(ConfigEvent) + Send + 'static,
+    ) -> io::Result<Option<ConfigListener>> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(store) => store.listen_config(on_event).map(Some),
+        }
     }
 
     /// As [`SqliteStore::save_quota_counters`].
@@ -153,6 +167,14 @@ impl Store {
         pub fn delete_user(&self, name: &str, audit: &[AuditEntry]) -> Result<(), StoreError>;
         /// Stores an admin token of the user `user` by its SHA-256.
         pub fn insert_user_token(&self, user: &str, token_name: &str, hash: &[u8; 32], audit: &[AuditEntry]) -> Result<AdminToken, StoreError>;
+        /// Writes a node's heartbeat row, seen at `now` (Unix seconds).
+        pub fn record_node(&self, heartbeat: &NodeHeartbeat, now: i64) -> Result<(), StoreError>;
+        /// The row of the node `name`.
+        pub fn find_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+        /// Every node's row, by name.
+        pub fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+        /// Deletes the rows of nodes last seen before `before`; returns how many.
+        pub fn forget_nodes(&self, before: i64) -> Result<usize, StoreError>;
         /// Starts a console session of the user `user_id`.
         pub fn create_session(&self, user_id: i64, hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError>;
         /// The user of an unexpired session, by its id's SHA-256.

@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod h2;
 pub mod port;
 pub mod raw;
+pub mod redis_server;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tollgate_admin::compliance::{self, Severity};
 use tollgate_admin::control::{self, Actor, ControlPlane, WriteError};
 use tollgate_config::{Config, ConfigError};
-use tollgate_policy::counters::{spawn_flusher, CounterPersistence, MemoryCounters};
+use tollgate_policy::counters::{spawn_flusher, CounterPersistence, CounterStore, MemoryCounters};
+use tollgate_policy::counters_redis::{RedisCounters, RedisOptions};
 use tollgate_policy::PolicyRegistries;
 use tollgate_proxy::{DataPlane, Listeners};
 use tollgate_store::sealing::{KeySource, MasterKey, Sealer, MASTER_KEY_ENV};
@@ -38,6 +39,9 @@ const PENDING_MASTER_KEY_FILE: &str = "master-key.new";
 const DEFAULT_LOG_BUFFER: usize = 65_536;
 /// How often changed quota counters are written to the store.
 const QUOTA_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long startup waits for `storage.redis` to answer before going on
+/// without it (the connection keeps retrying in the background).
+const REDIS_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -531,7 +535,31 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     for warning in tollgate_config::warnings(&config) {
         tracing::warn!(field = %warning.path, "{}", warning.message);
     }
-    let counters = Arc::new(MemoryCounters::new());
+    // Counters: in Redis, shared by every node using it, when
+    // `storage.redis` is set; else in this node's memory, with quota counts
+    // saved to the store.
+    let memory = Arc::new(MemoryCounters::new());
+    let redis = match config
+        .storage
+        .redis_url()
+        .map_err(|message| anyhow::anyhow!("storage.redis: {message}"))?
+    {
+        None => None,
+        Some(url) => {
+            let options = RedisOptions {
+                prefix: config.storage.redis_prefix.clone(),
+                ..RedisOptions::default()
+            };
+            let redis = RedisCounters::start(&url, options, REDIS_STARTUP_WAIT)
+                .await
+                .map_err(|e| anyhow::anyhow!("storage.redis: {e}"))?;
+            Some(Arc::new(redis))
+        }
+    };
+    let counters: Arc<dyn CounterStore> = match &redis {
+        Some(redis) => redis.clone(),
+        None => memory.clone(),
+    };
     let signing_key = policy_state::signing_key(&config).map_err(|e| anyhow::anyhow!(e))?;
     // Refuse a file that cannot compile on its own (unreadable CA files and
     // the like) before the database is created.
@@ -565,12 +593,15 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     );
     let persistence: Arc<dyn CounterPersistence> =
         Arc::new(policy_state::StoreCounters(store.clone()));
-    let restored = counters
-        .restore(persistence.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot load the quota counters: {e}"))?;
-    tracing::debug!(restored, "quota counters loaded");
-    let quota_flusher = spawn_flusher(counters.clone(), persistence, QUOTA_FLUSH_EVERY);
+    if redis.is_none() {
+        let restored = memory
+            .restore(persistence.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the quota counters: {e}"))?;
+        tracing::debug!(restored, "quota counters loaded");
+    }
+    // With Redis the memory store stays empty: its flusher has nothing to save.
+    let quota_flusher = spawn_flusher(memory, persistence, QUOTA_FLUSH_EVERY);
 
     let data_plane = compiled.start(access_log.clone());
     let data_plane = Arc::new(data_plane);
@@ -620,6 +651,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         state,
     );
     tokio::spawn(control.clone().follow(shutdown_rx.clone()));
+    tokio::spawn(tollgate_admin::nodes::heartbeat(
+        control.clone(),
+        tollgate_admin::nodes::NodeIdentity::new(&config),
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(retention::run(
         store.clone(),
         config.access_log.retention.get(),

@@ -157,6 +157,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
             ADD COLUMN ai_attempts      JSONB, -- array
             ADD COLUMN ai_cache         TEXT;  -- hit, miss",
     ),
+    (
+        7,
+        "CREATE TABLE nodes (
+            name         TEXT   PRIMARY KEY,
+            instance     TEXT   NOT NULL,
+            version      TEXT   NOT NULL,
+            address      TEXT   NOT NULL, -- the proxy listen address
+            revision     BIGINT NOT NULL, -- the config revision it serves
+            health       TEXT   NOT NULL CHECK (health IN ('ok', 'degraded')),
+            detail       TEXT,            -- what is degraded
+            started_at   BIGINT NOT NULL, -- Unix seconds, UTC
+            last_seen    BIGINT NOT NULL, -- Unix seconds, UTC
+            behind_since BIGINT           -- Unix seconds, UTC
+        );",
+    ),
 ];
 
 /// The highest version this build knows: the SQLite migrations' too.
@@ -244,7 +259,7 @@ mod tests {
                 )
                 .unwrap();
             run(&mut client).unwrap();
-            assert_eq!(current_version(&mut client).unwrap(), 6);
+            assert_eq!(current_version(&mut client).unwrap(), latest());
         });
 
         let store = schema.open();

@@ -15,7 +15,9 @@
 //! commit.
 
 mod access;
+pub(crate) mod listen;
 mod migrations;
+mod nodes;
 mod resources;
 mod users;
 
@@ -25,6 +27,7 @@ use postgres::types::Json;
 use postgres::{Client, NoTls};
 
 pub use access::PgRecordSink;
+pub use listen::{ConfigEvent, ConfigListener, CONFIG_CHANNEL};
 
 use crate::{StoreError, StoredAccessRecord, StoredAiAttempt, StoredAiUsage, FIRST_AI_COLUMN};
 use tollgate_telemetry::record::Rfc3339;

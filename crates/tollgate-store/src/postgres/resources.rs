@@ -129,7 +129,8 @@ impl PgStore {
 
     /// As [`crate::SqliteStore::commit`]: the `config_state` row is locked
     /// first, so the revision check and every expectation hold until the
-    /// commit, whichever node writes meanwhile.
+    /// commit, whichever node writes meanwhile; the commit notifies the
+    /// listening nodes (see [`super::listen`]).
     pub fn commit(
         &self,
         sealer: &Sealer,
@@ -198,6 +199,11 @@ impl PgStore {
                 }
             }
             append_audit(&mut tx, now_micros, revision, audit)?;
+            // Delivered to the listening nodes when (and only if) this commits.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&super::listen::CONFIG_CHANNEL, &revision.to_string()],
+            )?;
             tx.commit()?;
             Ok(revision)
         })
