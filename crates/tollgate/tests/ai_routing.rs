@@ -750,3 +750,38 @@ apis:
     assert_eq!(res.status(), 402, "the day's spend was kept");
     assert_eq!(fake.request_count(), 2);
 }
+
+#[tokio::test]
+async fn a_provider_silent_mid_stream_for_the_models_timeout_ends_the_stream() {
+    let fake = FakeLlm::start(FakeKind::OpenAi).await;
+    let gateway = start(&format!(
+        r#"
+ai:
+  providers:
+    - {{ name: p, kind: openai, keys: [k], base_url: "{}" }}
+  models:
+    - {{ name: m, targets: [{{ provider: p, model: x }}], timeout: 1s }}
+{LLM_API}"#,
+        fake.base_url()
+    ))
+    .await;
+    fake.push(Reply::text("first second").with_chunk_delay(Duration::from_secs(4)));
+    let mut request = hello("m");
+    request["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let res = chat(&gateway, request).await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap_or_default();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!body.contains("[DONE]"), "{body}");
+    let records = gateway.wait_for_records(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        records[0]["reason"], "provider_stream_error",
+        "{}",
+        records[0]
+    );
+}

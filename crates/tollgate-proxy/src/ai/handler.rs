@@ -531,7 +531,14 @@ async fn chat(
             accounting.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             let renderer =
                 renderer.unwrap_or_else(|| Renderer::OpenAi(openai::ChatStreamRenderer::new(true)));
-            let stream = TranslatedStream::new(first, decoder, Some(body), renderer, accounting);
+            let stream = TranslatedStream::new(
+                first,
+                decoder,
+                Some(body),
+                renderer,
+                accounting,
+                model.timeout,
+            );
             Ok(Box::new(move |fin| stream_response(stream, headers, fin)))
         }
     }

@@ -2,8 +2,10 @@
 //! as it arrives: nothing is held back beyond one provider event.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
@@ -134,6 +136,10 @@ pub(crate) struct TranslatedStream {
     /// The provider's stream failed after the first byte.
     broken: bool,
     done: bool,
+    /// How long the provider may stay silent mid-stream (the model's
+    /// `timeout`), and when that runs out.
+    idle: Duration,
+    idle_deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl TranslatedStream {
@@ -143,8 +149,11 @@ impl TranslatedStream {
         body: Option<Incoming>,
         renderer: Renderer,
         accounting: Accounting,
+        idle: Duration,
     ) -> TranslatedStream {
         TranslatedStream {
+            idle,
+            idle_deadline: Box::pin(tokio::time::sleep(idle)),
             pending: first.into(),
             decoder,
             body,
@@ -195,12 +204,23 @@ impl ProducedBody for TranslatedStream {
                 continue;
             };
             let events = match Pin::new(body).poll_frame(cx) {
-                Poll::Pending if out.is_empty() => return Poll::Pending,
-                Poll::Pending => return ready(out),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.decoder.feed(&data),
-                    Err(_) => continue,
-                },
+                Poll::Pending if !out.is_empty() => return ready(out),
+                Poll::Pending => {
+                    if self.idle_deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::debug!(idle = ?self.idle, "provider stream went silent");
+                    self.broken = true;
+                    Ok(Vec::new())
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.idle_deadline.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) => self.decoder.feed(&data),
+                        Err(_) => continue,
+                    }
+                }
                 Poll::Ready(Some(Err(error))) => {
                     tracing::debug!(%error, "provider stream broke off");
                     self.broken = true;
