@@ -375,6 +375,26 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// The store cannot be reached (`503 store_unavailable`).
+    pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        )
+    }
+
+    /// A store call failed: `503` when the store cannot be reached, else
+    /// an internal error.
+    pub(crate) fn store(error: StoreError) -> ApiError {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "admin API: the store is unreachable");
+            ApiError::unavailable("the store is unreachable; try again later")
+        } else {
+            ApiError::internal(error)
+        }
+    }
+
     pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "admin API failure");
         ApiError::new(
@@ -511,7 +531,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+        .map_err(ApiError::store)
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -25,9 +25,18 @@
 //! one second even with notifications: it is one single-row read per node
 //! per second, and it keeps the one-second bound without trusting the
 //! listener. SQLite has no notifications (and one node): polling only.
+//!
+//! After every configuration it installs, the control plane writes the
+//! resources and their revision to the node's snapshot cache (see
+//! [`tollgate_store::snapshot_cache`]), off the request path. A node that
+//! starts while its database is unreachable serves that cache: its control
+//! plane is then [`ControlPlane::store_down`] — writes are refused with
+//! [`WriteError::Unavailable`] — until [`ControlPlane::store_up`], after
+//! which following catches it up to the store's revision.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -38,6 +47,7 @@ use tollgate_config::resources::{self, Kind};
 use tollgate_config::{Config, ConfigError};
 use tollgate_proxy::DataPlane;
 use tollgate_store::sealing::Sealer;
+use tollgate_store::snapshot_cache::SnapshotCache;
 use tollgate_store::{
     AuditEntry, ConfigEvent, ConfigListener, ConfigState, Expect, Origin, ResourceWrite, Store,
     StoreError,
@@ -53,6 +63,8 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 const CONFIG_HEALTH: &str = "config";
 /// The [`Health`] component of listening for config notifications.
 const LISTENER_HEALTH: &str = "config_notifications";
+/// The [`Health`] component of serving the snapshot cache for want of the store.
+const CACHE_HEALTH: &str = "snapshot_cache";
 
 /// Who makes a change, for the audit log.
 #[derive(Clone, Debug)]
@@ -146,6 +158,8 @@ pub enum WriteError {
     Invalid(Vec<ConfigError>),
     /// The writer may not make this change (see [`crate::authz`]).
     Forbidden(String),
+    /// The store cannot be reached: nothing was changed; try again later.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -166,7 +180,9 @@ impl std::fmt::Display for WriteError {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(f, "invalid configuration: {}", lines.join("; "))
             }
-            WriteError::Forbidden(message) | WriteError::Internal(message) => f.write_str(message),
+            WriteError::Forbidden(message)
+            | WriteError::Unavailable(message)
+            | WriteError::Internal(message) => f.write_str(message),
         }
     }
 }
@@ -389,6 +405,13 @@ pub struct ControlPlane {
     state: ArcSwap<ConfigState>,
     writes: tokio::sync::Mutex<()>,
     health: Arc<Health>,
+    /// Where each installed configuration is saved, when the node has one.
+    cache: OnceLock<Arc<SnapshotCache>>,
+    /// Counts installs, so that the cache keeps the latest of racing writes.
+    installs: AtomicU64,
+    /// Whether the store was reached since start (false while a node started
+    /// during an outage serves its cache).
+    store_ready: AtomicBool,
 }
 
 impl ControlPlane {
@@ -408,7 +431,57 @@ impl ControlPlane {
             state: ArcSwap::from_pointee(state),
             writes: tokio::sync::Mutex::new(()),
             health: Arc::new(Health::new()),
+            cache: OnceLock::new(),
+            installs: AtomicU64::new(0),
+            store_ready: AtomicBool::new(true),
         })
+    }
+
+    /// Saves every configuration installed from now on to `cache`, and the
+    /// one served now (unless serving from the cache: it holds that one).
+    /// Call once, at start.
+    pub fn set_snapshot_cache(&self, cache: Arc<SnapshotCache>) {
+        if self.cache.set(cache).is_ok() && self.store_ready.load(Ordering::SeqCst) {
+            self.save_snapshot(self.state.load_full());
+        }
+    }
+
+    /// Marks the store unreachable: the node serves what it has (its
+    /// snapshot cache), writes are refused, and its health says so.
+    pub fn store_down(&self, reason: &str) {
+        self.store_ready.store(false, Ordering::SeqCst);
+        self.health.set(CACHE_HEALTH, reason.to_string());
+    }
+
+    /// Marks the store reachable again (after its migrations ran): writes
+    /// are taken, and following brings the store's revision.
+    pub fn store_up(&self) {
+        self.store_ready.store(true, Ordering::SeqCst);
+        self.health.clear(CACHE_HEALTH);
+    }
+
+    /// Whether the store was reached since start.
+    pub fn store_ready(&self) -> bool {
+        self.store_ready.load(Ordering::SeqCst)
+    }
+
+    /// Writes `state` to the snapshot cache on a blocking thread; a failure
+    /// is logged (the node serves on).
+    fn save_snapshot(&self, state: Arc<ConfigState>) {
+        let Some(cache) = self.cache.get().cloned() else {
+            return;
+        };
+        let generation = self.installs.fetch_add(1, Ordering::SeqCst) + 1;
+        let sealer = self.sealer.clone();
+        let saving = move || {
+            if let Err(error) = cache.write(&sealer, &state, generation) {
+                tracing::warn!(%error, path = %cache.path().display(), "cannot write the snapshot cache");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(saving)),
+            Err(_) => saving(),
+        }
     }
 
     /// This node's health, which its heartbeats report (see
@@ -494,6 +567,11 @@ impl ControlPlane {
         check: Option<&WriteCheck<'_>>,
     ) -> Result<Committed, WriteError> {
         loop {
+            if !self.store_ready() && !dry_run {
+                return Err(WriteError::Unavailable(
+                    "the store is unreachable: this node serves its snapshot cache and takes no changes until the store answers".into(),
+                ));
+            }
             let state = self.state.load_full();
             if let Some(check) = check {
                 check(&self.config(), &state, edits)?;
@@ -527,8 +605,9 @@ impl ControlPlane {
                 Ok(revision) => {
                     self.data_plane.install(prepared);
                     // What the store now holds, without reading it back.
-                    self.state
-                        .store(Arc::new(after_commit(&state, &writes, revision)));
+                    let next = Arc::new(after_commit(&state, &writes, revision));
+                    self.state.store(next.clone());
+                    self.save_snapshot(next);
                     return Ok(Committed {
                         revision,
                         changes: plan.changes,
@@ -571,7 +650,9 @@ impl ControlPlane {
             .map_err(|errors| invalid(&config, errors))?;
         self.data_plane.install(prepared);
         tracing::info!(revision = state.revision, "configuration revision loaded");
-        self.state.store(Arc::new(state));
+        let state = Arc::new(state);
+        self.state.store(state.clone());
+        self.save_snapshot(state);
         Ok(true)
     }
 
@@ -715,6 +796,9 @@ fn store_error(error: StoreError) -> WriteError {
             kind: kind(&k),
             name,
         },
+        other if other.is_unavailable() => WriteError::Unavailable(format!(
+            "the store is unreachable ({other}); nothing was changed, try again later"
+        )),
         other => WriteError::Internal(other.to_string()),
     }
 }

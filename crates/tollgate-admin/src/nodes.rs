@@ -15,6 +15,12 @@
 //!   from. A node normally catches up within milliseconds of a commit
 //!   (see [`crate::control`]), well before its next heartbeat says so.
 //!
+//! After each beat the task counts the nodes that are not silent (this one
+//! included, at least 1) into the `live_nodes` it was given: what limits
+//! with `on_store_failure: local` divide by while Redis is down (see
+//! `tollgate_policy::counters_cluster`), also the `tollgate_live_nodes`
+//! gauge. A failed count keeps the last one.
+//!
 //! Rows of nodes silent for [`FORGET_AFTER`] are deleted (by any node's
 //! heartbeat task), so that nodes named after short-lived hosts do not
 //! pile up.
@@ -27,6 +33,7 @@
 //! process) takes its row over at once: its previous run no longer writes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,10 +151,11 @@ fn unix_now() -> i64 {
 }
 
 /// Writes this node's heartbeat every [`HEARTBEAT_EVERY`] until shutdown,
-/// the first at once.
+/// the first at once, and publishes the live node count into `live_nodes`.
 pub async fn heartbeat(
     control: Arc<ControlPlane>,
     node: NodeIdentity,
+    live_nodes: Arc<AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tracing::info!(node = %node.name, instance = %node.instance, "node heartbeats started");
@@ -169,8 +177,16 @@ pub async fn heartbeat(
         let revision = control.state().revision;
         let degraded = control.health().degraded();
         let mut moved = beats;
+        let live = live_nodes.clone();
         let done = tokio::task::spawn_blocking(move || {
             moved.beat(&store, revision, degraded);
+            match count_live(&store, unix_now()) {
+                Ok(count) => {
+                    live.store(count, Ordering::Relaxed);
+                    metrics::gauge!("tollgate_live_nodes").set(count as f64);
+                }
+                Err(error) => tracing::debug!(%error, "cannot count the live nodes"),
+            }
             moved
         })
         .await;
@@ -298,6 +314,17 @@ fn warn_yielding(node: &NodeIdentity, other: &NodeRecord) {
 
 fn secs(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The nodes not silent at `now`, at least 1 (this one, even when its own
+/// heartbeat could not be written).
+fn count_live(store: &Store, now: i64) -> Result<usize, StoreError> {
+    let nodes = store.list_nodes()?;
+    Ok(nodes
+        .iter()
+        .filter(|node| !silent(node, now))
+        .count()
+        .max(1))
 }
 
 fn silent(node: &NodeRecord, now: i64) -> bool {

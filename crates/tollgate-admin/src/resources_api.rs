@@ -156,6 +156,7 @@ impl From<WriteError> for ApiError {
                 .with_detail("errors", Value::Array(list))
             }
             WriteError::Forbidden(message) => authz::forbidden(message),
+            WriteError::Unavailable(message) => ApiError::unavailable(message),
             WriteError::Internal(message) => ApiError::internal(message),
         }
     }

@@ -7,8 +7,8 @@ use std::fmt;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::policy::LimitKey;
 use crate::policy::QuotaPeriod;
+use crate::policy::{LimitKey, LimitScope, OnStoreFailure};
 use crate::secret::Secret;
 use crate::units::Duration;
 
@@ -382,6 +382,14 @@ pub struct AiLimits {
     pub requests_per_minute: Option<u64>,
     #[serde(default)]
     pub by: LimitKey,
+    /// With `storage.redis`: counted for the whole cluster (`cluster`, the
+    /// default) or in this node's memory (`node`).
+    #[serde(default, skip_serializing_if = "LimitScope::is_cluster")]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does while Redis does not answer (`local` when
+    /// unset); refused on a `node` limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_failure: Option<OnStoreFailure>,
 }
 
 /// Spend cap in USD per calendar period (UTC).
@@ -392,6 +400,14 @@ pub struct AiBudget {
     pub period: QuotaPeriod,
     #[serde(default)]
     pub by: LimitKey,
+    /// With `storage.redis`: counted for the whole cluster (`cluster`, the
+    /// default) or in this node's memory (`node`).
+    #[serde(default, skip_serializing_if = "LimitScope::is_cluster")]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does while Redis does not answer (`local` when
+    /// unset); refused on a `node` limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_failure: Option<OnStoreFailure>,
 }
 
 /// What a prompt may contain and what a call may ask for.

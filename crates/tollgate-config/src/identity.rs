@@ -271,6 +271,8 @@ mod defaults {
             limit: 60,
             window: Duration::from_secs(60),
             by: crate::policy::LimitKey::Ip,
+            scope: crate::policy::LimitScope::default(),
+            on_store_failure: None,
         }
     }
 }

@@ -147,6 +147,13 @@ pub struct Storage {
     /// share one server.
     #[serde(default = "defaults::redis_prefix")]
     pub redis_prefix: String,
+    /// Where the node keeps the last configuration it served, sealed with
+    /// the master key, to serve it when it starts while the database is
+    /// unreachable. Default with PostgreSQL: `<data dir>/last-good.snapshot`;
+    /// with SQLite (local: it is there or the node cannot start) none
+    /// unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_cache: Option<std::path::PathBuf>,
 }
 
 impl Storage {
@@ -181,6 +188,7 @@ impl Default for Storage {
             database: defaults::database(),
             redis: None,
             redis_prefix: defaults::redis_prefix(),
+            snapshot_cache: None,
         }
     }
 }

@@ -123,6 +123,14 @@ pub struct RateLimit {
     pub window: Duration,
     #[serde(default)]
     pub by: LimitKey,
+    /// With `storage.redis`: counted for the whole cluster (`cluster`, the
+    /// default) or in this node's memory (`node`).
+    #[serde(default, skip_serializing_if = "LimitScope::is_cluster")]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does while Redis does not answer (`local` when
+    /// unset); refused on a `node` limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_failure: Option<OnStoreFailure>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
@@ -132,6 +140,75 @@ pub struct Quota {
     pub period: QuotaPeriod,
     #[serde(default)]
     pub by: LimitKey,
+    /// With `storage.redis`: counted for the whole cluster (`cluster`, the
+    /// default) or in this node's memory (`node`).
+    #[serde(default, skip_serializing_if = "LimitScope::is_cluster")]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does while Redis does not answer (`local` when
+    /// unset); refused on a `node` limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_failure: Option<OnStoreFailure>,
+}
+
+/// Where a limit counts when `storage.redis` is set (without it, every limit
+/// counts in the node's memory).
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// In Redis, shared by every node: the limit holds for the cluster.
+    #[default]
+    Cluster,
+    /// In this node's memory: the limit holds per node.
+    Node,
+}
+
+impl LimitScope {
+    pub fn is_cluster(&self) -> bool {
+        *self == LimitScope::Cluster
+    }
+}
+
+/// Checks a limit's `scope` and `on_store_failure` together: a `node` limit
+/// never counts in Redis, so a failure mode on it is a mistake.
+pub(crate) fn check_store_settings(
+    scope: LimitScope,
+    on_store_failure: Option<OnStoreFailure>,
+) -> Result<(), String> {
+    match (scope, on_store_failure) {
+        (LimitScope::Node, Some(mode)) => Err(format!(
+            "`on_store_failure: {}` applies to `scope: cluster` limits only; a `scope: node` limit never counts in Redis",
+            mode.as_str()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a `cluster` limit does while its counter store (Redis) fails.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreFailure {
+    /// Count in this node's memory, the limit divided by the live node count.
+    #[default]
+    Local,
+    /// Admit the request uncounted (fail open).
+    Allow,
+    /// Refuse the request with 503 `limit_unavailable` (fail closed).
+    Deny,
+}
+
+impl OnStoreFailure {
+    /// `local`, `allow` or `deny`: as configured, and as the metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreFailure::Local => "local",
+            OnStoreFailure::Allow => "allow",
+            OnStoreFailure::Deny => "deny",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema)]

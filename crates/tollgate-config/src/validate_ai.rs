@@ -286,10 +286,20 @@ fn check_ai_policies(
                 "must be at least 1".into(),
             );
         }
+        if let Err(message) =
+            crate::policy::check_store_settings(limits.scope, limits.on_store_failure)
+        {
+            err(format!("{at}.ai_limits.on_store_failure"), message);
+        }
     }
     if let Some(budget) = &policies.ai_budget {
         if !budget.usd.is_finite() || budget.usd <= 0.0 {
             err(format!("{at}.ai_budget.usd"), "must be more than 0".into());
+        }
+        if let Err(message) =
+            crate::policy::check_store_settings(budget.scope, budget.on_store_failure)
+        {
+            err(format!("{at}.ai_budget.on_store_failure"), message);
         }
     }
     if let Some(guard) = &policies.ai_guard {

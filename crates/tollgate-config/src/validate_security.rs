@@ -83,6 +83,12 @@ pub(crate) fn validate(config: &Config, err: &mut Err<'_>) {
                 "limit must be at least 1 and window at least 1ms".into(),
             );
         }
+        if let Err(message) = crate::policy::check_store_settings(
+            server.rate_limit.scope,
+            server.rate_limit.on_store_failure,
+        ) {
+            err("oauth2_server.rate_limit.on_store_failure".into(), message);
+        }
         if server.token_ttl.get().is_zero() {
             err(
                 "oauth2_server.token_ttl".into(),
@@ -340,11 +346,21 @@ fn check_policies(policies: &Policies, at: &str, ctx: &PolicyContext<'_>, err: &
                     "must be at least 1ms".into(),
                 );
             }
+            if let Err(message) =
+                crate::policy::check_store_settings(limit.scope, limit.on_store_failure)
+            {
+                err(format!("{at}.rate_limit[{r}].on_store_failure"), message);
+            }
         }
     }
     if let Some(quota) = &policies.quota {
         if quota.limit == 0 {
             err(format!("{at}.quota.limit"), "must be at least 1".into());
+        }
+        if let Err(message) =
+            crate::policy::check_store_settings(quota.scope, quota.on_store_failure)
+        {
+            err(format!("{at}.quota.on_store_failure"), message);
         }
     }
     if let Some(size) = &policies.request_size {

@@ -1,6 +1,6 @@
 //! AI limits and budgets: tokens and requests per minute, USD per day or
 //! month, counted by consumer, IP, API or header like every limit, in the
-//! same [`CounterStore`](crate::counters::CounterStore).
+//! same [`CounterStore`].
 //!
 //! **Tokens** are reserved before the call — the prompt's estimate plus the
 //! most the answer may use — and settled after it with the real count: the
@@ -14,8 +14,10 @@
 //! the call after it is refused.
 //!
 //! Keys: `ai|<scope>|t|<subject>` (tokens), `ai|<scope>|r|<subject>`
-//! (requests), `ab|<scope>|<period>|<subject>` (spend). A store failure
-//! admits the call (fail open) and is logged, as for rate limits.
+//! (requests), `ab|<scope>|<period>|<subject>` (spend). When the shared
+//! store fails, each follows its `on_store_failure`, as rate limits do (see
+//! [`crate::counters_cluster`]); a reservation or a charge is settled in the
+//! store it was made in.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +25,7 @@ use http::HeaderValue;
 use tollgate_config::{AiBudget, AiLimits, QuotaPeriod};
 
 use crate::counters::{ceil_seconds, unix_seconds, CounterStore, Rate};
+use crate::counters_cluster::{Fallback, Placement};
 use crate::quota::Period;
 use crate::rate_limit::{LimitInput, Subject};
 use crate::Denial;
@@ -37,7 +40,29 @@ pub struct AiLimitsPolicy {
     subject: Subject,
     tokens: Option<(u64, Rate)>,
     requests: Option<(u64, Rate)>,
+    placement: Placement,
 }
+
+/// Where a hit of an AI limit was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    /// Where the limit counts first (the shared store for a `cluster` one).
+    First,
+    /// In this node's memory, as the shared store failed.
+    Local,
+}
+
+impl Where {
+    fn store(self, placement: Placement, store: &dyn CounterStore) -> &dyn CounterStore {
+        match self {
+            Where::First => placement.first(store),
+            Where::Local => store.node_local().map_or(store, |local| local.store),
+        }
+    }
+}
+
+/// One hit counted: the outcome, the rate it was judged at and where.
+type Counted = Option<(crate::counters::RateHit, Rate, Where)>;
 
 /// Tokens held for one call, to settle once its usage is known.
 #[derive(Debug)]
@@ -45,6 +70,8 @@ pub struct TokenReservation {
     key: String,
     rate: Rate,
     reserved: u64,
+    placement: Placement,
+    counted: Where,
 }
 
 impl AiLimitsPolicy {
@@ -56,6 +83,7 @@ impl AiLimitsPolicy {
             subject: Subject::compile(&limits.by),
             tokens: per_minute(limits.tokens_per_minute),
             requests: per_minute(limits.requests_per_minute),
+            placement: Placement::new(limits.scope, limits.on_store_failure),
         }
     }
 
@@ -66,6 +94,41 @@ impl AiLimitsPolicy {
         key.push('|');
         self.subject.write(&mut key, input);
         key
+    }
+
+    /// Counts `n` hits against `key` where the limit counts, falling back
+    /// per its `on_store_failure`: `Ok(None)` when the hit is not counted
+    /// (the store failed and the limit allows).
+    async fn acquire(
+        &self,
+        store: &dyn CounterStore,
+        key: &str,
+        (limit, rate): (u64, Rate),
+        n: u64,
+        now_us: u64,
+    ) -> Result<Counted, Denial> {
+        match self
+            .placement
+            .first(store)
+            .acquire_rate_n(key, rate, n, now_us)
+            .await
+        {
+            Ok(hit) => Ok(Some((hit, rate, Where::First))),
+            Err(error) => match self.placement.on_failure(store, "AI limit", &error) {
+                Fallback::Allow => Ok(None),
+                Fallback::Deny(denial) => Err(denial),
+                Fallback::Local(local) => {
+                    let rate = local.rate(limit, MINUTE);
+                    match local.store.acquire_rate_n(key, rate, n, now_us).await {
+                        Ok(hit) => Ok(Some((hit, rate, Where::Local))),
+                        Err(error) => {
+                            tracing::warn!(%error, "the node's own counters failed");
+                            Ok(None)
+                        }
+                    }
+                }
+            },
+        }
     }
 
     /// Counts one request and reserves `tokens` for it; refuses with 429
@@ -80,16 +143,19 @@ impl AiLimitsPolicy {
         let mut counted_request = None;
         if let Some((limit, rate)) = self.requests {
             let key = self.key('r', input);
-            match store.acquire_rate(&key, rate, now_us).await {
-                Ok(hit) if !hit.allowed => {
+            match self.acquire(store, &key, (limit, rate), 1, now_us).await? {
+                Some((hit, rate, _)) if !hit.allowed => {
                     let wait = hit.until_next(rate, hit.at_us);
                     return Err(refusal(
-                        format!("AI request rate exceeded: {limit} requests per minute"),
+                        format!(
+                            "AI request rate exceeded: {} requests per minute",
+                            rate.burst
+                        ),
                         wait,
                     ));
                 }
-                Ok(_) => counted_request = Some((key, rate)),
-                Err(error) => tracing::warn!(%error, "AI request limit not enforced"),
+                Some((_, rate, counted)) => counted_request = Some((key, rate, counted)),
+                None => {}
             }
         }
         let Some((limit, rate)) = self.tokens else {
@@ -102,8 +168,18 @@ impl AiLimitsPolicy {
             )));
         }
         let key = self.key('t', input);
-        match store.acquire_rate_n(&key, rate, tokens, now_us).await {
-            Ok(hit) if !hit.allowed => {
+        let hit = match self
+            .acquire(store, &key, (limit, rate), tokens, now_us)
+            .await
+        {
+            Ok(hit) => hit,
+            Err(denial) => {
+                self.give_back(store, counted_request).await;
+                return Err(denial);
+            }
+        };
+        match hit {
+            Some((hit, rate, _)) if !hit.allowed => {
                 self.give_back(store, counted_request).await;
                 // Room for `tokens` comes back `tokens` intervals after the TAT
                 // falls to now + tolerance.
@@ -114,25 +190,25 @@ impl AiLimitsPolicy {
                     .saturating_sub(rate.tolerance_us());
                 let wait = Duration::from_micros(earliest.saturating_sub(hit.at_us));
                 Err(refusal(
-                    format!("AI token rate exceeded: {limit} tokens per minute"),
+                    format!("AI token rate exceeded: {} tokens per minute", rate.burst),
                     wait,
                 ))
             }
-            Ok(_) => Ok(Some(TokenReservation {
+            Some((_, rate, counted)) => Ok(Some(TokenReservation {
                 key,
                 rate,
                 reserved: tokens,
+                placement: self.placement,
+                counted,
             })),
-            Err(error) => {
-                tracing::warn!(%error, "AI token limit not enforced");
-                Ok(None)
-            }
+            None => Ok(None),
         }
     }
 
-    async fn give_back(&self, store: &dyn CounterStore, counted: Option<(String, Rate)>) {
-        if let Some((key, rate)) = counted {
-            if let Err(error) = store.release_rate(&key, rate).await {
+    async fn give_back(&self, store: &dyn CounterStore, counted: Option<(String, Rate, Where)>) {
+        if let Some((key, rate, counted)) = counted {
+            let target = counted.store(self.placement, store);
+            if let Err(error) = target.release_rate(&key, rate).await {
                 tracing::warn!(%error, "AI request count not given back");
             }
         }
@@ -144,8 +220,11 @@ impl TokenReservation {
         self.reserved
     }
 
-    /// Settles the reservation with the tokens the call really used.
+    /// Settles the reservation with the tokens the call really used, in
+    /// the store it was made in (`store` is the one given to
+    /// [`AiLimitsPolicy::reserve`]).
     pub async fn settle(self, store: &dyn CounterStore, used: u64) {
+        let store = self.counted.store(self.placement, store);
         let result = if used < self.reserved {
             store
                 .release_rate_n(&self.key, self.rate, self.reserved - used)
@@ -173,6 +252,7 @@ pub struct AiBudgetPolicy {
     limit_micro_usd: u64,
     usd: f64,
     period: QuotaPeriod,
+    placement: Placement,
 }
 
 /// Where one call's cost is charged.
@@ -180,6 +260,8 @@ pub struct AiBudgetPolicy {
 pub struct BudgetCharge {
     key: String,
     expires_at: i64,
+    placement: Placement,
+    counted: Where,
 }
 
 impl AiBudgetPolicy {
@@ -190,6 +272,7 @@ impl AiBudgetPolicy {
             limit_micro_usd: (budget.usd * 1e6).round() as u64,
             usd: budget.usd,
             period: budget.period,
+            placement: Placement::new(budget.scope, budget.on_store_failure),
         }
     }
 
@@ -209,14 +292,21 @@ impl AiBudgetPolicy {
         period.write_label(&mut key);
         key.push('|');
         self.subject.write(&mut key, input);
-        let spent = match store.read_total(&key).await {
-            Ok(spent) => spent,
-            Err(error) => {
-                tracing::warn!(%error, "AI budget not enforced: counter store failed");
-                return Ok(None);
-            }
+        let (spent, limit, counted) = match self.placement.first(store).read_total(&key).await {
+            Ok(spent) => (spent, self.limit_micro_usd, Where::First),
+            Err(error) => match self.placement.on_failure(store, "AI budget", &error) {
+                Fallback::Allow => return Ok(None),
+                Fallback::Deny(denial) => return Err(denial),
+                Fallback::Local(local) => match local.store.read_total(&key).await {
+                    Ok(spent) => (spent, local.share(self.limit_micro_usd), Where::Local),
+                    Err(error) => {
+                        tracing::warn!(%error, "the node's own counters failed");
+                        return Ok(None);
+                    }
+                },
+            },
         };
-        if spent >= self.limit_micro_usd {
+        if spent >= limit {
             let ends_at =
                 SystemTime::UNIX_EPOCH + Duration::from_secs(period.ends_at.max(0).unsigned_abs());
             let retry_after = ceil_seconds(ends_at.duration_since(now).unwrap_or_default()).max(1);
@@ -233,18 +323,40 @@ impl AiBudgetPolicy {
         Ok(Some(BudgetCharge {
             key,
             expires_at: period.ends_at,
+            placement: self.placement,
+            counted,
         }))
     }
 }
 
 impl BudgetCharge {
+    /// Adds the call's cost where the budget was checked (`store` is the
+    /// one given to [`AiBudgetPolicy::check`]); if the shared store fails
+    /// now, in this node's memory under `on_store_failure: local`.
     pub async fn charge(self, store: &dyn CounterStore, micro_usd: u64) {
         if micro_usd == 0 {
             return;
         }
-        if let Err(error) = store.add_total(&self.key, micro_usd, self.expires_at).await {
-            tracing::warn!(%error, "AI spend not counted: counter store failed");
+        let target = self.counted.store(self.placement, store);
+        let Err(error) = target
+            .add_total(&self.key, micro_usd, self.expires_at)
+            .await
+        else {
+            return;
+        };
+        if self.counted == Where::First {
+            if let Fallback::Local(local) = self.placement.on_failure(store, "AI budget", &error) {
+                if local
+                    .store
+                    .add_total(&self.key, micro_usd, self.expires_at)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
         }
+        tracing::debug!(%error, "AI spend not counted: counter store failed");
     }
 }
 
@@ -290,6 +402,8 @@ mod tests {
                 tokens_per_minute: Some(1000),
                 requests_per_minute: None,
                 by: LimitKey::Consumer,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             },
             "api:llm",
         );
@@ -338,6 +452,8 @@ mod tests {
                 tokens_per_minute: Some(100),
                 requests_per_minute: Some(2),
                 by: LimitKey::Consumer,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             },
             "global",
         );
@@ -356,6 +472,8 @@ mod tests {
                 tokens_per_minute: None,
                 requests_per_minute: Some(2),
                 by: LimitKey::Consumer,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             },
             "global",
         );
@@ -380,6 +498,8 @@ mod tests {
                 usd: 1.0,
                 period: QuotaPeriod::Month,
                 by: LimitKey::Consumer,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             },
             "api:llm",
         ));
@@ -414,5 +534,110 @@ mod tests {
         assert_eq!(refused.code, "budget_exceeded");
         assert_eq!(refused.status, http::StatusCode::PAYMENT_REQUIRED);
         assert!(policy.check(&*store, &input("b", &headers)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ai_limits_fall_back_to_this_nodes_share_and_settle_there() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let headers = HeaderMap::new();
+        let compile = |mode| {
+            AiLimitsPolicy::compile(
+                &AiLimits {
+                    tokens_per_minute: Some(1000),
+                    requests_per_minute: Some(10),
+                    by: LimitKey::Consumer,
+                    scope: LimitScope::Cluster,
+                    on_store_failure: mode,
+                },
+                "api:llm",
+            )
+        };
+        // 1000 tokens across 2 live nodes: 500 here.
+        let (shared, store) = crate::counters_cluster::tests::cluster(2);
+        let policy = compile(None);
+        shared.set_failing(true);
+        let held = policy
+            .reserve(&store, &input("a", &headers), 400)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(policy
+            .reserve(&store, &input("a", &headers), 200)
+            .await
+            .is_err());
+        // Settled in this node's memory, even once the shared store is back.
+        shared.set_failing(false);
+        held.settle(&store, 100).await;
+        shared.set_failing(true);
+        assert!(policy
+            .reserve(&store, &input("a", &headers), 350)
+            .await
+            .unwrap()
+            .is_some());
+
+        let (shared, store) = crate::counters_cluster::tests::cluster(2);
+        shared.set_failing(true);
+        let denial = compile(Some(OnStoreFailure::Deny))
+            .reserve(&store, &input("a", &headers), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(denial.code, "limit_unavailable");
+        let allowed = compile(Some(OnStoreFailure::Allow));
+        for _ in 0..20 {
+            assert!(allowed
+                .reserve(&store, &input("a", &headers), 900)
+                .await
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn ai_budgets_per_on_store_failure() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let headers = HeaderMap::new();
+        let compile = |mode| {
+            AiBudgetPolicy::compile(
+                &AiBudget {
+                    usd: 1.0,
+                    period: QuotaPeriod::Day,
+                    by: LimitKey::Consumer,
+                    scope: LimitScope::Cluster,
+                    on_store_failure: mode,
+                },
+                "api:llm",
+            )
+        };
+        // $1 across 4 live nodes: $0.25 here; each call costs $0.10.
+        let (shared, store) = crate::counters_cluster::tests::cluster(4);
+        let policy = compile(None);
+        shared.set_failing(true);
+        let mut calls = 0;
+        while let Ok(Some(charge)) = policy.check(&store, &input("a", &headers)).await {
+            charge.charge(&store, 100_000).await;
+            calls += 1;
+            assert!(calls < 10);
+        }
+        assert_eq!(calls, 3);
+        let refused = policy
+            .check(&store, &input("a", &headers))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, "budget_exceeded");
+        // Healed: the shared total (nothing spent there) applies again.
+        shared.set_failing(false);
+        assert!(policy.check(&store, &input("a", &headers)).await.is_ok());
+
+        shared.set_failing(true);
+        let denial = compile(Some(OnStoreFailure::Deny))
+            .check(&store, &input("a", &headers))
+            .await
+            .unwrap_err();
+        assert_eq!(denial.code, "limit_unavailable");
+        assert!(compile(Some(OnStoreFailure::Allow))
+            .check(&store, &input("a", &headers))
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -30,8 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-/// Why a counter store could not answer. The policies fail open on it: a
-/// store outage must not take every API down with it.
+/// Why a counter store could not answer. Each limit then follows its
+/// `on_store_failure` ([`crate::counters_cluster`]): by default it counts in
+/// the node's memory, so that a store outage does not take every API down
+/// with it.
 #[derive(Debug, thiserror::Error)]
 #[error("counter store unavailable: {source}")]
 pub struct CounterError {
@@ -240,6 +242,15 @@ pub trait CounterStore: Send + Sync + 'static {
         limit: u64,
         expires_at: i64,
     ) -> CounterReply<'a, QuotaHit>;
+
+    /// The node-local side of a store shared by a cluster
+    /// ([`ClusterCounters`](crate::counters_cluster::ClusterCounters)):
+    /// where `scope: node` limits count, and where `on_store_failure: local`
+    /// limits fall back. `None` (the default) for a store that is node-local
+    /// already, or that has no fallback.
+    fn node_local(&self) -> Option<crate::counters_cluster::NodeLocal<'_>> {
+        None
+    }
 }
 
 /// A quota counter as it is saved and loaded.

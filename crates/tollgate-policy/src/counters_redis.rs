@@ -22,7 +22,8 @@
 //!
 //! **Failures.** A Redis that is down, slow (beyond
 //! [`RedisOptions::response_timeout`]) or answers an error gives a
-//! [`CounterError`]; the policies then admit the request and log it. The
+//! [`CounterError`]; each limit then follows its `on_store_failure` (see
+//! [`crate::counters_cluster`]). The
 //! connection is re-established in the background; a command issued while
 //! it is down waits for at most two connection attempts of
 //! [`RedisOptions::connect_timeout`] each (a refused connection fails at
@@ -119,7 +120,7 @@ pub struct RedisOptions {
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
     /// How long a command may wait for its answer; past it the command fails
-    /// (and the request it counts is admitted).
+    /// (and the limit follows its `on_store_failure`).
     pub response_timeout: Duration,
 }
 
@@ -184,8 +185,8 @@ impl RedisCounters {
 
     /// [`new`](Self::new), then [`prepare`](Self::prepare) for at most
     /// `wait`: a gateway's startup. A Redis that does not answer is logged,
-    /// not an error: the connection keeps trying, and until it succeeds the
-    /// limits admit requests and log why. Fails only on a URL it cannot use.
+    /// not an error: the connection keeps trying, and until it succeeds each
+    /// limit follows its `on_store_failure`. Fails only on a URL it cannot use.
     pub async fn start(
         url: &str,
         options: RedisOptions,
@@ -202,12 +203,12 @@ impl RedisCounters {
             Ok(Err(error)) => tracing::warn!(
                 %redis,
                 %error,
-                "Redis does not answer: starting anyway; limits are not enforced until it does"
+                "Redis does not answer: starting anyway; limits follow their on_store_failure until it does"
             ),
             Err(_) => tracing::warn!(
                 %redis,
                 ?wait,
-                "Redis did not answer in time: starting anyway; limits are not enforced until it does"
+                "Redis did not answer in time: starting anyway; limits follow their on_store_failure until it does"
             ),
         }
         Ok(store)

@@ -53,6 +53,9 @@ constructors! {
     blocked => "blocked", FORBIDDEN;
     rate_limited => "rate_limited", TOO_MANY_REQUESTS;
     quota_exceeded => "quota_exceeded", TOO_MANY_REQUESTS;
+    /// A limit with `on_store_failure: deny` cannot be checked: its shared
+    /// counter store (Redis) does not answer.
+    limit_unavailable => "limit_unavailable", SERVICE_UNAVAILABLE;
     /// The AI spend of the period reached the `ai_budget`.
     budget_exceeded => "budget_exceeded", PAYMENT_REQUIRED;
     /// A prompt matched one of the `ai_guard`'s deny patterns.

@@ -5,6 +5,7 @@ use crate::ai_limits::{AiBudgetPolicy, AiLimitsPolicy};
 use crate::blocks::Blocks;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -37,6 +38,11 @@ pub struct PolicyRegistries {
     pub basic: Arc<BasicRegistry>,
     pub counters: Arc<dyn CounterStore>,
     pub signing_key: Option<Arc<SigningKey>>,
+    /// The nodes whose heartbeats are current (1 on a single node): what
+    /// `on_store_failure: local` divides a limit by. The heartbeat task
+    /// writes it; [`ClusterCounters`](crate::counters_cluster::ClusterCounters)
+    /// reads the same value.
+    pub live_nodes: Arc<AtomicUsize>,
 }
 
 impl PolicyRegistries {
@@ -46,7 +52,15 @@ impl PolicyRegistries {
             basic: Arc::new(BasicRegistry::default()),
             counters,
             signing_key,
+            live_nodes: Arc::new(AtomicUsize::new(1)),
         }
+    }
+
+    /// Carries `live_nodes`, the count the heartbeat task publishes (and
+    /// the counters divide by).
+    pub fn with_live_nodes(mut self, live_nodes: Arc<AtomicUsize>) -> Self {
+        self.live_nodes = live_nodes;
+        self
     }
 }
 

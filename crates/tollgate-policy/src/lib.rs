@@ -8,7 +8,8 @@
 //!
 //! Nothing here touches a database on the request path: credentials are
 //! indexed by hash at compile time, counters live behind [`counters::CounterStore`]
-//! (memory on one node, or Redis shared by a cluster: [`counters_redis`]), and
+//! (memory on one node, or Redis shared by a cluster: [`counters_redis`], with
+//! each limit's scope and fallback in [`counters_cluster`]), and
 //! remote key sets and introspection answers are cached.
 
 pub mod acl;
@@ -18,6 +19,7 @@ pub mod basic;
 pub mod blocks;
 pub mod cors;
 pub mod counters;
+pub mod counters_cluster;
 pub mod counters_redis;
 pub mod credentials;
 pub mod denial;

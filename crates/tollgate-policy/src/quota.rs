@@ -22,6 +22,7 @@ use time::{Date, Month, OffsetDateTime};
 use tollgate_config::{Quota, QuotaPeriod};
 
 use crate::counters::{ceil_seconds, unix_seconds, CounterStore};
+use crate::counters_cluster::{Fallback, Placement};
 use crate::rate_limit::{LimitInput, Subject};
 use crate::Denial;
 
@@ -33,6 +34,7 @@ pub struct QuotaPolicy {
     subject: Subject,
     limit: u64,
     period: QuotaPeriod,
+    placement: Placement,
 }
 
 impl QuotaPolicy {
@@ -44,11 +46,13 @@ impl QuotaPolicy {
             subject: Subject::compile(&quota.by),
             limit: quota.limit,
             period: quota.period,
+            placement: Placement::new(quota.scope, quota.on_store_failure),
         }
     }
 
-    /// Counts the request against the quota of the current period. A store
-    /// failure admits the request (fail open) and is logged.
+    /// Counts the request against the quota of the current period. When the
+    /// shared store fails, the quota follows its `on_store_failure` (see
+    /// [`crate::counters_cluster`]).
     pub async fn check(
         &self,
         store: &dyn CounterStore,
@@ -72,12 +76,23 @@ impl QuotaPolicy {
         period.write_label(&mut key);
         key.push('|');
         self.subject.write(&mut key, input);
-        let hit = match store.acquire_quota(&key, self.limit, period.ends_at).await {
-            Ok(hit) => hit,
-            Err(error) => {
-                tracing::warn!(%error, "quota not enforced: counter store failed");
-                return Ok(());
-            }
+        let first = self.placement.first(store);
+        let (hit, limit) = match first.acquire_quota(&key, self.limit, period.ends_at).await {
+            Ok(hit) => (hit, self.limit),
+            Err(error) => match self.placement.on_failure(store, "quota", &error) {
+                Fallback::Allow => return Ok(()),
+                Fallback::Deny(denial) => return Err(denial),
+                Fallback::Local(local) => {
+                    let limit = local.share(self.limit);
+                    match local.store.acquire_quota(&key, limit, period.ends_at).await {
+                        Ok(hit) => (hit, limit),
+                        Err(error) => {
+                            tracing::warn!(%error, "the node's own counters failed");
+                            return Ok(());
+                        }
+                    }
+                }
+            },
         };
         if hit.allowed {
             return Ok(());
@@ -89,7 +104,7 @@ impl QuotaPolicy {
             QuotaPeriod::Month => "month",
         };
         Err(
-            Denial::quota_exceeded(format!("quota exceeded: {} requests per {per}", self.limit))
+            Denial::quota_exceeded(format!("quota exceeded: {limit} requests per {per}"))
                 .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after)),
         )
     }
@@ -154,6 +169,7 @@ mod tests {
 
     use super::*;
     use crate::counters::MemoryCounters;
+    use tollgate_config::LimitKey;
 
     fn unix(t: OffsetDateTime) -> i64 {
         t.unix_timestamp()
@@ -237,6 +253,8 @@ mod tests {
                 limit,
                 period,
                 by: by.parse().unwrap(),
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             },
             "api:orders-v1",
         )
@@ -336,5 +354,60 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn each_on_store_failure_mode_when_the_shared_store_fails() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let headers = HeaderMap::new();
+        let alice = input(Some("alice"), &headers);
+        let now = at(datetime!(2025-03-14 12:00 UTC));
+        let compile = |mode| {
+            QuotaPolicy::compile(
+                &Quota {
+                    limit: 5,
+                    period: QuotaPeriod::Day,
+                    by: LimitKey::Consumer,
+                    scope: LimitScope::Cluster,
+                    on_store_failure: mode,
+                },
+                "api:orders",
+            )
+        };
+        let passing = |quota: QuotaPolicy, store: crate::counters_cluster::ClusterCounters| async move {
+            let mut passed = 0;
+            let mut codes = Vec::new();
+            for _ in 0..10 {
+                match quota.check_at(&store, &alice, now).await {
+                    Ok(()) => passed += 1,
+                    Err(denial) => codes.push(denial.code),
+                }
+            }
+            (passed, codes)
+        };
+        for (mode, expected) in [
+            // 5 per day across 2 live nodes: 3 on this one.
+            (None, (3, vec!["quota_exceeded"; 7])),
+            (Some(OnStoreFailure::Allow), (10, vec![])),
+            (
+                Some(OnStoreFailure::Deny),
+                (0, vec!["limit_unavailable"; 10]),
+            ),
+        ] {
+            let (shared, store) = crate::counters_cluster::tests::cluster(2);
+            shared.set_failing(true);
+            assert_eq!(passing(compile(mode), store).await, expected, "{mode:?}");
+        }
+        // Healed: the shared count applies again.
+        let (shared, store) = crate::counters_cluster::tests::cluster(2);
+        let quota = compile(None);
+        shared.set_failing(true);
+        assert!(quota.check_at(&store, &alice, now).await.is_ok());
+        shared.set_failing(false);
+        let mut passed = 0;
+        for _ in 0..10 {
+            passed += usize::from(quota.check_at(&store, &alice, now).await.is_ok());
+        }
+        assert_eq!(passed, 5);
     }
 }

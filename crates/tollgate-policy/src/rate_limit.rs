@@ -52,6 +52,7 @@ use sha2::{Digest, Sha256};
 use tollgate_config::{LimitKey, RateLimit};
 
 use crate::counters::{ceil_seconds, unix_micros, CounterStore, Rate};
+use crate::counters_cluster::{Fallback, Placement};
 use crate::Denial;
 
 /// The request as limits see it.
@@ -83,6 +84,16 @@ struct CompiledLimit {
     rate: Rate,
     limit: u64,
     window: tollgate_config::Duration,
+    placement: Placement,
+}
+
+/// Where a hit was counted, when not in the store the limit counts in first.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// Not counted: the store failed and the limit allows.
+    Skipped,
+    /// In this node's memory, at this (divided) rate.
+    Local(Rate),
 }
 
 impl CompiledLimit {
@@ -107,6 +118,7 @@ impl RateLimits {
                 rate: Rate::per_window(limit.limit, limit.window.get()),
                 limit: limit.limit,
                 window: limit.window,
+                placement: Placement::new(limit.scope, limit.on_store_failure),
             })
             .collect();
         RateLimits { limits }
@@ -126,8 +138,9 @@ impl RateLimits {
     }
 
     /// Counts the request against every limit; it passes only if all admit it,
-    /// and a request one limit refuses is given back to the others. A store
-    /// failure admits the request (fail open) and is logged.
+    /// and a request one limit refuses is given back to the others. When the
+    /// shared store fails, each limit follows its `on_store_failure` (see
+    /// [`crate::counters_cluster`]).
     pub async fn check(
         &self,
         store: &dyn CounterStore,
@@ -149,31 +162,52 @@ impl RateLimits {
         let now_us = unix_micros(now);
         let mut key = String::with_capacity(self.key_capacity(input));
         let mut status = RateLimitStatus::default();
+        // The limits counted elsewhere than where they count first; empty
+        // (no allocation) while the stores answer.
+        let mut elsewhere: Vec<(usize, Counted)> = Vec::new();
         for (index, limit) in self.limits.iter().enumerate() {
             limit.write_key(&mut key, input);
-            let hit = match store.acquire_rate(&key, limit.rate, now_us).await {
-                Ok(hit) => hit,
-                Err(error) => {
-                    tracing::warn!(%error, "rate limits not enforced: counter store failed");
-                    return Ok(status);
-                }
+            let first = limit.placement.first(store);
+            let (hit, rate) = match first.acquire_rate(&key, limit.rate, now_us).await {
+                Ok(hit) => (hit, limit.rate),
+                Err(error) => match limit.placement.on_failure(store, "rate limit", &error) {
+                    Fallback::Allow => {
+                        elsewhere.push((index, Counted::Skipped));
+                        continue;
+                    }
+                    Fallback::Deny(denial) => {
+                        self.give_back(store, input, &mut key, index, &elsewhere)
+                            .await;
+                        return Err(denial);
+                    }
+                    Fallback::Local(local) => {
+                        let rate = local.rate(limit.limit, limit.window.get());
+                        match local.store.acquire_rate(&key, rate, now_us).await {
+                            Ok(hit) => {
+                                elsewhere.push((index, Counted::Local(rate)));
+                                (hit, rate)
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "the node's own counters failed");
+                                elsewhere.push((index, Counted::Skipped));
+                                continue;
+                            }
+                        }
+                    }
+                },
             };
             if !hit.allowed {
-                for taken in &self.limits[..index] {
-                    taken.write_key(&mut key, input);
-                    if let Err(error) = store.release_rate(&key, taken.rate).await {
-                        tracing::debug!(%error, "cannot give back a rate-limit hit");
-                    }
-                }
-                let retry_after = ceil_seconds(hit.until_next(limit.rate, hit.at_us)).max(1);
+                self.give_back(store, input, &mut key, index, &elsewhere)
+                    .await;
+                let retry_after = ceil_seconds(hit.until_next(rate, hit.at_us)).max(1);
                 let headroom = Headroom {
-                    limit: limit.limit,
+                    limit: rate.burst,
                     remaining: 0,
                     reset: ceil_seconds(hit.until_full(hit.at_us)).max(retry_after),
                 };
                 let mut denial = Denial::rate_limited(format!(
                     "rate limit exceeded: {} requests per {}",
-                    limit.limit, limit.window
+                    rate.burst, limit.window
                 ))
                 .with_header(http::header::RETRY_AFTER, number_value(retry_after));
                 for (name, value) in headroom.headers() {
@@ -182,12 +216,44 @@ impl RateLimits {
                 return Err(denial);
             }
             status.keep_closest(Headroom {
-                limit: limit.limit,
-                remaining: hit.remaining(limit.rate, hit.at_us),
+                limit: rate.burst,
+                remaining: hit.remaining(rate, hit.at_us),
                 reset: ceil_seconds(hit.until_full(hit.at_us)),
             });
         }
         Ok(status)
+    }
+
+    /// Gives back the hits counted for the limits before `index`, each
+    /// where it was counted.
+    async fn give_back(
+        &self,
+        store: &dyn CounterStore,
+        input: &LimitInput<'_>,
+        key: &mut String,
+        index: usize,
+        elsewhere: &[(usize, Counted)],
+    ) {
+        for (taken_index, taken) in self.limits[..index].iter().enumerate() {
+            let counted = elsewhere
+                .iter()
+                .find(|(i, _)| *i == taken_index)
+                .map(|(_, counted)| *counted);
+            let (target, rate) = match counted {
+                Some(Counted::Skipped) => continue,
+                Some(Counted::Local(rate)) => {
+                    let Some(local) = store.node_local() else {
+                        continue;
+                    };
+                    (local.store, rate)
+                }
+                None => (taken.placement.first(store), taken.rate),
+            };
+            taken.write_key(key, input);
+            if let Err(error) = target.release_rate(key, rate).await {
+                tracing::debug!(%error, "cannot give back a rate-limit hit");
+            }
+        }
     }
 }
 
@@ -380,6 +446,8 @@ mod tests {
             limit,
             window: tollgate_config::Duration::from_secs(window_secs),
             by: by.parse().unwrap(),
+            scope: tollgate_config::LimitScope::Cluster,
+            on_store_failure: None,
         }
     }
 
@@ -709,6 +777,8 @@ mod tests {
                 limit: 1,
                 window: tollgate_config::Duration::from_millis(100),
                 by: LimitKey::Ip,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
             }],
             "global",
         );
@@ -745,5 +815,148 @@ mod tests {
         status.apply(&mut headers);
         assert!(headers.is_empty());
         assert_eq!(status.closest(), None);
+    }
+
+    fn failing_over(
+        limit_n: u64,
+        by: &str,
+        scope: tollgate_config::LimitScope,
+        mode: Option<tollgate_config::OnStoreFailure>,
+    ) -> RateLimit {
+        RateLimit {
+            scope,
+            on_store_failure: mode,
+            ..limit(limit_n, 60, by)
+        }
+    }
+
+    /// How many of `n` requests pass against `store` (any store).
+    async fn passing_in(
+        limits: &RateLimits,
+        store: &dyn CounterStore,
+        req: &Req,
+        n: usize,
+    ) -> usize {
+        let mut passed = 0;
+        for _ in 0..n {
+            passed += usize::from(limits.check_at(store, &req.input(), t0()).await.is_ok());
+        }
+        passed
+    }
+
+    #[tokio::test]
+    async fn on_store_failure_deny_refuses_with_503_until_the_store_heals() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let (shared, store) = crate::counters_cluster::tests::cluster(3);
+        let limits = RateLimits::compile(
+            &[failing_over(
+                3,
+                "ip",
+                LimitScope::Cluster,
+                Some(OnStoreFailure::Deny),
+            )],
+            "global",
+        );
+        let req = Req::new();
+        assert_eq!(passing_in(&limits, &store, &req, 2).await, 2);
+        shared.set_failing(true);
+        let denial = limits
+            .check_at(&store, &req.input(), t0())
+            .await
+            .unwrap_err();
+        assert_eq!(denial.code, "limit_unavailable");
+        assert_eq!(denial.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(passing_in(&limits, &store, &req, 5).await, 0);
+        // Healed: the shared count was kept, one more fits.
+        shared.set_failing(false);
+        assert_eq!(passing_in(&limits, &store, &req, 5).await, 1);
+    }
+
+    #[tokio::test]
+    async fn on_store_failure_allow_admits_uncounted() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let (shared, store) = crate::counters_cluster::tests::cluster(3);
+        let limits = RateLimits::compile(
+            &[failing_over(
+                2,
+                "ip",
+                LimitScope::Cluster,
+                Some(OnStoreFailure::Allow),
+            )],
+            "global",
+        );
+        let req = Req::new();
+        shared.set_failing(true);
+        assert_eq!(passing_in(&limits, &store, &req, 10).await, 10);
+        let status = limits.check_at(&store, &req.input(), t0()).await.unwrap();
+        assert_eq!(status.closest(), None, "an uncounted limit has no headers");
+        shared.set_failing(false);
+        assert_eq!(passing_in(&limits, &store, &req, 10).await, 2);
+    }
+
+    #[tokio::test]
+    async fn on_store_failure_local_counts_this_nodes_share() {
+        use tollgate_config::LimitScope;
+        // The default mode; 10 across 3 live nodes: 4 on this one.
+        let (shared, store) = crate::counters_cluster::tests::cluster(3);
+        let limits = RateLimits::compile(
+            &[failing_over(10, "ip", LimitScope::Cluster, None)],
+            "global",
+        );
+        let req = Req::new();
+        assert_eq!(passing_in(&limits, &store, &req, 1).await, 1);
+        shared.set_failing(true);
+        let first = limits.check_at(&store, &req.input(), t0()).await.unwrap();
+        assert_eq!(
+            first.closest().map(|h| (h.limit, h.remaining)),
+            Some((4, 3))
+        );
+        assert_eq!(passing_in(&limits, &store, &req, 10).await, 3);
+        let denial = limits
+            .check_at(&store, &req.input(), t0())
+            .await
+            .unwrap_err();
+        assert_eq!(denial.code, "rate_limited");
+        // Healed: back to the shared count (1 of 10 used).
+        shared.set_failing(false);
+        assert_eq!(passing_in(&limits, &store, &req, 20).await, 9);
+    }
+
+    #[tokio::test]
+    async fn node_scope_counts_in_memory_even_with_a_shared_store() {
+        use tollgate_config::LimitScope;
+        let (shared, store) = crate::counters_cluster::tests::cluster(3);
+        let limits =
+            RateLimits::compile(&[failing_over(2, "ip", LimitScope::Node, None)], "global");
+        let req = Req::new();
+        assert_eq!(passing_in(&limits, &store, &req, 1).await, 1);
+        assert_eq!(shared.inner.entry_count(), 0, "nothing in the shared store");
+        // Not divided, and not affected by the shared store failing.
+        shared.set_failing(true);
+        assert_eq!(passing_in(&limits, &store, &req, 5).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_given_back_where_it_was_counted() {
+        use tollgate_config::{LimitScope, OnStoreFailure};
+        let (shared, store) = crate::counters_cluster::tests::cluster(1);
+        let limits = RateLimits::compile(
+            &[
+                failing_over(2, "api", LimitScope::Cluster, Some(OnStoreFailure::Local)),
+                failing_over(1, "ip", LimitScope::Node, None),
+            ],
+            "global",
+        );
+        shared.set_failing(true);
+        assert!(passes_in(&limits, &store, &Req::new().ip(1)).await);
+        // Refused by the node limit: its hit on the API's fallback counter
+        // is given back, so client 2 still fits.
+        assert!(!passes_in(&limits, &store, &Req::new().ip(1)).await);
+        assert!(passes_in(&limits, &store, &Req::new().ip(2)).await);
+        assert!(!passes_in(&limits, &store, &Req::new().ip(3)).await);
+    }
+
+    async fn passes_in(limits: &RateLimits, store: &dyn CounterStore, req: &Req) -> bool {
+        limits.check_at(store, &req.input(), t0()).await.is_ok()
     }
 }

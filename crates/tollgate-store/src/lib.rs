@@ -40,6 +40,7 @@ mod query;
 mod resources;
 pub mod sealing;
 mod sink;
+pub mod snapshot_cache;
 mod store;
 pub mod testing;
 mod users;
@@ -139,6 +140,21 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("postgres: {0}")]
     Postgres(#[from] ::postgres::Error),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (refused, closed or broken
+    /// connection), as opposed to refusing or failing the query: a caller
+    /// may try again later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Postgres(error) => {
+                error.is_closed()
+                    || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where the database lives.

@@ -54,6 +54,24 @@ impl Store {
         }
     }
 
+    /// [`Store::open`] without connecting, for a PostgreSQL database that is
+    /// unreachable now: calls fail until it answers; [`Store::migrate`]
+    /// then does what `open` would have. `None` for SQLite, which is local
+    /// and opens or fails for good.
+    pub fn open_unconnected(database_url: &str) -> Option<Result<Store, StoreError>> {
+        is_postgres_url(database_url)
+            .then(|| PgStore::unconnected(database_url).map(Store::Postgres))
+    }
+
+    /// Runs pending migrations (done by [`Store::open`]; needed after
+    /// [`Store::open_unconnected`]).
+    pub fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.migrate(),
+        }
+    }
+
     /// The database file, for SQLite on disk; `None` otherwise.
     pub fn path(&self) -> Option<&Path> {
         match self {

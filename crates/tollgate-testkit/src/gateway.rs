@@ -73,7 +73,14 @@ impl Launch {
                 .open(path)
                 .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
         };
-        Command::new(&self.bin)
+        // Node-local files a configuration leaves relative (`./tollgate-data`
+        // next to a PostgreSQL store) land in the test's directory, not the
+        // source tree.
+        let mut command = Command::new(&self.bin);
+        if let Some(dir) = config_path.parent() {
+            command.current_dir(dir);
+        }
+        command
             .arg("serve")
             .arg("--config")
             .arg(config_path)

@@ -22,6 +22,7 @@ use tollgate_policy::counters_redis::{RedisCounters, RedisOptions};
 use tollgate_policy::PolicyRegistries;
 use tollgate_proxy::{DataPlane, Listeners};
 use tollgate_store::sealing::{KeySource, MasterKey, Sealer, MASTER_KEY_ENV};
+use tollgate_store::snapshot_cache::SnapshotCache;
 use tollgate_store::{ConfigState, Origin, Store};
 use tollgate_telemetry::{AccessLog, FileSink, RecordSink};
 
@@ -556,8 +557,14 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             Some(Arc::new(redis))
         }
     };
+    // Published by the heartbeat task; what `on_store_failure: local` divides by.
+    let live_nodes = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let counters: Arc<dyn CounterStore> = match &redis {
-        Some(redis) => redis.clone(),
+        Some(redis) => Arc::new(tollgate_policy::counters_cluster::ClusterCounters::new(
+            redis.clone(),
+            memory.clone(),
+            live_nodes.clone(),
+        )),
         None => memory.clone(),
     };
     let signing_key = policy_state::signing_key(&config).map_err(|e| anyhow::anyhow!(e))?;
@@ -565,17 +572,32 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // the like) before the database is created.
     check_compiles(&config).map_err(invalid_config)?;
 
-    let store = tollgate_store::Store::open(&database_url(&config)?).with_context(|| {
-        format!(
-            "cannot open the database {}",
-            tollgate_store::redact_database_url(&config.storage.database)
-        )
-    })?;
+    let url = database_url(&config)?;
     let sealer = Arc::new(open_sealer(&policy_state::data_dir(&config))?);
+    let cache = snapshot_cache_path(&config, &url).map(|p| Arc::new(SnapshotCache::new(p)));
     // The store is the source of truth: the file's resources are applied to
-    // it, then everything it holds is served.
-    let (state, merged) = apply_file_to_store(&store, &sealer, &config, config_path.as_deref())?;
-    let registries = PolicyRegistries::new(counters.clone(), signing_key);
+    // it, then everything it holds is served. When it cannot be reached,
+    // the snapshot cache is served until it answers.
+    let (store, state, merged, from_cache) = match tollgate_store::Store::open(&url) {
+        Ok(store) => {
+            let (state, merged) =
+                apply_file_to_store(&store, &sealer, &config, config_path.as_deref())?;
+            (store, state, merged, false)
+        }
+        Err(error) if error.is_unavailable() => {
+            let (store, state, merged) =
+                open_from_cache(&url, error, cache.as_deref(), &sealer, &config)?;
+            (store, state, merged, true)
+        }
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot open the database {}",
+                tollgate_store::redact_database_url(&config.storage.database)
+            )))
+        }
+    };
+    let registries =
+        PolicyRegistries::new(counters.clone(), signing_key).with_live_nodes(live_nodes.clone());
     let compiled = DataPlane::compile(Arc::new(merged), registries).map_err(invalid_config)?;
     let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(
         store
@@ -593,7 +615,10 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     );
     let persistence: Arc<dyn CounterPersistence> =
         Arc::new(policy_state::StoreCounters(store.clone()));
-    if redis.is_none() {
+    // Loaded once the database answers (counts merge by maximum).
+    let quota_restore =
+        (redis.is_none() && from_cache).then(|| (memory.clone(), persistence.clone()));
+    if redis.is_none() && !from_cache {
         let restored = memory
             .restore(persistence.clone())
             .await
@@ -626,12 +651,17 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let bootstrap = tollgate_admin::bootstrap::ensure_admin_token(
-        &store,
-        &policy_state::data_dir(&config),
-        std::env::var(tollgate_admin::bootstrap::ADMIN_TOKEN_ENV).ok(),
-    )
-    .map_err(|e| anyhow::anyhow!("admin token: {e}"))?;
+    let bootstrap = if from_cache {
+        // Admin tokens live in the store: checked when it answers.
+        tollgate_admin::bootstrap::Bootstrap::Existing
+    } else {
+        tollgate_admin::bootstrap::ensure_admin_token(
+            &store,
+            &policy_state::data_dir(&config),
+            std::env::var(tollgate_admin::bootstrap::ADMIN_TOKEN_ENV).ok(),
+        )
+        .map_err(|e| anyhow::anyhow!("admin token: {e}"))?
+    };
     match &bootstrap {
         tollgate_admin::bootstrap::Bootstrap::Generated(path) => tracing::info!(
             path = %path.display(),
@@ -645,15 +675,33 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     }
     let control = ControlPlane::new(
         store.clone(),
-        sealer,
+        sealer.clone(),
         data_plane.clone(),
         (*config).clone(),
         state,
     );
-    tokio::spawn(control.clone().follow(shutdown_rx.clone()));
+    if from_cache {
+        control.store_down("the database is unreachable: serving the snapshot cache");
+    }
+    if let Some(cache) = cache {
+        control.set_snapshot_cache(cache);
+    }
+    if from_cache {
+        tokio::spawn(reconnect_then_follow(
+            control.clone(),
+            sealer.clone(),
+            config.clone(),
+            config_path.clone(),
+            quota_restore,
+            shutdown_rx.clone(),
+        ));
+    } else {
+        tokio::spawn(control.clone().follow(shutdown_rx.clone()));
+    }
     tokio::spawn(tollgate_admin::nodes::heartbeat(
         control.clone(),
         tollgate_admin::nodes::NodeIdentity::new(&config),
+        live_nodes.clone(),
         shutdown_rx.clone(),
     ));
     tokio::spawn(retention::run(
@@ -711,6 +759,117 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The snapshot cache's file: `storage.snapshot_cache`, else
+/// `<data dir>/last-good.snapshot` with PostgreSQL; none by default with
+/// SQLite, which is local (there when the node is).
+fn snapshot_cache_path(config: &Config, url: &str) -> Option<PathBuf> {
+    config.storage.snapshot_cache.clone().or_else(|| {
+        tollgate_store::is_postgres_url(url)
+            .then(|| policy_state::data_dir(config).join(SNAPSHOT_CACHE_FILE))
+    })
+}
+
+/// Start-up while the database is unreachable: the store, not connected,
+/// and the snapshot cache's resources with the configuration they make
+/// (validated and compiled by the caller like the store's). Without a
+/// cache, or with one that does not open, start-up fails with `error`.
+fn open_from_cache(
+    url: &str,
+    error: tollgate_store::StoreError,
+    cache: Option<&SnapshotCache>,
+    sealer: &Sealer,
+    config: &Config,
+) -> anyhow::Result<(Store, ConfigState, Config)> {
+    let database = tollgate_store::redact_database_url(&config.storage.database);
+    let Some(cache) = cache else {
+        return Err(anyhow::Error::new(error).context(format!(
+            "cannot open the database {database} (and no storage.snapshot_cache is set to serve meanwhile)"
+        )));
+    };
+    let state = match cache.load(sealer) {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot open the database {database}, and there is no snapshot cache at {} to serve meanwhile",
+                cache.path().display()
+            )))
+        }
+        Err(cache_error) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot open the database {database}, nor the snapshot cache {} ({cache_error})",
+                cache.path().display()
+            )))
+        }
+    };
+    let merged = control::assemble(config, &state).map_err(|error| match error {
+        WriteError::Invalid(errors) => invalid_config(errors),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    let store = Store::open_unconnected(url)
+        .expect("only PostgreSQL is unreachable")
+        .context("storage.database")?;
+    tracing::error!(
+        %error,
+        database = %database,
+        revision = state.revision,
+        cache = %cache.path().display(),
+        "THE DATABASE IS UNREACHABLE: serving configuration revision {} from the snapshot cache; \
+         changes are refused until it answers",
+        state.revision
+    );
+    Ok((store, state, merged))
+}
+
+/// Retries the store (backing off up to [`RECONNECT_MAX_BACKOFF`]) until it
+/// answers; then runs its migrations, applies the file's resources to it,
+/// takes writes again and follows it, which brings its revision.
+async fn reconnect_then_follow(
+    control: Arc<ControlPlane>,
+    sealer: Arc<Sealer>,
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    quota_restore: Option<(Arc<MemoryCounters>, Arc<dyn CounterPersistence>)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let store = control.store().clone();
+        match tokio::task::spawn_blocking(move || store.migrate()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(error)) => tracing::debug!(%error, "the database is still unreachable"),
+            Err(error) => tracing::warn!(%error, "the reconnecting task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+    }
+    let store = control.store().clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        apply_file_to_store(&store, &sealer, &config, config_path.as_deref()).map(|_| ())
+    })
+    .await;
+    match applied {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!("cannot apply the configuration file to the store: {error:#}")
+        }
+        Err(error) => tracing::error!(%error, "applying the configuration file failed"),
+    }
+    if let Some((memory, persistence)) = quota_restore {
+        match memory.restore(persistence).await {
+            Ok(restored) => tracing::debug!(restored, "quota counters loaded"),
+            Err(error) => tracing::warn!(%error, "cannot load the quota counters"),
+        }
+    }
+    control.store_up();
+    tracing::warn!(
+        "the database answers again: following it; no longer serving from the snapshot cache"
+    );
+    control.follow(shutdown).await;
 }
 
 /// The master key (`TOLLGATE_MASTER_KEY`, else `<data dir>/master-key`,
@@ -779,6 +938,12 @@ fn apply_file_to_store(
     }
     try_apply_file_to_store(store, sealer, file, path)
 }
+
+/// The snapshot cache's file name in the data directory.
+const SNAPSHOT_CACHE_FILE: &str = "last-good.snapshot";
+/// The longest wait between attempts to reach the database after starting
+/// without it.
+const RECONNECT_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How often start-up tries to apply the file when other nodes write meanwhile.
 const STARTUP_SYNC_ATTEMPTS: usize = 5;

@@ -2,7 +2,8 @@
 //! gateway for counting: a rate limit admits exactly its limit across both
 //! under concurrent load, an AI budget spent on one node is refused on the
 //! other, and AI token limits hold across both; a node started while Redis
-//! is down admits requests (fail open) and counts once it answers. The Redis
+//! is down admits requests (with `on_store_failure: allow`) and counts once
+//! it answers. The Redis
 //! server is the test's own; without `redis-server` the tests skip (they fail
 //! in CI).
 
@@ -221,7 +222,7 @@ apis:
     match: {{ paths: [/orders] }}
     policies:
       auth: {{ methods: [key] }}
-      rate_limit: [{{ limit: 1, window: 1m, by: consumer }}]
+      rate_limit: [{{ limit: 1, window: 1m, by: consumer, on_store_failure: allow }}]
 "#,
         up.url()
     );
@@ -241,12 +242,15 @@ apis:
             .unwrap()
             .status()
     };
-    // Fail open: the limit of 1 is not enforced while Redis is away.
+    // Fail open (`on_store_failure: allow`): the limit of 1 is not enforced
+    // while Redis is away.
     for _ in 0..3 {
         assert_eq!(get().await, StatusCode::OK);
     }
     assert!(
-        gateway.logs().contains("rate limits not enforced"),
+        gateway
+            .logs()
+            .contains("on_store_failure: allow are not enforced"),
         "{}",
         gateway.logs()
     );

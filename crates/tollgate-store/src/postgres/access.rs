@@ -245,12 +245,13 @@ impl RecordSink for PgRecordSink {
 
 impl PgStore {
     /// A sink writing access records into this database over its own
-    /// connection, for [`tollgate_telemetry::AccessLog::start`].
+    /// connection, for [`tollgate_telemetry::AccessLog::start`]. It connects
+    /// when it first writes (and again whenever its connection broke), so a
+    /// node started while the database is down gets one too.
     pub fn access_record_sink(&self) -> io::Result<PgRecordSink> {
-        let client = connect(self.config()).map_err(io::Error::other)?;
         Ok(PgRecordSink {
             config: self.config().clone(),
-            client: Some(client),
+            client: None,
         })
     }
 

@@ -126,6 +126,23 @@ impl PgStore {
         })
     }
 
+    /// A store for `database_url` that has not connected yet (the database
+    /// is unreachable): every call connects first, and fails while the
+    /// database stays down. Call [`PgStore::migrate`] once it answers.
+    pub fn unconnected(database_url: &str) -> Result<PgStore, StoreError> {
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                config: parse_config(database_url)?,
+                client: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Runs pending migrations (as [`PgStore::open`] does), connecting first.
+    pub fn migrate(&self) -> Result<(), StoreError> {
+        self.with(migrations::run)
+    }
+
     /// Runs `f` on the shared connection (see [`off_runtime`]), connecting
     /// again first if the last one broke.
     pub(crate) fn with<T: Send>(
@@ -225,6 +242,19 @@ mod tests {
         ));
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    /// A server that does not answer is an outage, told apart from refusals;
+    /// a store opened without connecting fails until it answers.
+    #[test]
+    fn an_unreachable_server_is_unavailable() {
+        let url = "postgres://postgres@127.0.0.1:1/test";
+        let error = PgStore::open(url).err().expect("nothing listens on port 1");
+        assert!(error.is_unavailable(), "{error}");
+        let store = PgStore::unconnected(url).unwrap();
+        assert!(store.migrate().unwrap_err().is_unavailable());
+        assert!(store.config_revision().unwrap_err().is_unavailable());
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
     }
 
     /// Both databases know the same migrations, by number.
