@@ -261,7 +261,7 @@ fn check_lifecycle(config: &Config, api: &Api, at: &str, err: &mut impl FnMut(St
     }
 }
 
-fn check_name(name: &str, path: &str, err: &mut impl FnMut(String, String)) {
+pub(crate) fn check_name(name: &str, path: &str, err: &mut dyn FnMut(String, String)) {
     let valid = !name.is_empty()
         && name.len() <= 100
         && name

@@ -15,7 +15,7 @@ pub(crate) fn validate(config: &Config, err: &mut Err<'_>) {
     let mut providers = HashSet::new();
     for (i, provider) in ai.providers.iter().enumerate() {
         let at = format!("ai.providers[{i}]");
-        check_name(&provider.name, &format!("{at}.name"), err);
+        crate::validate::check_name(&provider.name, &format!("{at}.name"), err);
         if !providers.insert(provider.name.as_str()) {
             err(
                 format!("{at}.name"),
@@ -333,19 +333,5 @@ fn check_ai_policies(
                 );
             }
         }
-    }
-}
-
-fn check_name(name: &str, path: &str, err: &mut Err<'_>) {
-    let valid = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid {
-        err(
-            path.to_string(),
-            "names are 1 to 100 letters, digits, '-', '_' or '.'".into(),
-        );
     }
 }

@@ -221,6 +221,22 @@ async fn every_client_format_reaches_every_provider_kind_streamed_or_not() {
             assert_eq!(record["consumer"], "app");
             assert_eq!(record["attempts"].as_array().unwrap().len(), 1);
         }
+
+        // The provider's own errors, read from its wire format, reach each
+        // client in the client's format with a mapped status.
+        fake.push(Reply::error(400));
+        let res = post(&gateway, "/v1/chat/completions", openai_chat(false)).await;
+        assert_eq!(res.status(), 400, "{label}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{label}: {body}");
+        assert!(body["error"]["message"].is_string(), "{label}: {body}");
+        fake.push(Reply::error(404));
+        let res = post(&gateway, "/v1/messages", anthropic_messages(false)).await;
+        assert_eq!(res.status(), 404, "{label}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["type"], "error", "{label}: {body}");
+        assert_eq!(body["error"]["type"], "not_found_error", "{label}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{label}: {body}");
     }
 }
 

@@ -202,6 +202,31 @@ ai:
 }
 
 #[tokio::test]
+async fn a_cooled_down_key_serves_again_once_its_retry_after_has_passed() {
+    let fake = FakeLlm::start(FakeKind::Anthropic).await;
+    let gateway = start(&format!(
+        r#"
+ai:
+  providers:
+    - {{ name: p, kind: anthropic, keys: [k1], base_url: "{}" }}
+  models:
+    - {{ name: m, targets: [{{ provider: p, model: claude }}], retry: {{ on: [500] }} }}
+{LLM_API}"#,
+        fake.base_url()
+    ))
+    .await;
+    fake.push(Reply::Error {
+        status: 429,
+        retry_after: Some(1),
+    });
+    assert_eq!(chat(&gateway, hello("m")).await.status(), 429);
+    assert_eq!(chat(&gateway, hello("m")).await.status(), 503);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(chat(&gateway, hello("m")).await.status(), 200);
+    assert_eq!(fake.request_count(), 2);
+}
+
+#[tokio::test]
 async fn streams_fail_over_before_the_first_byte_and_never_after() {
     let flaky = FakeLlm::start(FakeKind::OpenAi).await;
     let steady = FakeLlm::start(FakeKind::OpenAi).await;
@@ -555,10 +580,13 @@ apis:
         .unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
-    assert!(
-        text.contains(r#""delta":"neutral""#) || text.contains("neutral"),
-        "{text}"
-    );
+    let deltas: String = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|event| event["delta"].as_str().map(String::from))
+        .collect();
+    assert_eq!(deltas, "neutral", "{text}");
     assert!(text.contains(r#""done":true"#), "{text}");
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct CachedAnswer {
     pub response: ChatResponse,
     pub provider: Arc<str>,
     pub model: Arc<str>,
+    /// The serving target's `X-Tollgate-Provider` and `X-Tollgate-Model`.
+    pub answer_headers: Arc<[(http::HeaderName, http::HeaderValue)]>,
 }
 
 impl ResponseCache {

@@ -436,19 +436,7 @@ async fn chat(
         _ => 0,
     };
     let (reservation, budget) = admit(req, input, reserve).await?;
-    let mut accounting = Accounting {
-        counters: req.counters.clone(),
-        reservation,
-        budget,
-        price: None,
-        prompt: Prompt::Pending,
-        provider: None,
-        model: None,
-        attempts: Vec::new(),
-        ttft_ms: None,
-        cache: None,
-        cache_status: None,
-    };
+    let mut accounting = Accounting::new(req.counters.clone(), reservation, budget);
 
     if let Some(cache) = &req.api.cache {
         match ResponseCache::key(&request) {
@@ -490,15 +478,8 @@ async fn chat(
         }
     };
     let target = success.target;
-    accounting.attempts = success.attempts;
-    accounting.price = req.runtime.price(&target.provider, &target.model);
-    accounting.provider = Some(target.provider.name.clone());
-    accounting.model = Some(target.model.clone());
-    let headers = answer_headers(&target, accounting.cache_status);
-    fin.record.upstream_addr = Some(target.provider.name.clone());
-    fin.record.upstream_status = Some(200);
-    fin.record.status = 200;
-    fin.record.outcome = Outcome::Allowed;
+    accounting.served_by(req.runtime, &target, success.attempts, &mut fin.record);
+    let headers = answer_headers(&target.answer_headers, accounting.cache_status);
     match success.answer {
         Answer::Whole(bytes) => {
             accounting.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -562,19 +543,7 @@ async fn embeddings(
         _ => 0,
     };
     let (reservation, budget) = admit(req, input, reserve).await?;
-    let mut accounting = Accounting {
-        counters: req.counters.clone(),
-        reservation,
-        budget,
-        price: None,
-        prompt: Prompt::Pending,
-        provider: None,
-        model: None,
-        attempts: Vec::new(),
-        ttft_ms: None,
-        cache: None,
-        cache_status: None,
-    };
+    let mut accounting = Accounting::new(req.counters.clone(), reservation, budget);
     let outcome = attempts::run(&model, &EmbeddingsCall { request: &request }).await;
     accounting.prompt = Prompt::Embeddings(request.input);
     let success = match outcome {
@@ -586,10 +555,7 @@ async fn embeddings(
         }
     };
     let target = success.target;
-    accounting.attempts = success.attempts;
-    accounting.price = req.runtime.price(&target.provider, &target.model);
-    accounting.provider = Some(target.provider.name.clone());
-    accounting.model = Some(target.model.clone());
+    accounting.served_by(req.runtime, &target, success.attempts, &mut fin.record);
     let Answer::Whole(bytes) = success.answer else {
         return Err(AiError::new(
             StatusCode::BAD_GATEWAY,
@@ -604,11 +570,7 @@ async fn embeddings(
         .map_err(|e| AiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.message))?;
     let usage = response.usage.map(|u| Usage { output: 0, ..u });
     accounting.settle(usage, "", None, &mut fin.record);
-    fin.record.upstream_addr = Some(target.provider.name.clone());
-    fin.record.upstream_status = Some(200);
-    fin.record.status = 200;
-    fin.record.outcome = Outcome::Allowed;
-    let headers = answer_headers(&target, None);
+    let headers = answer_headers(&target.answer_headers, None);
     let body = openai::render_embeddings_with_encoding(&response, encoding);
     Ok(Box::new(move |fin| {
         json_response(StatusCode::OK, body, headers, fin)
@@ -616,16 +578,11 @@ async fn embeddings(
 }
 
 fn answer_headers(
-    target: &AiTargetRuntime,
+    served_by: &[(HeaderName, HeaderValue)],
     cache: Option<&'static str>,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = Vec::with_capacity(3);
-    if let Ok(value) = HeaderValue::from_str(&target.provider.name) {
-        headers.push((X_TOLLGATE_PROVIDER.clone(), value));
-    }
-    if let Ok(value) = HeaderValue::from_str(&target.model) {
-        headers.push((X_TOLLGATE_MODEL.clone(), value));
-    }
+    let mut headers = Vec::with_capacity(served_by.len() + 1);
+    headers.extend_from_slice(served_by);
     if let Some(cache) = cache {
         headers.push((X_TOLLGATE_CACHE.clone(), HeaderValue::from_static(cache)));
     }
@@ -641,14 +598,7 @@ fn answer_cached(
 ) -> Respond {
     fin.record.status = 200;
     fin.record.outcome = Outcome::Allowed;
-    let mut headers = Vec::with_capacity(3);
-    if let Ok(value) = HeaderValue::from_str(&hit.provider) {
-        headers.push((X_TOLLGATE_PROVIDER.clone(), value));
-    }
-    if let Ok(value) = HeaderValue::from_str(&hit.model) {
-        headers.push((X_TOLLGATE_MODEL.clone(), value));
-    }
-    headers.push((X_TOLLGATE_CACHE.clone(), HeaderValue::from_static("hit")));
+    let headers = answer_headers(&hit.answer_headers, Some("hit"));
     let response = &hit.response;
     if let Some(mut renderer) = renderer {
         let mut out = bytes::BytesMut::new();
@@ -811,9 +761,52 @@ pub(crate) struct Accounting {
     /// Where to keep the answer, on a miss.
     cache: Option<(Arc<ResponseCache>, CacheKey)>,
     cache_status: Option<&'static str>,
+    /// The serving target's answer headers, for a cached copy.
+    answer_headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 impl Accounting {
+    fn new(
+        counters: Arc<dyn CounterStore>,
+        reservation: Option<TokenReservation>,
+        budget: Option<BudgetCharge>,
+    ) -> Accounting {
+        Accounting {
+            counters,
+            reservation,
+            budget,
+            price: None,
+            prompt: Prompt::Pending,
+            provider: None,
+            model: None,
+            attempts: Vec::new(),
+            ttft_ms: None,
+            cache: None,
+            cache_status: None,
+            answer_headers: Arc::new([]),
+        }
+    }
+
+    /// The call succeeded on `target` after `attempts`: its price, names
+    /// and headers, and the record's upstream fields.
+    fn served_by(
+        &mut self,
+        runtime: &AiRuntime,
+        target: &AiTargetRuntime,
+        attempts: Vec<AiAttempt>,
+        record: &mut AccessRecord,
+    ) {
+        self.attempts = attempts;
+        self.price = runtime.price(&target.provider, &target.model);
+        self.provider = Some(target.provider.name.clone());
+        self.model = Some(target.model.clone());
+        self.answer_headers = target.answer_headers.clone();
+        record.upstream_addr = Some(target.provider.name.clone());
+        record.upstream_status = Some(200);
+        record.status = 200;
+        record.outcome = Outcome::Allowed;
+    }
+
     /// Settles with the usage the provider reported (or estimates it from
     /// the prompt and `output_text`), writes the record's AI fields, and
     /// caches `whole` when the API caches. Returns the usage counted.
@@ -855,6 +848,7 @@ impl Accounting {
                     response: whole,
                     provider,
                     model,
+                    answer_headers: self.answer_headers.clone(),
                 },
             );
         }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tollgate_ai::guard::{Guard, PiiKind};
 use tollgate_ai::prices::Price;
@@ -141,6 +142,26 @@ pub struct AiTargetRuntime {
     pub provider: Arc<ProviderRuntime>,
     pub model: Arc<str>,
     pub weight: u32,
+    /// `X-Tollgate-Provider` and `X-Tollgate-Model` for its answers, made once.
+    pub answer_headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
+impl AiTargetRuntime {
+    fn new(provider: Arc<ProviderRuntime>, model: &str, weight: u32) -> AiTargetRuntime {
+        let answer_headers = [
+            (&handler::X_TOLLGATE_PROVIDER, &*provider.name),
+            (&handler::X_TOLLGATE_MODEL, model),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(value).ok()?)))
+        .collect();
+        AiTargetRuntime {
+            provider,
+            model: model.into(),
+            weight,
+            answer_headers,
+        }
+    }
 }
 
 pub struct ModelRuntime {
@@ -162,47 +183,45 @@ impl ModelRuntime {
             targets
                 .iter()
                 .map(|t| {
-                    Some(AiTargetRuntime {
-                        provider: providers.get(&t.provider)?.clone(),
-                        model: t.model.as_str().into(),
-                        weight: t.weight,
-                    })
+                    let provider = providers.get(&t.provider)?.clone();
+                    Some(AiTargetRuntime::new(provider, &t.model, t.weight))
                 })
                 .collect()
         };
-        Some(ModelRuntime {
-            name: model.name.as_str().into(),
-            targets: resolve(&model.targets)?,
-            fallbacks: resolve(&model.fallbacks)?,
-            attempts: model.retry.attempts.max(1),
-            retry_statuses: model
-                .retry
-                .on
-                .iter()
-                .filter_map(|on| match on {
-                    RetryOn::Status(status) => Some(*status),
-                    RetryOn::Timeout => None,
-                })
-                .collect(),
-            retry_timeout: model.retry.on.contains(&RetryOn::Timeout),
-            timeout: model.timeout.get(),
-        })
+        Some(ModelRuntime::new(
+            &model.name,
+            resolve(&model.targets)?,
+            resolve(&model.fallbacks)?,
+            &model.retry,
+            model.timeout.get(),
+        ))
     }
 
     /// A model named `provider/model` directly: that one target, with the
-    /// default retry policy.
+    /// default retry policy and timeout.
     fn direct(name: &str, provider: Arc<ProviderRuntime>, model: &str) -> ModelRuntime {
-        let defaults = tollgate_config::AiRetry::default();
+        ModelRuntime::new(
+            name,
+            vec![AiTargetRuntime::new(provider, model, 1)],
+            Vec::new(),
+            &tollgate_config::AiRetry::default(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn new(
+        name: &str,
+        targets: Vec<AiTargetRuntime>,
+        fallbacks: Vec<AiTargetRuntime>,
+        retry: &tollgate_config::AiRetry,
+        timeout: Duration,
+    ) -> ModelRuntime {
         ModelRuntime {
             name: name.into(),
-            targets: vec![AiTargetRuntime {
-                provider,
-                model: model.into(),
-                weight: 1,
-            }],
-            fallbacks: Vec::new(),
-            attempts: defaults.attempts,
-            retry_statuses: defaults
+            targets,
+            fallbacks,
+            attempts: retry.attempts.max(1),
+            retry_statuses: retry
                 .on
                 .iter()
                 .filter_map(|on| match on {
@@ -210,8 +229,8 @@ impl ModelRuntime {
                     RetryOn::Timeout => None,
                 })
                 .collect(),
-            retry_timeout: true,
-            timeout: Duration::from_secs(60),
+            retry_timeout: retry.on.contains(&RetryOn::Timeout),
+            timeout,
         }
     }
 }
