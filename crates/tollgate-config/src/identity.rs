@@ -273,6 +273,7 @@ mod defaults {
             by: crate::policy::LimitKey::Ip,
             scope: crate::policy::LimitScope::default(),
             on_store_failure: None,
+            sync_interval: None,
         }
     }
 }

@@ -131,6 +131,13 @@ pub struct RateLimit {
     /// unset); refused on a `node` limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_store_failure: Option<OnStoreFailure>,
+    /// For very hot keys of a `cluster` limit: each node admits from its own
+    /// view of the count (at most its share of what remained) and sends
+    /// what it admitted to Redis in one call per interval, instead of one
+    /// call per request. The limit may then be exceeded by a bounded amount
+    /// (see docs/cluster.md). Unset: every request counts in Redis, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]

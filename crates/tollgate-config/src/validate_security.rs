@@ -351,6 +351,24 @@ fn check_policies(policies: &Policies, at: &str, ctx: &PolicyContext<'_>, err: &
             {
                 err(format!("{at}.rate_limit[{r}].on_store_failure"), message);
             }
+            if let Some(every) = limit.sync_interval {
+                if limit.scope == crate::policy::LimitScope::Node {
+                    err(
+                        format!("{at}.rate_limit[{r}].sync_interval"),
+                        "applies to `scope: cluster` limits only; a `scope: node` limit counts in memory".into(),
+                    );
+                } else if every.get() < std::time::Duration::from_millis(10) {
+                    err(
+                        format!("{at}.rate_limit[{r}].sync_interval"),
+                        "must be at least 10ms".into(),
+                    );
+                } else if every.get() >= limit.window.get() {
+                    err(
+                        format!("{at}.rate_limit[{r}].sync_interval"),
+                        format!("must be shorter than the window ({})", limit.window),
+                    );
+                }
+            }
         }
     }
     if let Some(quota) = &policies.quota {

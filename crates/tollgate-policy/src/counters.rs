@@ -214,6 +214,71 @@ pub trait CounterStore: Send + Sync + 'static {
         now_us: u64,
     ) -> CounterReply<'a, RateHit>;
 
+    /// Counts one hit against each of `requests` (the limits of one
+    /// request), all or nothing: when one refuses, none stays counted.
+    /// Redis: one script over every key, one round trip however many limits
+    /// apply. The default calls [`acquire_rate`](Self::acquire_rate) in turn
+    /// and gives back the hits before a refusal (or an error).
+    fn acquire_rates<'a>(
+        &'a self,
+        requests: &'a [RateRequest<'a>],
+        now_us: u64,
+    ) -> CounterReply<'a, RatesHit> {
+        CounterReply::boxed(async move {
+            let mut hits = Vec::with_capacity(requests.len());
+            for request in requests {
+                let hit = match self.acquire_rate(request.key, request.rate, now_us).await {
+                    Ok(hit) => hit,
+                    Err(error) => {
+                        give_back_rates(self, &requests[..hits.len()]).await;
+                        return Err(error);
+                    }
+                };
+                hits.push(hit);
+                if !hit.allowed {
+                    give_back_rates(self, &requests[..hits.len() - 1]).await;
+                    return Ok(RatesHit {
+                        refused: Some(hits.len() - 1),
+                        hits,
+                    });
+                }
+            }
+            Ok(RatesHit {
+                hits,
+                refused: None,
+            })
+        })
+    }
+
+    /// Adds `pushed` hits that a node already admitted on its own view
+    /// (`sync_interval`, see [`crate::counters_synced`]) to the
+    /// rate-limited `key` unconditionally, then counts `n` more if the rate
+    /// admits them (none with `n = 0`: a plain sync), atomically. The
+    /// answer's TAT is the key's after both.
+    fn sync_rate<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        pushed: u64,
+        n: u64,
+        now_us: u64,
+    ) -> CounterReply<'a, RateHit>;
+
+    /// [`acquire_rate`](Self::acquire_rate) for a limit with a
+    /// `sync_interval`: a store shared by a cluster may answer from this
+    /// node's view and count in batches ([`crate::counters_synced`]); any
+    /// other store counts at once.
+    fn acquire_rate_synced<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        every: Duration,
+        now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        let _ = every;
+        self.acquire_rate(key, rate, now_us)
+    }
+
     /// Gives back `n` hits counted against `key`: the unused part of a
     /// reservation. Redis: the same script as `release_rate`, by `n` intervals.
     fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()>;
@@ -251,6 +316,33 @@ pub trait CounterStore: Send + Sync + 'static {
     fn node_local(&self) -> Option<crate::counters_cluster::NodeLocal<'_>> {
         None
     }
+}
+
+/// Gives back one hit of each of `requests`, logging what cannot be.
+async fn give_back_rates<S: CounterStore + ?Sized>(store: &S, requests: &[RateRequest<'_>]) {
+    for request in requests {
+        if let Err(error) = store.release_rate(request.key, request.rate).await {
+            tracing::debug!(%error, "cannot give back a rate-limit hit");
+        }
+    }
+}
+
+/// One of the limits [`CounterStore::acquire_rates`] counts a request
+/// against.
+#[derive(Clone, Copy, Debug)]
+pub struct RateRequest<'a> {
+    pub key: &'a str,
+    pub rate: Rate,
+}
+
+/// What [`CounterStore::acquire_rates`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RatesHit {
+    /// One per request, in order: all of them when every limit admitted the
+    /// hit, else those up to the one that refused it, which is last.
+    pub hits: Vec<RateHit>,
+    /// The index of the request that refused the hit, if one did.
+    pub refused: Option<usize>,
 }
 
 /// A quota counter as it is saved and loaded.
@@ -414,6 +506,37 @@ impl MemoryCounters {
         hit(&tat)
     }
 
+    fn sync_rate_now(&self, key: &str, rate: Rate, pushed: u64, n: u64, now_us: u64) -> RateHit {
+        let step = |tat: &AtomicU64| {
+            let now_us = self.clock.fetch_max(now_us, Ordering::AcqRel).max(now_us);
+            let mut answer = None;
+            let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let after_push = current
+                    .max(now_us)
+                    .saturating_add(rate.interval_us.saturating_mul(pushed));
+                let hit = match n {
+                    0 => RateHit {
+                        allowed: true,
+                        tat: after_push,
+                        at_us: now_us,
+                    },
+                    n => rate.apply_n(after_push, now_us, n),
+                };
+                answer = Some(hit);
+                Some(hit.tat)
+            });
+            answer.expect("fetch_update calls its closure")
+        };
+        if let Some(tat) = self.rates.get(key) {
+            return step(&tat);
+        }
+        let tat = self
+            .rates
+            .entry(key.into())
+            .or_insert_with(|| AtomicU64::new(0));
+        step(&tat)
+    }
+
     fn release_rate_now(&self, key: &str, rate: Rate, n: u64) {
         if let Some(tat) = self.rates.get(key) {
             let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
@@ -483,6 +606,17 @@ impl CounterStore for MemoryCounters {
     fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()> {
         self.release_rate_now(key, rate, n);
         CounterReply::ready(Ok(()))
+    }
+
+    fn sync_rate<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        pushed: u64,
+        n: u64,
+        now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        CounterReply::ready(Ok(self.sync_rate_now(key, rate, pushed, n, now_us)))
     }
 
     fn add_total<'a>(

@@ -29,8 +29,10 @@ use std::time::Duration;
 use tollgate_config::{LimitScope, OnStoreFailure};
 
 use crate::counters::{
-    CounterError, CounterReply, CounterStore, MemoryCounters, QuotaHit, Rate, RateHit,
+    CounterError, CounterReply, CounterStore, MemoryCounters, QuotaHit, Rate, RateHit, RateRequest,
+    RatesHit,
 };
+use crate::counters_synced::{Decision, SyncedRates};
 use crate::Denial;
 
 /// The metric every fallback increments, labelled by `mode`.
@@ -42,6 +44,8 @@ pub struct ClusterCounters {
     local: Arc<MemoryCounters>,
     live_nodes: Arc<AtomicUsize>,
     outage: Outage,
+    /// The views of `sync_interval` limits' keys.
+    synced: SyncedRates,
 }
 
 impl std::fmt::Debug for ClusterCounters {
@@ -66,7 +70,39 @@ impl ClusterCounters {
             local,
             live_nodes,
             outage: Outage::default(),
+            synced: SyncedRates::default(),
         }
+    }
+
+    /// Starts the task that sends the batches of `sync_interval` limits
+    /// every interval; it ends when the counters are dropped.
+    pub fn spawn_sync(self: &Arc<Self>) {
+        let counters = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::counters_synced::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(counters) = counters.upgrade() else {
+                    return;
+                };
+                if counters.synced.is_empty() {
+                    continue;
+                }
+                let live_nodes = counters.live_nodes();
+                let now_us = crate::counters::unix_micros(std::time::SystemTime::now());
+                // Through the cluster store itself: its outages are observed
+                // as a request's are.
+                counters
+                    .synced
+                    .sync_due(&*counters, live_nodes, now_us)
+                    .await;
+            }
+        });
+    }
+
+    fn live_nodes(&self) -> usize {
+        self.live_nodes.load(Ordering::Relaxed).max(1)
     }
 
     /// Whether the shared store failed on its last call.
@@ -109,6 +145,43 @@ impl CounterStore for ClusterCounters {
         self.watch(self.shared.release_rate_n(key, rate, n))
     }
 
+    fn acquire_rates<'a>(
+        &'a self,
+        requests: &'a [RateRequest<'a>],
+        now_us: u64,
+    ) -> CounterReply<'a, RatesHit> {
+        self.watch(self.shared.acquire_rates(requests, now_us))
+    }
+
+    fn sync_rate<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        pushed: u64,
+        n: u64,
+        now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        self.watch(self.shared.sync_rate(key, rate, pushed, n, now_us))
+    }
+
+    fn acquire_rate_synced<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        every: Duration,
+        now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        match self.synced.decide(key, rate, every, now_us) {
+            Decision::Local(hit) => CounterReply::ready(Ok(hit)),
+            Decision::Sync { unsent } => CounterReply::boxed(async move {
+                let answer = self.sync_rate(key, rate, unsent, 1, now_us).await;
+                self.synced
+                    .synced(key, &answer, unsent, now_us, self.live_nodes());
+                answer
+            }),
+        }
+    }
+
     fn add_total<'a>(
         &'a self,
         key: &'a str,
@@ -134,7 +207,7 @@ impl CounterStore for ClusterCounters {
     fn node_local(&self) -> Option<NodeLocal<'_>> {
         Some(NodeLocal {
             store: &*self.local,
-            live_nodes: self.live_nodes.load(Ordering::Relaxed).max(1),
+            live_nodes: self.live_nodes(),
             outage: Some(&self.outage),
         })
     }
@@ -361,6 +434,20 @@ pub(crate) mod tests {
         fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
             match self.check() {
                 Ok(()) => self.inner.read_total(key),
+                Err(error) => CounterReply::ready(Err(error)),
+            }
+        }
+
+        fn sync_rate<'a>(
+            &'a self,
+            key: &'a str,
+            rate: Rate,
+            pushed: u64,
+            n: u64,
+            now_us: u64,
+        ) -> CounterReply<'a, RateHit> {
+            match self.check() {
+                Ok(()) => self.inner.sync_rate(key, rate, pushed, n, now_us),
                 Err(error) => CounterReply::ready(Err(error)),
             }
         }

@@ -37,7 +37,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use crate::counters::{CounterError, CounterReply, CounterStore, QuotaHit, Rate, RateHit};
+use crate::counters::{
+    CounterError, CounterReply, CounterStore, QuotaHit, Rate, RateHit, RateRequest, RatesHit,
+};
 
 /// The key prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
@@ -64,6 +66,59 @@ if after > now then
     'PX', string.format('%.0f', math.ceil((after - now) / 1000)))
 end
 return {1, after, now}
+";
+
+/// [`RATE_SCRIPT`] over several keys at once, all or nothing: `KEYS[i]`
+/// with cost `ARGV[2i-1]` and tolerance `ARGV[2i]`. Nothing is written
+/// unless every key admits the hit. Returns `{refused, now, tat…}`:
+/// `refused` is the 1-based index of the key that refused (0 when none),
+/// followed by each key's TAT after the hit, up to the refusing key, whose
+/// TAT is the one that refused.
+const RATES_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local result = {0, now}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  local base = math.max(tat, now)
+  local after = base + tonumber(ARGV[2 * i - 1])
+  if after - now > tonumber(ARGV[2 * i]) then
+    result[1] = i
+    result[i + 2] = base
+    return result
+  end
+  result[i + 2] = after
+end
+for i = 1, #KEYS do
+  local after = result[i + 2]
+  if after > now then
+    redis.call('SET', KEYS[i], string.format('%.0f', after),
+      'PX', string.format('%.0f', math.ceil((after - now) / 1000)))
+  end
+end
+return result
+";
+
+/// A node's batch and one more hit (`sync_interval`): adds `ARGV[1]` µs
+/// (the hits the node admitted on its own view) to the TAT in `KEYS[1]`
+/// unconditionally, then applies a hit costing `ARGV[2]` µs (0: none) with
+/// tolerance `ARGV[3]`, as [`RATE_SCRIPT`]. Returns `{allowed, tat, now}`.
+const SYNC_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local pushed = math.max(tat, now) + tonumber(ARGV[1])
+local allowed = 1
+local after = pushed + tonumber(ARGV[2])
+if tonumber(ARGV[2]) > 0 and after - now > tonumber(ARGV[3]) then
+  allowed = 0
+  after = pushed
+end
+if after > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', after),
+    'PX', string.format('%.0f', math.ceil((after - now) / 1000)))
+end
+return {allowed, after, now}
 ";
 
 /// Gives back `ARGV[1]` µs of the TAT in `KEYS[1]`, only if the key exists
@@ -141,6 +196,8 @@ pub struct RedisCounters {
     connection: ConnectionManager,
     prefix: Box<str>,
     rate: Script,
+    rates: Script,
+    sync: Script,
     release: Script,
     quota: Script,
     total: Script,
@@ -177,6 +234,8 @@ impl RedisCounters {
             connection,
             prefix: options.prefix.into_boxed_str(),
             rate: Script::new(RATE_SCRIPT),
+            rates: Script::new(RATES_SCRIPT),
+            sync: Script::new(SYNC_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             quota: Script::new(QUOTA_SCRIPT),
             total: Script::new(TOTAL_SCRIPT),
@@ -218,7 +277,14 @@ impl RedisCounters {
     /// trip: at startup, to learn whether Redis answers.
     pub async fn prepare(&self) -> Result<(), CounterError> {
         let mut pipe = redis::pipe();
-        for source in [RATE_SCRIPT, RELEASE_SCRIPT, QUOTA_SCRIPT, TOTAL_SCRIPT] {
+        for source in [
+            RATE_SCRIPT,
+            RATES_SCRIPT,
+            SYNC_SCRIPT,
+            RELEASE_SCRIPT,
+            QUOTA_SCRIPT,
+            TOTAL_SCRIPT,
+        ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(source);
         }
         let mut connection = self.connection.clone();
@@ -226,7 +292,14 @@ impl RedisCounters {
             .query_async(&mut connection)
             .await
             .map_err(CounterError::new)?;
-        let expected = [&self.rate, &self.release, &self.quota, &self.total];
+        let expected = [
+            &self.rate,
+            &self.rates,
+            &self.sync,
+            &self.release,
+            &self.quota,
+            &self.total,
+        ];
         if hashes
             .iter()
             .zip(expected)
@@ -250,6 +323,31 @@ impl RedisCounters {
         full.push_str(key);
         full
     }
+}
+
+/// [`RATES_SCRIPT`]'s answer for `count` keys.
+fn rates_hit(answer: &[i64], count: usize) -> Result<RatesHit, CounterError> {
+    let malformed = || CounterError::new("Redis answered the rates script with a malformed reply");
+    let (&refused, rest) = answer.split_first().ok_or_else(malformed)?;
+    let (&now, tats) = rest.split_first().ok_or_else(malformed)?;
+    let refused = usize::try_from(refused).map_err(|_| malformed())?;
+    let expected = if refused == 0 { count } else { refused };
+    if refused > count || tats.len() != expected {
+        return Err(malformed());
+    }
+    let hits = tats
+        .iter()
+        .enumerate()
+        .map(|(index, &tat)| RateHit {
+            allowed: index + 1 != refused,
+            tat: unsigned(tat),
+            at_us: unsigned(now),
+        })
+        .collect();
+    Ok(RatesHit {
+        hits,
+        refused: refused.checked_sub(1),
+    })
 }
 
 /// A number as a script argument: capped where Lua stays exact.
@@ -286,6 +384,58 @@ impl CounterStore for RedisCounters {
                 tat: unsigned(tat),
                 at_us: unsigned(at),
             })
+        })
+    }
+
+    /// Judged at Redis's `TIME`, as [`acquire_rate_n`](Self::acquire_rate_n).
+    fn sync_rate<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        pushed: u64,
+        n: u64,
+        _now_us: u64,
+    ) -> CounterReply<'a, RateHit> {
+        CounterReply::boxed(async move {
+            let mut connection = self.connection.clone();
+            let (allowed, tat, at): (i64, i64, i64) = self
+                .sync
+                .key(self.key(key))
+                .arg(lua_arg(rate.interval_us.saturating_mul(pushed)))
+                .arg(lua_arg(rate.interval_us.saturating_mul(n)))
+                .arg(lua_arg(rate.tolerance_us()))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(CounterError::new)?;
+            Ok(RateHit {
+                allowed: allowed == 1,
+                tat: unsigned(tat),
+                at_us: unsigned(at),
+            })
+        })
+    }
+
+    /// One script over every key: one round trip for all the limits of a
+    /// request.
+    fn acquire_rates<'a>(
+        &'a self,
+        requests: &'a [RateRequest<'a>],
+        _now_us: u64,
+    ) -> CounterReply<'a, RatesHit> {
+        CounterReply::boxed(async move {
+            let mut invocation = self.rates.prepare_invoke();
+            for request in requests {
+                invocation
+                    .key(self.key(request.key))
+                    .arg(lua_arg(request.rate.interval_us))
+                    .arg(lua_arg(request.rate.tolerance_us()));
+            }
+            let mut connection = self.connection.clone();
+            let answer: Vec<i64> = invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(CounterError::new)?;
+            rates_hit(&answer, requests.len())
         })
     }
 

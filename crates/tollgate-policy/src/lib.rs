@@ -21,6 +21,7 @@ pub mod cors;
 pub mod counters;
 pub mod counters_cluster;
 pub mod counters_redis;
+pub mod counters_synced;
 pub mod credentials;
 pub mod denial;
 pub mod engine;

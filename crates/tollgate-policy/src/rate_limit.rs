@@ -49,9 +49,11 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
-use tollgate_config::{LimitKey, RateLimit};
+use tollgate_config::{LimitKey, LimitScope, RateLimit};
 
-use crate::counters::{ceil_seconds, unix_micros, CounterStore, Rate};
+use crate::counters::{
+    ceil_seconds, unix_micros, CounterStore, Rate, RateHit, RateRequest, RatesHit,
+};
 use crate::counters_cluster::{Fallback, Placement};
 use crate::Denial;
 
@@ -85,6 +87,8 @@ struct CompiledLimit {
     limit: u64,
     window: tollgate_config::Duration,
     placement: Placement,
+    /// `sync_interval`: counted in batches on this node's view.
+    sync: Option<std::time::Duration>,
 }
 
 /// Where a hit was counted, when not in the store the limit counts in first.
@@ -119,6 +123,7 @@ impl RateLimits {
                 limit: limit.limit,
                 window: limit.window,
                 placement: Placement::new(limit.scope, limit.on_store_failure),
+                sync: limit.sync_interval.map(|every| every.get()),
             })
             .collect();
         RateLimits { limits }
@@ -160,6 +165,33 @@ impl RateLimits {
             return Ok(RateLimitStatus::default());
         }
         let now_us = unix_micros(now);
+        // Several limits counted in the shared store: one round trip for
+        // all. When it fails, each limit follows its `on_store_failure`
+        // below without asking the store again.
+        let mut shared_failure = None;
+        if self.all_shared(store) {
+            let keys: Vec<String> = self
+                .limits
+                .iter()
+                .map(|limit| {
+                    let mut key = String::with_capacity(self.key_capacity(input));
+                    limit.write_key(&mut key, input);
+                    key
+                })
+                .collect();
+            let requests: Vec<RateRequest<'_>> = keys
+                .iter()
+                .zip(self.limits.iter())
+                .map(|(key, limit)| RateRequest {
+                    key,
+                    rate: limit.rate,
+                })
+                .collect();
+            match store.acquire_rates(&requests, now_us).await {
+                Ok(answer) => return self.judge(&answer),
+                Err(error) => shared_failure = Some(error),
+            }
+        }
         let mut key = String::with_capacity(self.key_capacity(input));
         let mut status = RateLimitStatus::default();
         // The limits counted elsewhere than where they count first; empty
@@ -168,9 +200,25 @@ impl RateLimits {
         for (index, limit) in self.limits.iter().enumerate() {
             limit.write_key(&mut key, input);
             let first = limit.placement.first(store);
-            let (hit, rate) = match first.acquire_rate(&key, limit.rate, now_us).await {
+            let shared = limit.placement.scope == LimitScope::Cluster;
+            let attempt = match &shared_failure {
+                Some(error) if shared => Err(error),
+                _ => match limit.sync {
+                    None => first.acquire_rate(&key, limit.rate, now_us).await,
+                    Some(every) => {
+                        first
+                            .acquire_rate_synced(&key, limit.rate, every, now_us)
+                            .await
+                    }
+                }
+                .map_err(|error| {
+                    shared_failure = Some(error);
+                    shared_failure.as_ref().expect("set above")
+                }),
+            };
+            let (hit, rate) = match attempt {
                 Ok(hit) => (hit, limit.rate),
-                Err(error) => match limit.placement.on_failure(store, "rate limit", &error) {
+                Err(error) => match limit.placement.on_failure(store, "rate limit", error) {
                     Fallback::Allow => {
                         elsewhere.push((index, Counted::Skipped));
                         continue;
@@ -199,27 +247,41 @@ impl RateLimits {
             if !hit.allowed {
                 self.give_back(store, input, &mut key, index, &elsewhere)
                     .await;
-                let retry_after = ceil_seconds(hit.until_next(rate, hit.at_us)).max(1);
-                let headroom = Headroom {
-                    limit: rate.burst,
-                    remaining: 0,
-                    reset: ceil_seconds(hit.until_full(hit.at_us)).max(retry_after),
-                };
-                let mut denial = Denial::rate_limited(format!(
-                    "rate limit exceeded: {} requests per {}",
-                    rate.burst, limit.window
-                ))
-                .with_header(http::header::RETRY_AFTER, number_value(retry_after));
-                for (name, value) in headroom.headers() {
-                    denial = denial.with_header(name.clone(), value);
-                }
-                return Err(denial);
+                return Err(refusal(limit, rate, hit));
             }
-            status.keep_closest(Headroom {
-                limit: rate.burst,
-                remaining: hit.remaining(rate, hit.at_us),
-                reset: ceil_seconds(hit.until_full(hit.at_us)),
-            });
+            status.keep_closest(Headroom::after(rate, hit));
+        }
+        Ok(status)
+    }
+
+    /// Whether every limit counts in a shared store at once (none with a
+    /// `sync_interval`), and there are several: then one
+    /// [`CounterStore::acquire_rates`] call counts them all.
+    fn all_shared(&self, store: &dyn CounterStore) -> bool {
+        self.limits.len() > 1
+            && store.node_local().is_some()
+            && self
+                .limits
+                .iter()
+                .all(|limit| limit.placement.scope == LimitScope::Cluster && limit.sync.is_none())
+    }
+
+    /// The outcome of an [`CounterStore::acquire_rates`] call over every
+    /// limit.
+    fn judge(&self, answer: &RatesHit) -> Result<RateLimitStatus, Denial> {
+        if let Some(index) = answer.refused {
+            let (limit, hit) = self
+                .limits
+                .get(index)
+                .zip(answer.hits.get(index))
+                .ok_or_else(|| {
+                    Denial::limit_unavailable("the counter store answered out of range")
+                })?;
+            return Err(refusal(limit, limit.rate, *hit));
+        }
+        let mut status = RateLimitStatus::default();
+        for (limit, hit) in self.limits.iter().zip(&answer.hits) {
+            status.keep_closest(Headroom::after(limit.rate, *hit));
         }
         Ok(status)
     }
@@ -257,6 +319,26 @@ impl RateLimits {
     }
 }
 
+/// The 429 for a hit `limit` refused at `rate` (its own, or its divided
+/// share while the shared store fails).
+fn refusal(limit: &CompiledLimit, rate: Rate, hit: RateHit) -> Denial {
+    let retry_after = ceil_seconds(hit.until_next(rate, hit.at_us)).max(1);
+    let headroom = Headroom {
+        limit: rate.burst,
+        remaining: 0,
+        reset: ceil_seconds(hit.until_full(hit.at_us)).max(retry_after),
+    };
+    let mut denial = Denial::rate_limited(format!(
+        "rate limit exceeded: {} requests per {}",
+        rate.burst, limit.window
+    ))
+    .with_header(http::header::RETRY_AFTER, number_value(retry_after));
+    for (name, value) in headroom.headers() {
+        denial = denial.with_header(name.clone(), value);
+    }
+    denial
+}
+
 /// What a response tells the client about its rate limits: the limit closest
 /// to exhaustion (fewest requests remaining), if there are any.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -276,6 +358,15 @@ pub struct Headroom {
 }
 
 impl Headroom {
+    /// A limit's standing after the admitted `hit`.
+    fn after(rate: Rate, hit: RateHit) -> Headroom {
+        Headroom {
+            limit: rate.burst,
+            remaining: hit.remaining(rate, hit.at_us),
+            reset: ceil_seconds(hit.until_full(hit.at_us)),
+        }
+    }
+
     fn headers(&self) -> [(&'static HeaderName, HeaderValue); 3] {
         [
             (&RATELIMIT_LIMIT, number_value(self.limit)),
@@ -448,6 +539,7 @@ mod tests {
             by: by.parse().unwrap(),
             scope: tollgate_config::LimitScope::Cluster,
             on_store_failure: None,
+            sync_interval: None,
         }
     }
 
@@ -779,6 +871,7 @@ mod tests {
                 by: LimitKey::Ip,
                 scope: tollgate_config::LimitScope::Cluster,
                 on_store_failure: None,
+                sync_interval: None,
             }],
             "global",
         );

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_policy::counters::{CounterStore, MemoryCounters, QuotaHit, Rate};
+use tollgate_policy::counters::{CounterStore, MemoryCounters, QuotaHit, Rate, RateRequest};
 use tollgate_policy::counters_redis::{RedisCounters, RedisOptions};
 use tollgate_testkit::redis_server::RedisServer;
 
@@ -117,6 +117,8 @@ contract!(
     concurrent_quota_hits_admit_exactly_the_limit,
     concurrent_additions_are_all_counted,
     keys_are_independent,
+    several_limits_count_all_or_nothing,
+    several_limits_under_concurrency_admit_exactly_the_tightest,
 );
 
 async fn a_fresh_key_admits_its_burst_then_refuses(subject: &Subject) {
@@ -433,4 +435,93 @@ async fn keys_are_independent(subject: &Subject) {
     assert!(store.acquire_quota("qb", 1, ends_at).await.unwrap().allowed);
     assert_eq!(store.add_total("ta", 5, ends_at).await.unwrap(), 5);
     assert_eq!(store.read_total("tb").await.unwrap(), 0);
+}
+
+/// `acquire_rates`: a hit counts against every limit or none; the refusing
+/// limit is named, and the limits before it keep what they had.
+async fn several_limits_count_all_or_nothing(subject: &Subject) {
+    let store = &subject.store;
+    let wide = Rate::per_window(10, Duration::from_secs(60));
+    let narrow = Rate::per_window(2, Duration::from_secs(60));
+    let requests = [
+        RateRequest {
+            key: "multi-wide",
+            rate: wide,
+        },
+        RateRequest {
+            key: "multi-narrow",
+            rate: narrow,
+        },
+    ];
+    for expected_narrow in [1, 0] {
+        let answer = store.acquire_rates(&requests, now_us()).await.unwrap();
+        assert_eq!(answer.refused, None, "{answer:?}");
+        assert_eq!(answer.hits.len(), 2, "{answer:?}");
+        assert!(answer.hits.iter().all(|hit| hit.allowed), "{answer:?}");
+        let narrow_hit = answer.hits[1];
+        assert_eq!(
+            narrow_hit.remaining(narrow, narrow_hit.at_us),
+            expected_narrow
+        );
+    }
+    let refused = store.acquire_rates(&requests, now_us()).await.unwrap();
+    assert_eq!(refused.refused, Some(1), "{refused:?}");
+    assert_eq!(refused.hits.len(), 2, "{refused:?}");
+    assert!(refused.hits[0].allowed && !refused.hits[1].allowed);
+    // The refused request was not counted against the wide limit: it
+    // still has 8 of its 10.
+    let wide_hit = store
+        .acquire_rate("multi-wide", wide, now_us())
+        .await
+        .unwrap();
+    assert!(wide_hit.allowed);
+    assert_eq!(wide_hit.remaining(wide, wide_hit.at_us), 7, "{wide_hit:?}");
+    // Refused by the first limit: only it is in the answer.
+    let first_full = [
+        RateRequest {
+            key: "multi-narrow",
+            rate: narrow,
+        },
+        RateRequest {
+            key: "multi-wide",
+            rate: wide,
+        },
+    ];
+    let answer = store.acquire_rates(&first_full, now_us()).await.unwrap();
+    assert_eq!(answer.refused, Some(0), "{answer:?}");
+    assert_eq!(answer.hits.len(), 1, "{answer:?}");
+    let wide_hit = store
+        .acquire_rate("multi-wide", wide, now_us())
+        .await
+        .unwrap();
+    assert_eq!(wide_hit.remaining(wide, wide_hit.at_us), 6, "{wide_hit:?}");
+}
+
+/// Many requests at once under two limits admit exactly the tighter one,
+/// and the wider one counts exactly the admitted requests.
+async fn several_limits_under_concurrency_admit_exactly_the_tightest(subject: &Subject) {
+    let wide = Rate::per_window(100, Duration::from_secs(60));
+    let narrow = Rate::per_window(25, Duration::from_secs(60));
+    let answers = all_at_once(&subject.store, 60, move |store| async move {
+        let requests = [
+            RateRequest {
+                key: "conc-wide",
+                rate: wide,
+            },
+            RateRequest {
+                key: "conc-narrow",
+                rate: narrow,
+            },
+        ];
+        store.acquire_rates(&requests, now_us()).await.unwrap()
+    })
+    .await;
+    let admitted = answers.iter().filter(|a| a.refused.is_none()).count();
+    assert_eq!(admitted, 25);
+    let wide_hit = subject
+        .store
+        .acquire_rate("conc-wide", wide, now_us())
+        .await
+        .unwrap();
+    assert_eq!(wide_hit.remaining(wide, wide_hit.at_us), 100 - 25 - 1);
 }

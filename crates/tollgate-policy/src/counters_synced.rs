@@ -1,0 +1,379 @@
+//! `sync_interval`: rate limits on very hot keys that count in Redis in
+//! batches rather than once per request.
+//!
+//! For each such key a node keeps its view of the shared count — the key's
+//! TAT as Redis last answered it — and the hits it admitted since, not yet
+//! sent. Between syncs it admits a hit on its own view while that view
+//! admits it and while it has admitted fewer than its **allowance**: its
+//! share of what remained at the last sync, `⌊remaining / live nodes⌋`.
+//! Every `sync_interval` (and at once whenever the allowance is used up) it
+//! sends its batch to Redis in one call ([`CounterStore::sync_rate`]), which
+//! adds the batch and answers the new count. With an allowance of 0 (less
+//! than one hit per node remained) every hit counts in Redis, exactly, as
+//! without `sync_interval`.
+//!
+//! **The error bound.** A node never holds more than its allowance unsent,
+//! and an allowance is at most `⌊limit / nodes⌋`; a hit it sends was admitted
+//! on a view that missed only the other nodes' unsent hits. So the cluster
+//! admits at most `limit + (nodes − 1) × ⌊limit / nodes⌋` per burst, and in
+//! practice no more than what the other nodes admit in one `sync_interval`
+//! beyond `limit`. It never admits fewer than `limit`: a hit is refused
+//! only on a view that holds that many admitted hits, or by Redis itself.
+//!
+//! The node's and Redis's clocks may differ: each entry keeps the offset
+//! Redis's `TIME` had to the node's clock at its last sync, and judges on
+//! Redis's time.
+//!
+//! When a sync fails, the batch stays unsent (it goes with the next one) and
+//! the hit that needed it follows its limit's `on_store_failure`.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::counters::{CounterError, CounterStore, Rate, RateHit};
+
+/// How often the sync task looks for keys due.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// A key nobody hit for this long (and with nothing unsent) is forgotten:
+/// its next hit syncs first.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// The per-key views of one node.
+#[derive(Debug, Default)]
+pub struct SyncedRates {
+    entries: DashMap<Box<str>, Mutex<View>>,
+}
+
+#[derive(Debug)]
+struct View {
+    rate: Rate,
+    every: Duration,
+    /// The key's TAT in the shared store at the last sync, in the store's
+    /// time (Unix µs).
+    known_tat: u64,
+    /// The store's clock minus this node's, at the last sync (µs).
+    offset: i64,
+    /// Hits admitted on this view and not sent yet.
+    unsent: u64,
+    /// How many unsent hits this node may hold before it syncs.
+    allowance: u64,
+    last_sync: Instant,
+    last_used: Instant,
+}
+
+/// What a hit does after looking at its key's view.
+pub enum Decision {
+    /// Judged on the view: no round trip.
+    Local(RateHit),
+    /// Send `unsent` hits with this one, and judge it in the store.
+    Sync { unsent: u64 },
+}
+
+impl View {
+    fn new(rate: Rate, every: Duration) -> View {
+        let now = Instant::now();
+        View {
+            rate,
+            every,
+            known_tat: 0,
+            offset: 0,
+            unsent: 0,
+            allowance: 0,
+            last_sync: now,
+            last_used: now,
+        }
+    }
+
+    fn store_time(&self, now_us: u64) -> u64 {
+        now_us.saturating_add_signed(self.offset)
+    }
+
+    /// Takes what the store answered for `unsent` hits sent at node time
+    /// `sent_at_us` (plus one judged hit, if `judged`).
+    fn learn(&mut self, hit: RateHit, sent_at_us: u64, live_nodes: u64) {
+        self.known_tat = self.known_tat.max(hit.tat);
+        self.offset = i64::try_from(hit.at_us)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(sent_at_us).unwrap_or(i64::MAX));
+        let remaining = hit.remaining(self.rate, hit.at_us);
+        self.allowance = remaining / live_nodes.max(1);
+        self.last_sync = Instant::now();
+    }
+}
+
+impl SyncedRates {
+    /// Judges one hit on `key`'s view, or says it must sync.
+    pub fn decide(&self, key: &str, rate: Rate, every: Duration, now_us: u64) -> Decision {
+        let entry = match self.entries.get(key) {
+            Some(entry) => entry,
+            None => self
+                .entries
+                .entry(key.into())
+                .or_insert_with(|| Mutex::new(View::new(rate, every)))
+                .downgrade(),
+        };
+        let mut view = entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        view.rate = rate;
+        view.every = every;
+        view.last_used = Instant::now();
+        let now = view.store_time(now_us);
+        let base = view
+            .known_tat
+            .max(now)
+            .saturating_add(rate.interval_us.saturating_mul(view.unsent));
+        let hit = rate.apply_n(base, now, 1);
+        // A view that refuses is right: it holds only hits really admitted
+        // (the store's count at the last sync, and this node's since), so
+        // a key over its limit costs no round trip either.
+        if !hit.allowed {
+            return Decision::Local(hit);
+        }
+        if view.unsent >= view.allowance {
+            let unsent = std::mem::take(&mut view.unsent);
+            // Until the store answers, the node's other hits on this key
+            // count in the store one by one.
+            view.allowance = 0;
+            return Decision::Sync { unsent };
+        }
+        view.unsent += 1;
+        Decision::Local(hit)
+    }
+
+    /// What the store answered a [`Decision::Sync`] of `key` made at node
+    /// time `now_us`.
+    pub fn synced(
+        &self,
+        key: &str,
+        answer: &Result<RateHit, CounterError>,
+        unsent: u64,
+        now_us: u64,
+        live_nodes: usize,
+    ) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        let mut view = entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match answer {
+            Ok(hit) => view.learn(*hit, now_us, u64::try_from(live_nodes).unwrap_or(1)),
+            // Sent with the next sync.
+            Err(_) => view.unsent += unsent,
+        }
+    }
+
+    /// Sends the unsent hits of every key due (synced longer than its
+    /// interval ago) and forgets idle keys.
+    pub async fn sync_due(&self, store: &dyn CounterStore, live_nodes: usize, now_us: u64) {
+        let mut due: Vec<(Box<str>, Rate, u64)> = Vec::new();
+        self.entries.retain(|key, view| {
+            let view = view
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if view.unsent == 0 && view.last_used.elapsed() > IDLE {
+                return false;
+            }
+            if view.last_sync.elapsed() >= view.every {
+                let unsent = std::mem::take(&mut view.unsent);
+                view.allowance = view.allowance.saturating_sub(unsent);
+                // Not due again before this sync answers.
+                view.last_sync = Instant::now();
+                due.push((key.clone(), view.rate, unsent));
+            }
+            true
+        });
+        for (key, rate, unsent) in due {
+            let answer = store.sync_rate(&key, rate, unsent, 0, now_us).await;
+            if let Some(entry) = self.entries.get(&*key) {
+                let mut view = entry
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                match answer {
+                    Ok(hit) => {
+                        view.learn(hit, now_us, u64::try_from(live_nodes).unwrap_or(1));
+                        // Hits admitted while the sync was out are unsent
+                        // still, and part of the new allowance.
+                    }
+                    Err(_) => view.unsent += unsent,
+                }
+            }
+        }
+    }
+
+    /// Keys with a view.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use crate::counters::{unix_micros, CounterReply, CounterStore, MemoryCounters, QuotaHit};
+    use crate::counters::{Rate, RateHit};
+    use crate::counters_cluster::ClusterCounters;
+
+    /// A shared store that counts the calls made to it.
+    #[derive(Default)]
+    struct Counted {
+        inner: MemoryCounters,
+        calls: AtomicU64,
+    }
+
+    impl Counted {
+        fn call(&self) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl CounterStore for Counted {
+        fn acquire_rate_n<'a>(
+            &'a self,
+            key: &'a str,
+            rate: Rate,
+            n: u64,
+            now_us: u64,
+        ) -> CounterReply<'a, RateHit> {
+            self.call();
+            self.inner.acquire_rate_n(key, rate, n, now_us)
+        }
+
+        fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()> {
+            self.call();
+            self.inner.release_rate_n(key, rate, n)
+        }
+
+        fn sync_rate<'a>(
+            &'a self,
+            key: &'a str,
+            rate: Rate,
+            pushed: u64,
+            n: u64,
+            now_us: u64,
+        ) -> CounterReply<'a, RateHit> {
+            self.call();
+            self.inner.sync_rate(key, rate, pushed, n, now_us)
+        }
+
+        fn add_total<'a>(
+            &'a self,
+            key: &'a str,
+            amount: u64,
+            expires_at: i64,
+        ) -> CounterReply<'a, u64> {
+            self.inner.add_total(key, amount, expires_at)
+        }
+
+        fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
+            self.inner.read_total(key)
+        }
+
+        fn acquire_quota<'a>(
+            &'a self,
+            key: &'a str,
+            limit: u64,
+            expires_at: i64,
+        ) -> CounterReply<'a, QuotaHit> {
+            self.inner.acquire_quota(key, limit, expires_at)
+        }
+    }
+
+    fn nodes(shared: &Arc<Counted>, count: usize) -> Vec<Arc<ClusterCounters>> {
+        let live = Arc::new(AtomicUsize::new(count));
+        (0..count)
+            .map(|_| {
+                let node = Arc::new(ClusterCounters::new(
+                    shared.clone(),
+                    Arc::new(MemoryCounters::new()),
+                    live.clone(),
+                ));
+                node.spawn_sync();
+                node
+            })
+            .collect()
+    }
+
+    fn now_us() -> u64 {
+        unix_micros(SystemTime::now())
+    }
+
+    /// Hits `nodes` (round robin, many tasks at once) `hits` times; returns
+    /// how many were admitted.
+    async fn hammer(nodes: &[Arc<ClusterCounters>], rate: Rate, hits: usize) -> usize {
+        let every = Duration::from_millis(20);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..hits {
+            let node = nodes[i % nodes.len()].clone();
+            tasks.spawn(async move {
+                if i % 7 == 0 {
+                    tokio::time::sleep(Duration::from_millis((i % 5) as u64)).await;
+                }
+                node.acquire_rate_synced("hot", rate, every, now_us())
+                    .await
+                    .unwrap()
+                    .allowed
+            });
+        }
+        let mut admitted = 0;
+        while let Some(allowed) = tasks.join_next().await {
+            admitted += usize::from(allowed.unwrap());
+        }
+        admitted
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_node_admits_exactly_the_limit_in_few_calls() {
+        let shared = Arc::new(Counted::default());
+        let nodes = nodes(&shared, 1);
+        let rate = Rate::per_window(200, Duration::from_secs(3600));
+        assert_eq!(hammer(&nodes, rate, 500).await, 200);
+        let calls = shared.calls.load(Ordering::Relaxed);
+        // Without sync_interval: 500 calls. With it, the node admits on its
+        // view and calls when its allowance is spent or the interval is up.
+        assert!(calls < 100, "{calls} calls");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_admit_the_limit_within_the_documented_bound() {
+        for _ in 0..5 {
+            let shared = Arc::new(Counted::default());
+            let nodes = nodes(&shared, 3);
+            let limit = 90;
+            let rate = Rate::per_window(limit, Duration::from_secs(3600));
+            let admitted = hammer(&nodes, rate, 600).await;
+            let bound = (3 - 1) * (limit as usize / 3);
+            assert!(
+                admitted >= limit as usize && admitted <= limit as usize + bound,
+                "{admitted} admitted, bound {limit} + {bound}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn unsent_hits_reach_the_shared_store_within_an_interval() {
+        let shared = Arc::new(Counted::default());
+        let nodes = nodes(&shared, 1);
+        let rate = Rate::per_window(1000, Duration::from_secs(3600));
+        assert_eq!(hammer(&nodes, rate, 50).await, 50);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The shared key holds all 50: 950 remain.
+        let hit = shared
+            .inner
+            .sync_rate("hot", rate, 0, 0, now_us())
+            .await
+            .unwrap();
+        assert_eq!(hit.remaining(rate, hit.at_us), 950, "{hit:?}");
+    }
+}
