@@ -262,6 +262,9 @@ pub struct BudgetCharge {
     expires_at: i64,
     placement: Placement,
     counted: Where,
+    /// What was added to the spend before the call, settled by
+    /// [`charge`](Self::charge).
+    reserved: u64,
 }
 
 impl AiBudgetPolicy {
@@ -277,11 +280,17 @@ impl AiBudgetPolicy {
     }
 
     /// Refuses with 402 `budget_exceeded` when the period's spend reached
-    /// the budget; otherwise says where to charge the call's cost.
+    /// the budget; otherwise adds `reserve` (micro-USD: the most the call
+    /// can cost, as far as the gateway can bound it) to the spend at once,
+    /// atomically with the check, and says where to settle the call's real
+    /// cost. Calls running at once on any node thus see each other's
+    /// reservations: with reservations that bound their calls, the budget
+    /// is overrun by at most the last call admitted.
     pub async fn check(
         &self,
         store: &dyn CounterStore,
         input: &LimitInput<'_>,
+        reserve: u64,
     ) -> Result<Option<BudgetCharge>, Denial> {
         let now = SystemTime::now();
         let period = Period::at(self.period, unix_seconds(now));
@@ -292,13 +301,26 @@ impl AiBudgetPolicy {
         period.write_label(&mut key);
         key.push('|');
         self.subject.write(&mut key, input);
-        let (spent, limit, counted) = match self.placement.first(store).read_total(&key).await {
-            Ok(spent) => (spent, self.limit_micro_usd, Where::First),
+        let first = self.placement.first(store);
+        let (hit, counted) = match first
+            .reserve_total(&key, reserve, self.limit_micro_usd, period.ends_at)
+            .await
+        {
+            Ok(hit) => (hit, Where::First),
             Err(error) => match self.placement.on_failure(store, "AI budget", &error) {
                 Fallback::Allow => return Ok(None),
                 Fallback::Deny(denial) => return Err(denial),
-                Fallback::Local(local) => match local.store.read_total(&key).await {
-                    Ok(spent) => (spent, local.share(self.limit_micro_usd), Where::Local),
+                Fallback::Local(local) => match local
+                    .store
+                    .reserve_total(
+                        &key,
+                        reserve,
+                        local.share(self.limit_micro_usd),
+                        period.ends_at,
+                    )
+                    .await
+                {
+                    Ok(hit) => (hit, Where::Local),
                     Err(error) => {
                         tracing::warn!(%error, "the node's own counters failed");
                         return Ok(None);
@@ -306,7 +328,7 @@ impl AiBudgetPolicy {
                 },
             },
         };
-        if spent >= limit {
+        if !hit.allowed {
             let ends_at =
                 SystemTime::UNIX_EPOCH + Duration::from_secs(period.ends_at.max(0).unsigned_abs());
             let retry_after = ceil_seconds(ends_at.duration_since(now).unwrap_or_default()).max(1);
@@ -325,27 +347,28 @@ impl AiBudgetPolicy {
             expires_at: period.ends_at,
             placement: self.placement,
             counted,
+            reserved: reserve,
         }))
     }
 }
 
 impl BudgetCharge {
-    /// Adds the call's cost where the budget was checked (`store` is the
-    /// one given to [`AiBudgetPolicy::check`]); if the shared store fails
-    /// now, in this node's memory under `on_store_failure: local`.
+    /// Settles the reservation with the call's real cost (0 for a call
+    /// that failed), where the budget was checked (`store` is the one given
+    /// to [`AiBudgetPolicy::check`]); if the shared store fails now, in this
+    /// node's memory under `on_store_failure: local`.
     pub async fn charge(self, store: &dyn CounterStore, micro_usd: u64) {
-        if micro_usd == 0 {
+        if micro_usd == self.reserved {
             return;
         }
         let target = self.counted.store(self.placement, store);
-        let Err(error) = target
-            .add_total(&self.key, micro_usd, self.expires_at)
-            .await
-        else {
+        let Err(error) = self.settle(target, micro_usd).await else {
             return;
         };
         if self.counted == Where::First {
             if let Fallback::Local(local) = self.placement.on_failure(store, "AI budget", &error) {
+                // The reservation is in the shared store: the whole cost
+                // goes here.
                 if local
                     .store
                     .add_total(&self.key, micro_usd, self.expires_at)
@@ -357,6 +380,23 @@ impl BudgetCharge {
             }
         }
         tracing::debug!(%error, "AI spend not counted: counter store failed");
+    }
+
+    async fn settle(
+        &self,
+        store: &dyn CounterStore,
+        micro_usd: u64,
+    ) -> Result<(), crate::counters::CounterError> {
+        if micro_usd > self.reserved {
+            store
+                .add_total(&self.key, micro_usd - self.reserved, self.expires_at)
+                .await
+                .map(|_| ())
+        } else {
+            store
+                .subtract_total(&self.key, self.reserved - micro_usd)
+                .await
+        }
     }
 }
 
@@ -509,7 +549,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let headers = HeaderMap::new();
                 let charge = policy
-                    .check(&*store, &input("a", &headers))
+                    .check(&*store, &input("a", &headers), 0)
                     .await
                     .unwrap()
                     .unwrap();
@@ -521,19 +561,74 @@ mod tests {
         }
         // 50 × 0.01 USD: half the budget, exactly.
         let charge = policy
-            .check(&*store, &input("a", &headers))
+            .check(&*store, &input("a", &headers), 0)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(store.read_total(&charge.key).await.unwrap(), 500_000);
         charge.charge(&*store, 600_000).await;
         let refused = policy
-            .check(&*store, &input("a", &headers))
+            .check(&*store, &input("a", &headers), 0)
             .await
             .unwrap_err();
         assert_eq!(refused.code, "budget_exceeded");
         assert_eq!(refused.status, http::StatusCode::PAYMENT_REQUIRED);
-        assert!(policy.check(&*store, &input("b", &headers)).await.is_ok());
+        assert!(policy
+            .check(&*store, &input("b", &headers), 0)
+            .await
+            .is_ok());
+    }
+
+    /// Calls admitted at once reserve their bound first: 50 concurrent
+    /// calls of at most 0.30 USD on a 1.10 USD budget admit 4 (the fourth
+    /// crosses it), and each settles to its real cost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_calls_reserve_their_bound_and_settle_their_cost() {
+        let store: Arc<dyn CounterStore> = Arc::new(MemoryCounters::new());
+        let policy = Arc::new(AiBudgetPolicy::compile(
+            &AiBudget {
+                usd: 1.1,
+                period: QuotaPeriod::Day,
+                by: LimitKey::Consumer,
+                scope: tollgate_config::LimitScope::Cluster,
+                on_store_failure: None,
+            },
+            "api:llm",
+        ));
+        let start = Arc::new(tokio::sync::Barrier::new(50));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, policy, start) = (store.clone(), policy.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                let headers = HeaderMap::new();
+                start.wait().await;
+                match policy.check(&*store, &input("a", &headers), 300_000).await {
+                    Ok(Some(charge)) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        charge.charge(&*store, 250_000).await;
+                        true
+                    }
+                    Ok(None) => panic!("no charge"),
+                    Err(denial) => {
+                        assert_eq!(denial.code, "budget_exceeded");
+                        false
+                    }
+                }
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(admitted, 4);
+        // Settled: 4 × 0.25 USD spent, under the 1.10 USD budget again.
+        let headers = HeaderMap::new();
+        let charge = policy
+            .check(&*store, &input("a", &headers), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.read_total(&charge.key).await.unwrap(), 1_000_000);
     }
 
     #[tokio::test]
@@ -613,29 +708,29 @@ mod tests {
         let policy = compile(None);
         shared.set_failing(true);
         let mut calls = 0;
-        while let Ok(Some(charge)) = policy.check(&store, &input("a", &headers)).await {
+        while let Ok(Some(charge)) = policy.check(&store, &input("a", &headers), 0).await {
             charge.charge(&store, 100_000).await;
             calls += 1;
             assert!(calls < 10);
         }
         assert_eq!(calls, 3);
         let refused = policy
-            .check(&store, &input("a", &headers))
+            .check(&store, &input("a", &headers), 0)
             .await
             .unwrap_err();
         assert_eq!(refused.code, "budget_exceeded");
         // Healed: the shared total (nothing spent there) applies again.
         shared.set_failing(false);
-        assert!(policy.check(&store, &input("a", &headers)).await.is_ok());
+        assert!(policy.check(&store, &input("a", &headers), 0).await.is_ok());
 
         shared.set_failing(true);
         let denial = compile(Some(OnStoreFailure::Deny))
-            .check(&store, &input("a", &headers))
+            .check(&store, &input("a", &headers), 0)
             .await
             .unwrap_err();
         assert_eq!(denial.code, "limit_unavailable");
         assert!(compile(Some(OnStoreFailure::Allow))
-            .check(&store, &input("a", &headers))
+            .check(&store, &input("a", &headers), 0)
             .await
             .unwrap()
             .is_none());

@@ -292,6 +292,42 @@ pub trait CounterStore: Send + Sync + 'static {
     /// The running total `key` (0 when there is none). Redis: `GET`.
     fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64>;
 
+    /// Adds `amount` to the running total `key` only if the total is below
+    /// `limit` (an AI call's cost reserved before it runs: below, not
+    /// "with room for it", so that the last call of a budget may cross it);
+    /// the answer says whether it was added, and the total. Redis: one
+    /// script. The default reads then adds, not atomically: stores shared
+    /// between nodes override it.
+    fn reserve_total<'a>(
+        &'a self,
+        key: &'a str,
+        amount: u64,
+        limit: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, QuotaHit> {
+        CounterReply::boxed(async move {
+            let total = self.read_total(key).await?;
+            if total >= limit {
+                return Ok(QuotaHit {
+                    allowed: false,
+                    count: total,
+                });
+            }
+            let count = match amount {
+                0 => total,
+                amount => self.add_total(key, amount, expires_at).await?,
+            };
+            Ok(QuotaHit {
+                allowed: true,
+                count,
+            })
+        })
+    }
+
+    /// Takes `amount` off the running total `key`, not below zero: the part
+    /// of a reservation a call did not spend. Redis: one script.
+    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()>;
+
     /// Gives back one hit that [`acquire_rate`](Self::acquire_rate) counted
     /// against `key`: for a request another limit refused.
     fn release_rate<'a>(&'a self, key: &'a str, rate: Rate) -> CounterReply<'a, ()> {
@@ -634,6 +670,55 @@ impl CounterStore for MemoryCounters {
             .get(key)
             .map_or(0, |entry| entry.count.load(Ordering::Acquire));
         CounterReply::ready(Ok(total))
+    }
+
+    fn reserve_total<'a>(
+        &'a self,
+        key: &'a str,
+        amount: u64,
+        limit: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, QuotaHit> {
+        let reserve = |entry: &QuotaEntry| match entry.count.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |total| (total < limit).then(|| total.saturating_add(amount)),
+        ) {
+            Ok(before) => {
+                entry.dirty.store(true, Ordering::Release);
+                QuotaHit {
+                    allowed: true,
+                    count: before.saturating_add(amount),
+                }
+            }
+            Err(total) => QuotaHit {
+                allowed: false,
+                count: total,
+            },
+        };
+        let hit = match self.quotas.get(key) {
+            Some(entry) => reserve(&entry),
+            None => reserve(
+                &self.quotas.entry(key.into()).or_insert_with(|| QuotaEntry {
+                    count: AtomicU64::new(0),
+                    expires_at,
+                    dirty: AtomicBool::new(false),
+                }),
+            ),
+        };
+        CounterReply::ready(Ok(hit))
+    }
+
+    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
+        if let Some(entry) = self.quotas.get(key) {
+            let _ = entry
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                    Some(total.saturating_sub(amount))
+                });
+            entry.dirty.store(true, Ordering::Release);
+        }
+        CounterReply::ready(Ok(()))
     }
 
     fn acquire_quota<'a>(

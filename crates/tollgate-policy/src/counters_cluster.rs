@@ -195,6 +195,20 @@ impl CounterStore for ClusterCounters {
         self.watch(self.shared.read_total(key))
     }
 
+    fn reserve_total<'a>(
+        &'a self,
+        key: &'a str,
+        amount: u64,
+        limit: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, QuotaHit> {
+        self.watch(self.shared.reserve_total(key, amount, limit, expires_at))
+    }
+
+    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
+        self.watch(self.shared.subtract_total(key, amount))
+    }
+
     fn acquire_quota<'a>(
         &'a self,
         key: &'a str,
@@ -434,6 +448,13 @@ pub(crate) mod tests {
         fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
             match self.check() {
                 Ok(()) => self.inner.read_total(key),
+                Err(error) => CounterReply::ready(Err(error)),
+            }
+        }
+
+        fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
+            match self.check() {
+                Ok(()) => self.inner.subtract_total(key, amount),
                 Err(error) => CounterReply::ready(Err(error)),
             }
         }

@@ -166,6 +166,31 @@ end
 return total
 ";
 
+/// Adds `ARGV[1]` to the total in `KEYS[1]` if it is below `ARGV[2]`; a
+/// new total expires at `ARGV[3]` (Unix seconds). Returns `{added, total}`.
+const RESERVE_TOTAL_SCRIPT: &str = r"
+local total = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if total >= tonumber(ARGV[2]) then
+  return {0, total}
+end
+total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIREAT', KEYS[1], ARGV[3])
+end
+return {1, total}
+";
+
+/// Takes `ARGV[1]` off the total in `KEYS[1]` if there is one, not below
+/// zero, keeping its expiry.
+const SUBTRACT_TOTAL_SCRIPT: &str = r"
+local total = tonumber(redis.call('GET', KEYS[1]))
+if not total then
+  return 0
+end
+redis.call('SET', KEYS[1], math.max(total - tonumber(ARGV[1]), 0), 'KEEPTTL')
+return 1
+";
+
 /// How [`RedisCounters`] names its keys and how long it waits for Redis.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -201,6 +226,8 @@ pub struct RedisCounters {
     release: Script,
     quota: Script,
     total: Script,
+    reserve_total: Script,
+    subtract_total: Script,
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -239,6 +266,8 @@ impl RedisCounters {
             release: Script::new(RELEASE_SCRIPT),
             quota: Script::new(QUOTA_SCRIPT),
             total: Script::new(TOTAL_SCRIPT),
+            reserve_total: Script::new(RESERVE_TOTAL_SCRIPT),
+            subtract_total: Script::new(SUBTRACT_TOTAL_SCRIPT),
         })
     }
 
@@ -284,6 +313,8 @@ impl RedisCounters {
             RELEASE_SCRIPT,
             QUOTA_SCRIPT,
             TOTAL_SCRIPT,
+            RESERVE_TOTAL_SCRIPT,
+            SUBTRACT_TOTAL_SCRIPT,
         ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(source);
         }
@@ -299,6 +330,8 @@ impl RedisCounters {
             &self.release,
             &self.quota,
             &self.total,
+            &self.reserve_total,
+            &self.subtract_total,
         ];
         if hashes
             .iter()
@@ -470,6 +503,45 @@ impl CounterStore for RedisCounters {
                 .await
                 .map_err(CounterError::new)?;
             Ok(unsigned(total))
+        })
+    }
+
+    fn reserve_total<'a>(
+        &'a self,
+        key: &'a str,
+        amount: u64,
+        limit: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, QuotaHit> {
+        CounterReply::boxed(async move {
+            let mut connection = self.connection.clone();
+            let (added, total): (i64, i64) = self
+                .reserve_total
+                .key(self.key(key))
+                .arg(lua_arg(amount))
+                .arg(lua_arg(limit))
+                .arg(expires_at)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(CounterError::new)?;
+            Ok(QuotaHit {
+                allowed: added == 1,
+                count: unsigned(total),
+            })
+        })
+    }
+
+    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
+        CounterReply::boxed(async move {
+            let mut connection = self.connection.clone();
+            let _existed: i64 = self
+                .subtract_total
+                .key(self.key(key))
+                .arg(lua_arg(amount))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(CounterError::new)?;
+            Ok(())
         })
     }
 

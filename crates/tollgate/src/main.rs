@@ -560,11 +560,15 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // Published by the heartbeat task; what `on_store_failure: local` divides by.
     let live_nodes = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let counters: Arc<dyn CounterStore> = match &redis {
-        Some(redis) => Arc::new(tollgate_policy::counters_cluster::ClusterCounters::new(
-            redis.clone(),
-            memory.clone(),
-            live_nodes.clone(),
-        )),
+        Some(redis) => {
+            let cluster = Arc::new(tollgate_policy::counters_cluster::ClusterCounters::new(
+                redis.clone(),
+                memory.clone(),
+                live_nodes.clone(),
+            ));
+            cluster.spawn_sync();
+            cluster
+        }
         None => memory.clone(),
     };
     let signing_key = policy_state::signing_key(&config).map_err(|e| anyhow::anyhow!(e))?;

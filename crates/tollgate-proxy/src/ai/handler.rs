@@ -353,18 +353,39 @@ fn resolve(req: &AiRequest<'_>, name: &str) -> Result<Arc<ModelRuntime>, AiError
     })
 }
 
-/// The limits and budget before a call: reserve tokens, check spend.
+/// The most a call with these token bounds can cost on `model`: at its
+/// dearest target or fallback (0 where no price is known).
+fn cost_bound(req: &AiRequest<'_>, model: &ModelRuntime, input: u64, output: u64) -> u64 {
+    let usage = Usage {
+        input,
+        output,
+        cached_input: 0,
+        reasoning: 0,
+    };
+    model
+        .targets
+        .iter()
+        .chain(&model.fallbacks)
+        .filter_map(|target| req.runtime.price(&target.provider, &target.model))
+        .map(|price| tollgate_ai::prices::cost_micro_usd(&price, &usage))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The limits and budget before a call: reserve tokens, and reserve the
+/// call's cost bound (`budget_reserve`, micro-USD) against the spend.
 async fn admit(
     req: &AiRequest<'_>,
     input: &LimitInput<'_>,
     tokens: u64,
+    budget_reserve: u64,
 ) -> Result<(Option<TokenReservation>, Option<BudgetCharge>), AiError> {
     let Some(policies) = req.policies else {
         return Ok((None, None));
     };
     let counters = &**req.counters;
     let budget = match &policies.ai_budget {
-        Some(budget) => budget.check(counters, input).await?,
+        Some(budget) => budget.check(counters, input, budget_reserve).await?,
         None => None,
     };
     let reservation = match &policies.ai_limits {
@@ -428,14 +449,19 @@ async fn chat(
     let model = resolve(req, &request.model)?;
     // Reserving needs a bound, not a count: the tokenizer runs only when a
     // provider reports no usage.
-    let reserve = match &req.policies {
-        Some(p) if p.ai_limits.is_some() => {
-            tollgate_ai::tokens::prompt_upper_bound(&request)
-                + request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE)
+    let (reserve, budget_reserve) = match &req.policies {
+        Some(p) if p.ai_limits.is_some() || p.ai_budget.is_some() => {
+            let prompt = tollgate_ai::tokens::prompt_upper_bound(&request);
+            let output = request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+            let budget_reserve = match p.ai_budget {
+                Some(_) => cost_bound(req, &model, prompt, output),
+                None => 0,
+            };
+            (prompt + output, budget_reserve)
         }
-        _ => 0,
+        _ => (0, 0),
     };
-    let (reservation, budget) = admit(req, input, reserve).await?;
+    let (reservation, budget) = admit(req, input, reserve, budget_reserve).await?;
     let mut accounting = Accounting::new(req.counters.clone(), reservation, budget);
 
     if let Some(cache) = &req.api.cache {
@@ -534,15 +560,22 @@ async fn embeddings(
     let (request, encoding) = openai::parse_embeddings_with_encoding(bytes)?;
     check_model(req, &request.model)?;
     let model = resolve(req, &request.model)?;
-    let reserve = match &req.policies {
-        Some(p) if p.ai_limits.is_some() => request
-            .input
-            .iter()
-            .map(|i| (i.len() as u64).div_ceil(3))
-            .sum(),
-        _ => 0,
+    let (reserve, budget_reserve) = match &req.policies {
+        Some(p) if p.ai_limits.is_some() || p.ai_budget.is_some() => {
+            let bound: u64 = request
+                .input
+                .iter()
+                .map(|i| (i.len() as u64).div_ceil(3))
+                .sum();
+            let budget_reserve = match p.ai_budget {
+                Some(_) => cost_bound(req, &model, bound, 0),
+                None => 0,
+            };
+            (bound, budget_reserve)
+        }
+        _ => (0, 0),
     };
-    let (reservation, budget) = admit(req, input, reserve).await?;
+    let (reservation, budget) = admit(req, input, reserve, budget_reserve).await?;
     let mut accounting = Accounting::new(req.counters.clone(), reservation, budget);
     let outcome = attempts::run(&model, &EmbeddingsCall { request: &request }).await;
     accounting.prompt = Prompt::Embeddings(request.input);
