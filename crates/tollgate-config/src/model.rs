@@ -137,8 +137,10 @@ pub struct Storage {
     /// `./tollgate-data`), or `env:NAME` for a URL with a password in it.
     #[serde(default = "defaults::database")]
     pub database: String,
-    /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), `unix:///PATH`, or
-    /// `env:NAME` for a URL with a password in it: rate limits, quotas, AI
+    /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), `unix:///PATH`, a
+    /// Redis Cluster's nodes comma-separated (or one as
+    /// `redis+cluster://HOST:PORT`), or `env:NAME` for a URL with a
+    /// password in it: rate limits, quotas, AI
     /// token limits and budgets then count in this Redis, shared by every
     /// node that uses it. Without it each node counts on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +156,34 @@ pub struct Storage {
     /// unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_cache: Option<std::path::PathBuf>,
+    /// Where access records wait, on disk, while PostgreSQL is unreachable
+    /// (with SQLite, unused).
+    #[serde(default)]
+    pub spool: SpoolSettings,
+}
+
+/// The access-record spool (`storage.spool`): with PostgreSQL, batches of
+/// access records written while the database is unreachable go to files in
+/// this directory, and to the database once it answers.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// The spool's directory. Default: `<data dir>/access-spool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The most the spool holds on disk; batches past it are dropped and
+    /// counted (`tollgate_access_spool_dropped_total`).
+    #[serde(default = "defaults::spool_max_size")]
+    pub max_size: Size,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            path: None,
+            max_size: defaults::spool_max_size(),
+        }
+    }
 }
 
 impl Storage {
@@ -189,6 +219,7 @@ impl Default for Storage {
             redis: None,
             redis_prefix: defaults::redis_prefix(),
             snapshot_cache: None,
+            spool: SpoolSettings::default(),
         }
     }
 }
@@ -545,6 +576,9 @@ pub mod defaults {
     }
     pub fn redis_prefix() -> String {
         "tollgate:".to_string()
+    }
+    pub fn spool_max_size() -> Size {
+        Size::mib(1024)
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)

@@ -77,17 +77,32 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigError> {
         }
         Ok(_) => {}
     }
+    if config.storage.spool.max_size.bytes() == 0 {
+        err(
+            "storage.spool.max_size".into(),
+            "must be more than 0".into(),
+        );
+    }
     match config.storage.redis_url() {
         Err(message) => err("storage.redis".into(), message),
         Ok(Some(url))
-            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+            if !url.split(',').map(str::trim).all(|part| {
+                [
+                    "redis://",
+                    "rediss://",
+                    "unix://",
+                    "redis+unix://",
+                    "redis+cluster://",
+                    "rediss+cluster://",
+                ]
                 .iter()
-                .any(|scheme| url.starts_with(scheme)) =>
+                .any(|scheme| part.starts_with(scheme))
+            }) =>
         {
             // Never repeat the URL: it may hold a password.
             err(
                 "storage.redis".into(),
-                "must be redis://HOST:PORT, rediss://… (TLS), unix:///PATH or env:NAME".into(),
+                "must be redis://HOST:PORT, rediss://… (TLS), unix:///PATH, a Redis Cluster's nodes comma-separated (or redis+cluster://HOST:PORT), or env:NAME".into(),
             )
         }
         Ok(_) => {}
@@ -307,6 +322,23 @@ fn check_target(target: &Target, path: &str, err: &mut impl FnMut(String, String
 #[cfg(test)]
 mod tests {
     use crate::from_yaml;
+
+    #[test]
+    fn the_spool_has_defaults_sizes_and_a_positive_bound() {
+        let config = from_yaml("{}").unwrap();
+        assert_eq!(config.storage.spool.path, None);
+        assert_eq!(config.storage.spool.max_size.bytes(), 1 << 30);
+        let config =
+            from_yaml("storage: { spool: { path: /var/spool/tg, max_size: 4KiB } }").unwrap();
+        assert_eq!(
+            config.storage.spool.path.as_deref(),
+            Some(std::path::Path::new("/var/spool/tg"))
+        );
+        assert_eq!(config.storage.spool.max_size.bytes(), 4096);
+        let zero = from_yaml("storage: { spool: { max_size: 0 } }").unwrap_err();
+        assert_eq!(zero[0].path, "storage.spool.max_size");
+        assert!(from_yaml("storage: { spool: { size: 1MiB } }").is_err());
+    }
 
     #[test]
     fn the_redis_url_is_checked_and_never_echoed() {

@@ -63,7 +63,9 @@ fn sync_interval_is_read_and_refused_where_it_cannot_apply() {
     .collect();
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(
-        errors[0].starts_with("policies.rate_limit[0].sync_interval: applies to `scope: cluster` limits only"),
+        errors[0].starts_with(
+            "policies.rate_limit[0].sync_interval: applies to `scope: cluster` limits only"
+        ),
         "{errors:?}"
     );
     assert!(
@@ -71,7 +73,8 @@ fn sync_interval_is_read_and_refused_where_it_cannot_apply() {
         "{errors:?}"
     );
     assert!(
-        errors[2].starts_with("policies.rate_limit[2].sync_interval: must be shorter than the window"),
+        errors[2]
+            .starts_with("policies.rate_limit[2].sync_interval: must be shorter than the window"),
         "{errors:?}"
     );
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 use tollgate_config::{AiBudget, AiLimits, QuotaPeriod};
 
-use crate::counters::{ceil_seconds, unix_seconds, CounterStore, Rate};
+use crate::counters::{ceil_seconds, unix_seconds, CounterStore, Rate, SpendHold};
 use crate::counters_cluster::{Fallback, Placement};
 use crate::quota::Period;
 use crate::rate_limit::{LimitInput, Subject};
@@ -243,6 +243,10 @@ impl TokenReservation {
     }
 }
 
+/// How long an AI call waits for the calls in flight that hold a
+/// budget's remainder to settle before it is refused with 429.
+pub const PENDING_WAIT: Duration = Duration::from_secs(10);
+
 /// `ai_budget`, compiled.
 #[derive(Debug)]
 pub struct AiBudgetPolicy {
@@ -280,12 +284,14 @@ impl AiBudgetPolicy {
     }
 
     /// Refuses with 402 `budget_exceeded` when the period's spend reached
-    /// the budget; otherwise adds `reserve` (micro-USD: the most the call
-    /// can cost, as far as the gateway can bound it) to the spend at once,
+    /// the budget; otherwise holds `reserve` (micro-USD: the most the call
+    /// can cost, as far as the gateway can bound it) against the budget,
     /// atomically with the check, and says where to settle the call's real
-    /// cost. Calls running at once on any node thus see each other's
-    /// reservations: with reservations that bound their calls, the budget
-    /// is overrun by at most the last call admitted.
+    /// cost. Calls running at once on any node see each other's holds:
+    /// while they hold what remains, a call waits for them to settle (up
+    /// to [`PENDING_WAIT`], then 429 `rate_limited`), so that with holds
+    /// that bound their calls the budget is overrun by at most the last
+    /// call admitted.
     pub async fn check(
         &self,
         store: &dyn CounterStore,
@@ -302,33 +308,48 @@ impl AiBudgetPolicy {
         key.push('|');
         self.subject.write(&mut key, input);
         let first = self.placement.first(store);
-        let (hit, counted) = match first
-            .reserve_total(&key, reserve, self.limit_micro_usd, period.ends_at)
-            .await
-        {
-            Ok(hit) => (hit, Where::First),
-            Err(error) => match self.placement.on_failure(store, "AI budget", &error) {
-                Fallback::Allow => return Ok(None),
-                Fallback::Deny(denial) => return Err(denial),
-                Fallback::Local(local) => match local
-                    .store
-                    .reserve_total(
-                        &key,
-                        reserve,
-                        local.share(self.limit_micro_usd),
-                        period.ends_at,
-                    )
-                    .await
-                {
-                    Ok(hit) => (hit, Where::Local),
-                    Err(error) => {
-                        tracing::warn!(%error, "the node's own counters failed");
-                        return Ok(None);
-                    }
+        let waiting_since = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        let (hold, counted) = loop {
+            let (hold, counted) = match first
+                .hold_spend(&key, reserve, self.limit_micro_usd, period.ends_at)
+                .await
+            {
+                Ok(hold) => (hold, Where::First),
+                Err(error) => match self.placement.on_failure(store, "AI budget", &error) {
+                    Fallback::Allow => return Ok(None),
+                    Fallback::Deny(denial) => return Err(denial),
+                    Fallback::Local(local) => match local
+                        .store
+                        .hold_spend(
+                            &key,
+                            reserve,
+                            local.share(self.limit_micro_usd),
+                            period.ends_at,
+                        )
+                        .await
+                    {
+                        Ok(hold) => (hold, Where::Local),
+                        Err(error) => {
+                            tracing::warn!(%error, "the node's own counters failed");
+                            return Ok(None);
+                        }
+                    },
                 },
-            },
+            };
+            if hold != SpendHold::Pending {
+                break (hold, counted);
+            }
+            if waiting_since.elapsed() >= PENDING_WAIT {
+                return Err(refusal(
+                    "the AI budget's remainder is held by calls in flight".to_owned(),
+                    Duration::from_secs(1),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         };
-        if !hit.allowed {
+        if let SpendHold::Spent(_) = hold {
             let ends_at =
                 SystemTime::UNIX_EPOCH + Duration::from_secs(period.ends_at.max(0).unsigned_abs());
             let retry_after = ceil_seconds(ends_at.duration_since(now).unwrap_or_default()).max(1);
@@ -353,22 +374,21 @@ impl AiBudgetPolicy {
 }
 
 impl BudgetCharge {
-    /// Settles the reservation with the call's real cost (0 for a call
-    /// that failed), where the budget was checked (`store` is the one given
-    /// to [`AiBudgetPolicy::check`]); if the shared store fails now, in this
-    /// node's memory under `on_store_failure: local`.
+    /// Ends the hold and adds the call's real cost (0 for a call that
+    /// failed), where the budget was checked (`store` is the one given to
+    /// [`AiBudgetPolicy::check`]); if the shared store fails now, in this
+    /// node's memory under `on_store_failure: local` (the hold in Redis
+    /// then stays until the period ends: the budget errs on the safe side).
     pub async fn charge(self, store: &dyn CounterStore, micro_usd: u64) {
-        if micro_usd == self.reserved {
-            return;
-        }
         let target = self.counted.store(self.placement, store);
-        let Err(error) = self.settle(target, micro_usd).await else {
+        let Err(error) = target
+            .settle_spend(&self.key, self.reserved, micro_usd, self.expires_at)
+            .await
+        else {
             return;
         };
-        if self.counted == Where::First {
+        if self.counted == Where::First && micro_usd > 0 {
             if let Fallback::Local(local) = self.placement.on_failure(store, "AI budget", &error) {
-                // The reservation is in the shared store: the whole cost
-                // goes here.
                 if local
                     .store
                     .add_total(&self.key, micro_usd, self.expires_at)
@@ -380,23 +400,6 @@ impl BudgetCharge {
             }
         }
         tracing::debug!(%error, "AI spend not counted: counter store failed");
-    }
-
-    async fn settle(
-        &self,
-        store: &dyn CounterStore,
-        micro_usd: u64,
-    ) -> Result<(), crate::counters::CounterError> {
-        if micro_usd > self.reserved {
-            store
-                .add_total(&self.key, micro_usd - self.reserved, self.expires_at)
-                .await
-                .map(|_| ())
-        } else {
-            store
-                .subtract_total(&self.key, self.reserved - micro_usd)
-                .await
-        }
     }
 }
 
@@ -579,11 +582,12 @@ mod tests {
             .is_ok());
     }
 
-    /// Calls admitted at once reserve their bound first: 50 concurrent
-    /// calls of at most 0.30 USD on a 1.10 USD budget admit 4 (the fourth
-    /// crosses it), and each settles to its real cost.
+    /// Calls admitted at once hold their bound first: of 50 concurrent
+    /// calls of at most 0.30 USD (costing 0.25) on a 1.10 USD budget, 4
+    /// hold at once, the others wait for them to settle; one more fits
+    /// (crossing the budget), then the budget is spent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_calls_reserve_their_bound_and_settle_their_cost() {
+    async fn concurrent_calls_hold_their_bound_and_wait_for_calls_in_flight() {
         let store: Arc<dyn CounterStore> = Arc::new(MemoryCounters::new());
         let policy = Arc::new(AiBudgetPolicy::compile(
             &AiBudget {
@@ -604,31 +608,25 @@ mod tests {
                 start.wait().await;
                 match policy.check(&*store, &input("a", &headers), 300_000).await {
                     Ok(Some(charge)) => {
+                        let key = charge.key.clone();
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         charge.charge(&*store, 250_000).await;
-                        true
+                        Some(key)
                     }
                     Ok(None) => panic!("no charge"),
                     Err(denial) => {
                         assert_eq!(denial.code, "budget_exceeded");
-                        false
+                        None
                     }
                 }
             }));
         }
-        let mut admitted = 0;
+        let mut keys = Vec::new();
         for task in tasks {
-            admitted += usize::from(task.await.unwrap());
+            keys.extend(task.await.unwrap());
         }
-        assert_eq!(admitted, 4);
-        // Settled: 4 × 0.25 USD spent, under the 1.10 USD budget again.
-        let headers = HeaderMap::new();
-        let charge = policy
-            .check(&*store, &input("a", &headers), 0)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(store.read_total(&charge.key).await.unwrap(), 1_000_000);
+        assert_eq!(keys.len(), 5);
+        assert_eq!(store.read_total(&keys[0]).await.unwrap(), 1_250_000);
     }
 
     #[tokio::test]

@@ -224,30 +224,7 @@ pub trait CounterStore: Send + Sync + 'static {
         requests: &'a [RateRequest<'a>],
         now_us: u64,
     ) -> CounterReply<'a, RatesHit> {
-        CounterReply::boxed(async move {
-            let mut hits = Vec::with_capacity(requests.len());
-            for request in requests {
-                let hit = match self.acquire_rate(request.key, request.rate, now_us).await {
-                    Ok(hit) => hit,
-                    Err(error) => {
-                        give_back_rates(self, &requests[..hits.len()]).await;
-                        return Err(error);
-                    }
-                };
-                hits.push(hit);
-                if !hit.allowed {
-                    give_back_rates(self, &requests[..hits.len() - 1]).await;
-                    return Ok(RatesHit {
-                        refused: Some(hits.len() - 1),
-                        hits,
-                    });
-                }
-            }
-            Ok(RatesHit {
-                hits,
-                refused: None,
-            })
-        })
+        acquire_rates_one_by_one(self, requests, now_us)
     }
 
     /// Adds `pushed` hits that a node already admitted on its own view
@@ -292,41 +269,52 @@ pub trait CounterStore: Send + Sync + 'static {
     /// The running total `key` (0 when there is none). Redis: `GET`.
     fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64>;
 
-    /// Adds `amount` to the running total `key` only if the total is below
-    /// `limit` (an AI call's cost reserved before it runs: below, not
-    /// "with room for it", so that the last call of a budget may cross it);
-    /// the answer says whether it was added, and the total. Redis: one
-    /// script. The default reads then adds, not atomically: stores shared
-    /// between nodes override it.
-    fn reserve_total<'a>(
+    /// Holds `amount` (an AI call's cost bound, before it runs) against the
+    /// spend `key` of a budget of `limit`: held when nothing is spent past
+    /// the limit and the holds of calls in flight leave room — the first
+    /// hold always does, so the last call of a budget may cross it. The
+    /// spend counter lives until `expires_at`. Holds are kept apart from
+    /// the spend, so that a call refused for calls in flight is told to
+    /// wait ([`SpendHold::Pending`]), not that the budget is spent. Redis:
+    /// one script over a hash (`s`: spent, `r`: held). The default holds
+    /// nothing and only compares the spend (stores shared between nodes
+    /// override it).
+    fn hold_spend<'a>(
         &'a self,
         key: &'a str,
         amount: u64,
         limit: u64,
         expires_at: i64,
-    ) -> CounterReply<'a, QuotaHit> {
+    ) -> CounterReply<'a, SpendHold> {
+        let _ = (amount, expires_at);
         CounterReply::boxed(async move {
-            let total = self.read_total(key).await?;
-            if total >= limit {
-                return Ok(QuotaHit {
-                    allowed: false,
-                    count: total,
-                });
-            }
-            let count = match amount {
-                0 => total,
-                amount => self.add_total(key, amount, expires_at).await?,
-            };
-            Ok(QuotaHit {
-                allowed: true,
-                count,
+            let spent = self.read_total(key).await?;
+            Ok(if spent >= limit {
+                SpendHold::Spent(spent)
+            } else {
+                SpendHold::Held
             })
         })
     }
 
-    /// Takes `amount` off the running total `key`, not below zero: the part
-    /// of a reservation a call did not spend. Redis: one script.
-    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()>;
+    /// Ends a hold of `held` made by [`hold_spend`](Self::hold_spend) and
+    /// adds the call's real `cost` to the spend, atomically. The default
+    /// adds the cost (its `hold_spend` held nothing).
+    fn settle_spend<'a>(
+        &'a self,
+        key: &'a str,
+        held: u64,
+        cost: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, ()> {
+        let _ = held;
+        CounterReply::boxed(async move {
+            if cost > 0 {
+                self.add_total(key, cost, expires_at).await?;
+            }
+            Ok(())
+        })
+    }
 
     /// Gives back one hit that [`acquire_rate`](Self::acquire_rate) counted
     /// against `key`: for a request another limit refused.
@@ -354,6 +342,40 @@ pub trait CounterStore: Send + Sync + 'static {
     }
 }
 
+/// [`CounterStore::acquire_rates`] as calls of
+/// [`CounterStore::acquire_rate`] in turn, giving back the hits before a
+/// refusal (or an error): the default, and a Redis Cluster's way.
+pub fn acquire_rates_one_by_one<'a, S: CounterStore + ?Sized>(
+    store: &'a S,
+    requests: &'a [RateRequest<'a>],
+    now_us: u64,
+) -> CounterReply<'a, RatesHit> {
+    CounterReply::boxed(async move {
+        let mut hits = Vec::with_capacity(requests.len());
+        for request in requests {
+            let hit = match store.acquire_rate(request.key, request.rate, now_us).await {
+                Ok(hit) => hit,
+                Err(error) => {
+                    give_back_rates(store, &requests[..hits.len()]).await;
+                    return Err(error);
+                }
+            };
+            hits.push(hit);
+            if !hit.allowed {
+                give_back_rates(store, &requests[..hits.len() - 1]).await;
+                return Ok(RatesHit {
+                    refused: Some(hits.len() - 1),
+                    hits,
+                });
+            }
+        }
+        Ok(RatesHit {
+            hits,
+            refused: None,
+        })
+    })
+}
+
 /// Gives back one hit of each of `requests`, logging what cannot be.
 async fn give_back_rates<S: CounterStore + ?Sized>(store: &S, requests: &[RateRequest<'_>]) {
     for request in requests {
@@ -361,6 +383,17 @@ async fn give_back_rates<S: CounterStore + ?Sized>(store: &S, requests: &[RateRe
             tracing::debug!(%error, "cannot give back a rate-limit hit");
         }
     }
+}
+
+/// What [`CounterStore::hold_spend`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendHold {
+    /// The amount is held: the call may run.
+    Held,
+    /// The budget is spent (this much, at least the limit).
+    Spent(u64),
+    /// Calls in flight hold what remains: try again once they settle.
+    Pending,
 }
 
 /// One of the limits [`CounterStore::acquire_rates`] counts a request
@@ -434,6 +467,10 @@ pub struct MemoryCounters {
     /// `remaining` twice.
     clock: AtomicU64,
     quotas: DashMap<Box<str>, QuotaEntry>,
+    /// Budget key → the cost bounds held by AI calls in flight
+    /// ([`CounterStore::hold_spend`]); never persisted: a restart ends
+    /// every call.
+    holds: DashMap<Box<str>, AtomicU64>,
 }
 
 impl MemoryCounters {
@@ -672,52 +709,54 @@ impl CounterStore for MemoryCounters {
         CounterReply::ready(Ok(total))
     }
 
-    fn reserve_total<'a>(
+    fn hold_spend<'a>(
         &'a self,
         key: &'a str,
         amount: u64,
         limit: u64,
-        expires_at: i64,
-    ) -> CounterReply<'a, QuotaHit> {
-        let reserve = |entry: &QuotaEntry| match entry.count.fetch_update(
-            Ordering::AcqRel,
-            Ordering::Acquire,
-            |total| (total < limit).then(|| total.saturating_add(amount)),
-        ) {
-            Ok(before) => {
-                entry.dirty.store(true, Ordering::Release);
-                QuotaHit {
-                    allowed: true,
-                    count: before.saturating_add(amount),
-                }
-            }
-            Err(total) => QuotaHit {
-                allowed: false,
-                count: total,
-            },
+        _expires_at: i64,
+    ) -> CounterReply<'a, SpendHold> {
+        // The hold entry's shard lock orders holds and settlements of one
+        // key; the spend is read under it.
+        let held = self
+            .holds
+            .entry(key.into())
+            .or_insert_with(|| AtomicU64::new(0));
+        let spent = self
+            .quotas
+            .get(key)
+            .map_or(0, |entry| entry.count.load(Ordering::Acquire));
+        let holding = held.load(Ordering::Acquire);
+        let answer = if spent >= limit {
+            SpendHold::Spent(spent)
+        } else if holding > 0 && spent.saturating_add(holding) >= limit {
+            SpendHold::Pending
+        } else {
+            held.fetch_add(amount, Ordering::AcqRel);
+            SpendHold::Held
         };
-        let hit = match self.quotas.get(key) {
-            Some(entry) => reserve(&entry),
-            None => reserve(
-                &self.quotas.entry(key.into()).or_insert_with(|| QuotaEntry {
-                    count: AtomicU64::new(0),
-                    expires_at,
-                    dirty: AtomicBool::new(false),
-                }),
-            ),
-        };
-        CounterReply::ready(Ok(hit))
+        CounterReply::ready(Ok(answer))
     }
 
-    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
-        if let Some(entry) = self.quotas.get(key) {
-            let _ = entry
-                .count
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
-                    Some(total.saturating_sub(amount))
-                });
-            entry.dirty.store(true, Ordering::Release);
+    fn settle_spend<'a>(
+        &'a self,
+        key: &'a str,
+        held: u64,
+        cost: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, ()> {
+        if let Some(hold) = self.holds.get_mut(key) {
+            let _ = hold.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(held))
+            });
+            if cost > 0 {
+                self.add_total_now(key, cost, expires_at);
+            }
+        } else if cost > 0 {
+            self.add_total_now(key, cost, expires_at);
         }
+        self.holds
+            .remove_if(key, |_, h| h.load(Ordering::Acquire) == 0);
         CounterReply::ready(Ok(()))
     }
 

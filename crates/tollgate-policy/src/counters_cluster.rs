@@ -30,7 +30,7 @@ use tollgate_config::{LimitScope, OnStoreFailure};
 
 use crate::counters::{
     CounterError, CounterReply, CounterStore, MemoryCounters, QuotaHit, Rate, RateHit, RateRequest,
-    RatesHit,
+    RatesHit, SpendHold,
 };
 use crate::counters_synced::{Decision, SyncedRates};
 use crate::Denial;
@@ -195,18 +195,24 @@ impl CounterStore for ClusterCounters {
         self.watch(self.shared.read_total(key))
     }
 
-    fn reserve_total<'a>(
+    fn hold_spend<'a>(
         &'a self,
         key: &'a str,
         amount: u64,
         limit: u64,
         expires_at: i64,
-    ) -> CounterReply<'a, QuotaHit> {
-        self.watch(self.shared.reserve_total(key, amount, limit, expires_at))
+    ) -> CounterReply<'a, SpendHold> {
+        self.watch(self.shared.hold_spend(key, amount, limit, expires_at))
     }
 
-    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
-        self.watch(self.shared.subtract_total(key, amount))
+    fn settle_spend<'a>(
+        &'a self,
+        key: &'a str,
+        held: u64,
+        cost: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, ()> {
+        self.watch(self.shared.settle_spend(key, held, cost, expires_at))
     }
 
     fn acquire_quota<'a>(
@@ -448,13 +454,6 @@ pub(crate) mod tests {
         fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
             match self.check() {
                 Ok(()) => self.inner.read_total(key),
-                Err(error) => CounterReply::ready(Err(error)),
-            }
-        }
-
-        fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
-            match self.check() {
-                Ok(()) => self.inner.subtract_total(key, amount),
                 Err(error) => CounterReply::ready(Err(error)),
             }
         }

@@ -4,8 +4,10 @@
 //! Each method is one round trip and atomic: a Lua script (sent once with
 //! `SCRIPT LOAD`, then called by its SHA-1 with `EVALSHA`, re-sent by itself
 //! when Redis answers `NOSCRIPT` after a restart or a `SCRIPT FLUSH`), or a
-//! plain `GET`. Every key touched is named in `KEYS`, one per call, so a
-//! script runs where its key lives.
+//! plain `GET`. Every key touched is named in `KEYS`, so a script runs where
+//! its keys live; the one script over several keys (all the rate limits of
+//! a request) is not used on a Redis Cluster, where the keys may live in
+//! different slots: there each limit is one call.
 //!
 //! **Which clock.** Rates are judged at Redis's own `TIME`, not at the
 //! caller's `now_us`: the nodes' clocks differ by milliseconds or worse, and
@@ -34,12 +36,13 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
 
 use crate::counters::{
     CounterError, CounterReply, CounterStore, QuotaHit, Rate, RateHit, RateRequest, RatesHit,
+    SpendHold,
 };
+use crate::redis_link::{Link, LinkOptions};
 
 /// The key prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
@@ -166,29 +169,45 @@ end
 return total
 ";
 
-/// Adds `ARGV[1]` to the total in `KEYS[1]` if it is below `ARGV[2]`; a
-/// new total expires at `ARGV[3]` (Unix seconds). Returns `{added, total}`.
-const RESERVE_TOTAL_SCRIPT: &str = r"
-local total = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if total >= tonumber(ARGV[2]) then
-  return {0, total}
+/// A budget's spend in `KEYS[1]`, a hash: `s` spent, `r` held by calls in
+/// flight. Holds `ARGV[1]` when nothing is spent past `ARGV[2]` and the
+/// holds leave room (the first hold always does); a new key expires at
+/// `ARGV[3]`. Returns `{answer, spent}`: 1 held, 0 spent, 2 pending.
+const HOLD_SCRIPT: &str = r"
+local spent = tonumber(redis.call('HGET', KEYS[1], 's') or '0') or 0
+local held = tonumber(redis.call('HGET', KEYS[1], 'r') or '0') or 0
+local limit = tonumber(ARGV[2])
+if spent >= limit then
+  return {0, spent}
 end
-total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if held > 0 and spent + held >= limit then
+  return {2, spent}
+end
+redis.call('HINCRBY', KEYS[1], 'r', ARGV[1])
 if redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIREAT', KEYS[1], ARGV[3])
 end
-return {1, total}
+return {1, spent}
 ";
 
-/// Takes `ARGV[1]` off the total in `KEYS[1]` if there is one, not below
-/// zero, keeping its expiry.
-const SUBTRACT_TOTAL_SCRIPT: &str = r"
-local total = tonumber(redis.call('GET', KEYS[1]))
-if not total then
-  return 0
+/// Ends a hold of `ARGV[1]` (never below 0) and adds the cost `ARGV[2]`
+/// to the spend of `KEYS[1]`; a new key expires at `ARGV[3]`.
+const SETTLE_SCRIPT: &str = r"
+local held = tonumber(redis.call('HGET', KEYS[1], 'r') or '0') or 0
+redis.call('HSET', KEYS[1], 'r', math.max(held - tonumber(ARGV[1]), 0))
+redis.call('HINCRBY', KEYS[1], 's', ARGV[2])
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIREAT', KEYS[1], ARGV[3])
 end
-redis.call('SET', KEYS[1], math.max(total - tonumber(ARGV[1]), 0), 'KEEPTTL')
 return 1
+";
+
+/// A total: a plain counter, or a budget's hash (its spend).
+const READ_TOTAL_SCRIPT: &str = r"
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  return tonumber(redis.call('HGET', KEYS[1], 's') or '0') or 0
+end
+return tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 ";
 
 /// How [`RedisCounters`] names its keys and how long it waits for Redis.
@@ -218,7 +237,7 @@ impl Default for RedisOptions {
 /// prefix. Cheap to share: one multiplexed connection, re-established in the
 /// background when it drops, carries every node's commands.
 pub struct RedisCounters {
-    connection: ConnectionManager,
+    connection: Link,
     prefix: Box<str>,
     rate: Script,
     rates: Script,
@@ -226,8 +245,9 @@ pub struct RedisCounters {
     release: Script,
     quota: Script,
     total: Script,
-    reserve_total: Script,
-    subtract_total: Script,
+    hold: Script,
+    settle: Script,
+    read_total: Script,
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -241,22 +261,19 @@ impl std::fmt::Debug for RedisCounters {
 
 impl RedisCounters {
     /// A store for `url` (`redis://`, `rediss://` for TLS checked against
-    /// the system's CA roots, or `unix://` for a socket). Connects lazily, on
+    /// the system's CA roots, or `unix://` for a socket; a Redis Cluster as
+    /// its nodes comma-separated or `redis+cluster://`, see
+    /// [`crate::redis_link`]). Connects lazily, on
     /// the first command or [`prepare`](Self::prepare); must be called
     /// within a Tokio runtime. Fails only on a URL it cannot use.
     pub fn new(url: &str, options: RedisOptions) -> Result<RedisCounters, CounterError> {
-        let client = Client::open(url).map_err(CounterError::new)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            // One retry after a short pause, then the command fails: the
-            // next one starts a new attempt. A request never waits through
-            // a long back-off.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(100));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(CounterError::new)?;
+        let connection = Link::new(
+            url,
+            LinkOptions {
+                connect_timeout: options.connect_timeout,
+                response_timeout: options.response_timeout,
+            },
+        )?;
         Ok(RedisCounters {
             connection,
             prefix: options.prefix.into_boxed_str(),
@@ -266,8 +283,9 @@ impl RedisCounters {
             release: Script::new(RELEASE_SCRIPT),
             quota: Script::new(QUOTA_SCRIPT),
             total: Script::new(TOTAL_SCRIPT),
-            reserve_total: Script::new(RESERVE_TOTAL_SCRIPT),
-            subtract_total: Script::new(SUBTRACT_TOTAL_SCRIPT),
+            hold: Script::new(HOLD_SCRIPT),
+            settle: Script::new(SETTLE_SCRIPT),
+            read_total: Script::new(READ_TOTAL_SCRIPT),
         })
     }
 
@@ -313,16 +331,31 @@ impl RedisCounters {
             RELEASE_SCRIPT,
             QUOTA_SCRIPT,
             TOTAL_SCRIPT,
-            RESERVE_TOTAL_SCRIPT,
-            SUBTRACT_TOTAL_SCRIPT,
+            HOLD_SCRIPT,
+            SETTLE_SCRIPT,
+            READ_TOTAL_SCRIPT,
         ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(source);
         }
-        let mut connection = self.connection.clone();
-        let hashes: Vec<String> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(CounterError::new)?;
+        let mut connection = self.connection.connection().await?;
+        let hashes: Vec<String> = if self.connection.is_cluster() {
+            // A cluster sends each `SCRIPT LOAD` to every primary: one
+            // command at a time, as a pipeline goes to one node.
+            let mut hashes = Vec::new();
+            for command in pipe.cmd_iter() {
+                hashes.push(
+                    command
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(CounterError::new)?,
+                );
+            }
+            hashes
+        } else {
+            pipe.query_async(&mut connection)
+                .await
+                .map_err(CounterError::new)?
+        };
         let expected = [
             &self.rate,
             &self.rates,
@@ -330,8 +363,9 @@ impl RedisCounters {
             &self.release,
             &self.quota,
             &self.total,
-            &self.reserve_total,
-            &self.subtract_total,
+            &self.hold,
+            &self.settle,
+            &self.read_total,
         ];
         if hashes
             .iter()
@@ -403,7 +437,7 @@ impl CounterStore for RedisCounters {
         _now_us: u64,
     ) -> CounterReply<'a, RateHit> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let (allowed, tat, at): (i64, i64, i64) = self
                 .rate
                 .key(self.key(key))
@@ -430,7 +464,7 @@ impl CounterStore for RedisCounters {
         _now_us: u64,
     ) -> CounterReply<'a, RateHit> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let (allowed, tat, at): (i64, i64, i64) = self
                 .sync
                 .key(self.key(key))
@@ -455,6 +489,11 @@ impl CounterStore for RedisCounters {
         requests: &'a [RateRequest<'a>],
         _now_us: u64,
     ) -> CounterReply<'a, RatesHit> {
+        if self.connection.is_cluster() {
+            // The keys may live in different slots, which one script
+            // cannot touch: one call per limit.
+            return crate::counters::acquire_rates_one_by_one(self, requests, _now_us);
+        }
         CounterReply::boxed(async move {
             let mut invocation = self.rates.prepare_invoke();
             for request in requests {
@@ -463,7 +502,7 @@ impl CounterStore for RedisCounters {
                     .arg(lua_arg(request.rate.interval_us))
                     .arg(lua_arg(request.rate.tolerance_us()));
             }
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let answer: Vec<i64> = invocation
                 .invoke_async(&mut connection)
                 .await
@@ -474,7 +513,7 @@ impl CounterStore for RedisCounters {
 
     fn release_rate_n<'a>(&'a self, key: &'a str, rate: Rate, n: u64) -> CounterReply<'a, ()> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let _existed: i64 = self
                 .release
                 .key(self.key(key))
@@ -493,7 +532,7 @@ impl CounterStore for RedisCounters {
         expires_at: i64,
     ) -> CounterReply<'a, u64> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let total: i64 = self
                 .total
                 .key(self.key(key))
@@ -506,17 +545,17 @@ impl CounterStore for RedisCounters {
         })
     }
 
-    fn reserve_total<'a>(
+    fn hold_spend<'a>(
         &'a self,
         key: &'a str,
         amount: u64,
         limit: u64,
         expires_at: i64,
-    ) -> CounterReply<'a, QuotaHit> {
+    ) -> CounterReply<'a, SpendHold> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
-            let (added, total): (i64, i64) = self
-                .reserve_total
+            let mut connection = self.connection.connection().await?;
+            let (answer, spent): (i64, i64) = self
+                .hold
                 .key(self.key(key))
                 .arg(lua_arg(amount))
                 .arg(lua_arg(limit))
@@ -524,20 +563,29 @@ impl CounterStore for RedisCounters {
                 .invoke_async(&mut connection)
                 .await
                 .map_err(CounterError::new)?;
-            Ok(QuotaHit {
-                allowed: added == 1,
-                count: unsigned(total),
+            Ok(match answer {
+                1 => SpendHold::Held,
+                2 => SpendHold::Pending,
+                _ => SpendHold::Spent(unsigned(spent)),
             })
         })
     }
 
-    fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
+    fn settle_spend<'a>(
+        &'a self,
+        key: &'a str,
+        held: u64,
+        cost: u64,
+        expires_at: i64,
+    ) -> CounterReply<'a, ()> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
-            let _existed: i64 = self
-                .subtract_total
+            let mut connection = self.connection.connection().await?;
+            let _: i64 = self
+                .settle
                 .key(self.key(key))
-                .arg(lua_arg(amount))
+                .arg(lua_arg(held))
+                .arg(lua_arg(cost))
+                .arg(expires_at)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(CounterError::new)?;
@@ -547,13 +595,14 @@ impl CounterStore for RedisCounters {
 
     fn read_total<'a>(&'a self, key: &'a str) -> CounterReply<'a, u64> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
-            let total: Option<u64> = redis::cmd("GET")
-                .arg(self.key(key))
-                .query_async(&mut connection)
+            let mut connection = self.connection.connection().await?;
+            let total: i64 = self
+                .read_total
+                .key(self.key(key))
+                .invoke_async(&mut connection)
                 .await
                 .map_err(CounterError::new)?;
-            Ok(total.unwrap_or(0))
+            Ok(unsigned(total))
         })
     }
 
@@ -564,7 +613,7 @@ impl CounterStore for RedisCounters {
         expires_at: i64,
     ) -> CounterReply<'a, QuotaHit> {
         CounterReply::boxed(async move {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection.connection().await?;
             let (allowed, count): (i64, i64) = self
                 .quota
                 .key(self.key(key))
@@ -583,6 +632,10 @@ impl CounterStore for RedisCounters {
 
 /// `url` with the password (if any) replaced by `***`, for log lines.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        // A cluster's nodes: each redacted.
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -620,6 +673,10 @@ mod tests {
         );
         assert_eq!(redact_url("redis://@cache"), "redis://@cache");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("redis://:pw@a:7000,redis://:pw@b:7001"),
+            "redis://:***@a:7000,redis://:***@b:7001"
+        );
     }
 
     #[test]

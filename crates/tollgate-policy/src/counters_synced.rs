@@ -280,10 +280,6 @@ mod tests {
             self.inner.read_total(key)
         }
 
-        fn subtract_total<'a>(&'a self, key: &'a str, amount: u64) -> CounterReply<'a, ()> {
-            self.inner.subtract_total(key, amount)
-        }
-
         fn acquire_quota<'a>(
             &'a self,
             key: &'a str,

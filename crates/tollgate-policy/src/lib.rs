@@ -34,6 +34,7 @@ pub mod jwt;
 pub mod oauth2;
 pub mod quota;
 pub mod rate_limit;
+pub mod redis_link;
 pub mod validate;
 
 pub use denial::Denial;

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_policy::counters::{CounterStore, MemoryCounters, QuotaHit, Rate, RateRequest};
+use tollgate_policy::counters::{
+    CounterStore, MemoryCounters, QuotaHit, Rate, RateRequest, SpendHold,
+};
 use tollgate_policy::counters_redis::{RedisCounters, RedisOptions};
-use tollgate_testkit::redis_server::RedisServer;
+use tollgate_testkit::redis_server::{RedisCluster, RedisServer};
 
 /// One store under test, with what it needs to live.
 struct Subject {
@@ -19,6 +21,7 @@ struct Subject {
     /// Set for the memory store, whose ended periods are dropped by `sweep`.
     memory: Option<Arc<MemoryCounters>>,
     _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 impl Subject {
@@ -28,6 +31,7 @@ impl Subject {
             store: memory.clone(),
             memory: Some(memory),
             _server: None,
+            _cluster: None,
         }
     }
 
@@ -40,6 +44,20 @@ impl Subject {
             store: Arc::new(store),
             memory: None,
             _server: Some(server),
+            _cluster: None,
+        })
+    }
+
+    /// `None` when the test is skipped (no `redis-server`).
+    #[track_caller]
+    fn redis_cluster() -> Option<Subject> {
+        let cluster = RedisCluster::start()?;
+        let store = RedisCounters::new(&cluster.url(), RedisOptions::default()).unwrap();
+        Some(Subject {
+            store: Arc::new(store),
+            memory: None,
+            _server: None,
+            _cluster: Some(cluster),
         })
     }
 
@@ -101,6 +119,17 @@ macro_rules! contract {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some(subject) = super::Subject::redis_cluster() else {
+                        return;
+                    };
+                    super::$check(&subject).await;
+                }
+            )*
+        }
     };
 }
 
@@ -119,6 +148,7 @@ contract!(
     keys_are_independent,
     several_limits_count_all_or_nothing,
     several_limits_under_concurrency_admit_exactly_the_tightest,
+    spend_holds_wait_for_calls_in_flight_and_settle_to_the_cost,
 );
 
 async fn a_fresh_key_admits_its_burst_then_refuses(subject: &Subject) {
@@ -524,4 +554,30 @@ async fn several_limits_under_concurrency_admit_exactly_the_tightest(subject: &S
         .await
         .unwrap();
     assert_eq!(wide_hit.remaining(wide, wide_hit.at_us), 100 - 25 - 1);
+}
+
+/// `hold_spend`/`settle_spend`: the first hold always fits; holds in flight
+/// that cover what remains make the next call wait (`Pending`), not fail;
+/// settling ends the hold and adds the real cost; a spent budget says so.
+async fn spend_holds_wait_for_calls_in_flight_and_settle_to_the_cost(subject: &Subject) {
+    let store = &subject.store;
+    let ends = now_s() + 60;
+    let hold = |amount| store.hold_spend("ab|hold", amount, 1_000, ends);
+    // Larger than the whole budget: the first hold still fits.
+    assert_eq!(hold(1_500).await.unwrap(), SpendHold::Held);
+    assert_eq!(hold(10).await.unwrap(), SpendHold::Pending);
+    assert_eq!(store.read_total("ab|hold").await.unwrap(), 0);
+    store
+        .settle_spend("ab|hold", 1_500, 400, ends)
+        .await
+        .unwrap();
+    assert_eq!(store.read_total("ab|hold").await.unwrap(), 400);
+    // 400 spent, 300 held, 300 more: 700 is below 1 000, so it fits.
+    assert_eq!(hold(300).await.unwrap(), SpendHold::Held);
+    assert_eq!(hold(300).await.unwrap(), SpendHold::Held);
+    assert_eq!(hold(300).await.unwrap(), SpendHold::Pending);
+    store.settle_spend("ab|hold", 300, 350, ends).await.unwrap();
+    store.settle_spend("ab|hold", 300, 350, ends).await.unwrap();
+    assert_eq!(hold(1).await.unwrap(), SpendHold::Spent(1_100));
+    assert_eq!(store.read_total("ab|hold").await.unwrap(), 1_100);
 }

@@ -254,6 +254,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
             behind_since INTEGER           -- Unix seconds, UTC
         ) WITHOUT ROWID;",
     ),
+    (
+        8,
+        // PostgreSQL's twin puts access records in day partitions; SQLite
+        // keeps one table (one node, retention deletes in batches). No
+        // change: the number keeps both dialects' versions the same.
+        "-- no change in SQLite",
+    ),
 ];
 
 /// The highest version this build knows.

@@ -129,8 +129,10 @@ impl Store {
         pub fn recent_access_records(&self, limit: usize) -> Result<Vec<StoredAccessRecord>, StoreError>;
         /// The access records of the request `request_id`, newest first.
         pub fn access_records_by_request_id(&self, request_id: &str) -> Result<Vec<StoredAccessRecord>, StoreError>;
-        /// Deletes up to `batch` access records older than `before` (Unix
-        /// microseconds), oldest first; returns how many.
+        /// Deletes access records older than `before` (Unix microseconds),
+        /// oldest first, and returns how many: up to `batch` on SQLite; on
+        /// PostgreSQL whole day partitions are dropped first, so it may
+        /// return more.
         pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError>;
         /// How many access records the database holds.
         pub fn count_access_records(&self) -> Result<u64, StoreError>;
@@ -233,6 +235,13 @@ impl RecordSink for StoreRecordSink {
         match self {
             StoreRecordSink::Sqlite(sink) => sink.write_batch(records),
             StoreRecordSink::Postgres(sink) => sink.write_batch(records),
+        }
+    }
+
+    fn idle(&mut self) -> io::Result<()> {
+        match self {
+            StoreRecordSink::Sqlite(sink) => sink.idle(),
+            StoreRecordSink::Postgres(sink) => sink.idle(),
         }
     }
 }

@@ -62,7 +62,7 @@ fn migrations_are_idempotent() {
         .write_batch(&[record(0)])
         .unwrap();
     let second = SqliteStore::open(&url).unwrap();
-    assert_eq!(second.schema_version().unwrap(), 7);
+    assert_eq!(second.schema_version().unwrap(), 8);
     assert_eq!(second.count_access_records().unwrap(), 1);
     drop((first, second));
 
@@ -70,7 +70,7 @@ fn migrations_are_idempotent() {
     let applied: i64 = conn
         .query_row("SELECT count(*) FROM migrations", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(applied, 7);
+    assert_eq!(applied, 8);
     let indexes: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'access_records' ORDER BY name")
         .unwrap()
@@ -102,7 +102,7 @@ fn refuses_a_newer_schema() {
         SqliteStore::open(&url(&path)),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 7
+            known: 8
         })
     ));
 }
@@ -532,7 +532,7 @@ fn migrations_apply_once(db: &Db) {
         .write_batch(&[record(0)])
         .unwrap();
     let second = db.open();
-    assert_eq!(second.schema_version().unwrap(), 7);
+    assert_eq!(second.schema_version().unwrap(), 8);
     assert_eq!(second.count_access_records().unwrap(), 1);
 }
 
@@ -547,7 +547,7 @@ fn nodes_opening_together_migrate_once(db: &Db) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for store in &stores {
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), 8);
         assert_eq!(store.config_revision().unwrap(), 0);
     }
 }
@@ -583,7 +583,7 @@ fn postgres_refuses_a_newer_schema() {
         Store::open(&schema.url()),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 7
+            known: 8
         })
     ));
 }

@@ -49,7 +49,17 @@ pub trait RecordSink: Send + 'static {
     /// Writes a batch of one to [`MAX_BATCH`] records, durably enough for the
     /// sink's purpose, before returning.
     fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()>;
+
+    /// Called about every [`IDLE_TICK`] whatever the traffic: a sink with
+    /// work of its own (a spool to write back once its database returns)
+    /// does it here, so that it does not wait for the next request.
+    fn idle(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
+
+/// How often [`RecordSink::idle`] is called.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
 // Nearly every message is a record: boxing it to shrink the rare `Flush`
 // would cost an allocation per request.
@@ -57,6 +67,8 @@ pub trait RecordSink: Send + 'static {
 enum Message {
     Record(AccessRecord),
     Flush(oneshot::Sender<()>),
+    /// Time for [`RecordSink::idle`].
+    Tick,
 }
 
 #[derive(Default)]
@@ -94,6 +106,24 @@ impl AccessLog {
             .spawn(move || writer.run());
         if let Err(error) = spawned {
             tracing::error!(%error, "could not start the access log thread; access records will be dropped");
+        }
+        // A weak sender: the ticks stop, and do not keep the thread alive,
+        // once every `AccessLog` is dropped.
+        let ticks = tx.downgrade();
+        let ticker = std::thread::Builder::new()
+            .name("tollgate-access-log-tick".to_owned())
+            .spawn(move || loop {
+                std::thread::sleep(IDLE_TICK);
+                let Some(tx) = ticks.upgrade() else {
+                    return;
+                };
+                // A full channel has records to write: no tick needed.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Message::Tick) {
+                    return;
+                }
+            });
+        if let Err(error) = ticker {
+            tracing::warn!(%error, "could not start the access log ticker; spooled records wait for traffic");
         }
         AccessLog { tx, counters }
     }
@@ -140,15 +170,16 @@ impl Writer {
     fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut waiters = Vec::new();
+        let mut tick = false;
         // Park on the channel only when there is nothing to write.
         while let Some(first) = self.rx.blocking_recv() {
             let started = Instant::now();
-            self.take(first, &mut batch, &mut waiters);
+            self.take(first, &mut batch, &mut waiters, &mut tick);
             let mut open = true;
             loop {
                 while batch.len() < MAX_BATCH {
                     match self.rx.try_recv() {
-                        Ok(message) => self.take(message, &mut batch, &mut waiters),
+                        Ok(message) => self.take(message, &mut batch, &mut waiters, &mut tick),
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => {
                             open = false;
@@ -171,6 +202,11 @@ impl Writer {
                 }
                 batch.clear();
             }
+            if std::mem::take(&mut tick) {
+                for slot in &mut self.sinks {
+                    slot.idle(&self.counters);
+                }
+            }
             // Every record sent before these flushes is in this batch or an
             // earlier one.
             for done in waiters.drain(..) {
@@ -187,10 +223,12 @@ impl Writer {
         message: Message,
         batch: &mut Vec<AccessRecord>,
         waiters: &mut Vec<oneshot::Sender<()>>,
+        tick: &mut bool,
     ) {
         match message {
             Message::Record(record) => batch.push(record),
             Message::Flush(done) => waiters.push(done),
+            Message::Tick => *tick = true,
         }
     }
 }
@@ -217,6 +255,21 @@ impl SinkSlot {
             Ok(Err(error)) => error.to_string(),
             Err(_) => "the sink panicked".to_owned(),
         };
+        self.failed(error, batch.len(), counters);
+    }
+
+    fn idle(&mut self, counters: &Counters) {
+        let error = match catch_unwind(AssertUnwindSafe(|| self.sink.idle())) {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the sink panicked".to_owned(),
+        };
+        self.failed(error, 0, counters);
+    }
+
+    /// Counts and (at most once per [`ERROR_LOG_INTERVAL`]) logs a failure
+    /// that lost `records`.
+    fn failed(&mut self, error: String, records: usize, counters: &Counters) {
         let name = self.sink.name();
         counters.sink_errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(ACCESS_LOG_SINK_ERRORS, "sink" => name).increment(1);
@@ -232,7 +285,7 @@ impl SinkSlot {
         tracing::warn!(
             sink = name,
             %error,
-            records = batch.len(),
+            records,
             earlier_failures_not_logged = self.unlogged_failures,
             "access log sink failed to write a batch; its records are lost"
         );

@@ -22,6 +22,22 @@ pub const ACCESS_LOG_DROPPED: &str = "tollgate_access_log_dropped_total";
 /// Counter of failed access log batch writes; label `sink`.
 pub const ACCESS_LOG_SINK_ERRORS: &str = "tollgate_access_log_sink_errors_total";
 
+/// Counter of access records dropped because the PostgreSQL sink's spool
+/// was at its bound (`storage.spool.max_size`) during an outage.
+pub const ACCESS_SPOOL_DROPPED: &str = "tollgate_access_spool_dropped_total";
+/// Gauge of the bytes in the PostgreSQL sink's spool on disk.
+pub const ACCESS_SPOOL_BYTES: &str = "tollgate_access_spool_bytes";
+
+/// Counts `records` dropped at the spool's bound ([`ACCESS_SPOOL_DROPPED`]).
+pub fn count_access_spool_dropped(records: u64) {
+    metrics::counter!(ACCESS_SPOOL_DROPPED).increment(records);
+}
+
+/// Sets the spool's size on disk ([`ACCESS_SPOOL_BYTES`]).
+pub fn set_access_spool_bytes(bytes: u64) {
+    metrics::gauge!(ACCESS_SPOOL_BYTES).set(bytes as f64);
+}
+
 /// Bucket bounds for every histogram whose name ends in `_seconds`.
 pub const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -83,6 +99,15 @@ fn describe() {
     metrics::describe_counter!(
         ACCESS_LOG_SINK_ERRORS,
         "Access log batches an access log sink failed to write."
+    );
+    metrics::describe_counter!(
+        ACCESS_SPOOL_DROPPED,
+        "Access records dropped because the PostgreSQL outage spool was full."
+    );
+    metrics::describe_gauge!(
+        ACCESS_SPOOL_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of access records in the PostgreSQL outage spool on disk."
     );
 }
 

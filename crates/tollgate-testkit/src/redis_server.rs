@@ -37,6 +37,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The server's working directory and log file.
     dir: tempfile::TempDir,
+    /// Added to the command line (a cluster node's settings).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -45,6 +47,12 @@ impl RedisServer {
     /// (panics instead when `CI` is set). The message names the caller.
     #[track_caller]
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(Vec::new())
+    }
+
+    /// [`start`](Self::start) with `extra_args` on the command line.
+    #[track_caller]
+    fn start_with(extra_args: Vec<String>) -> Option<RedisServer> {
         let caller = Location::caller();
         let binary = std::env::var_os(REDIS_SERVER_ENV)
             .map(PathBuf::from)
@@ -54,6 +62,7 @@ impl RedisServer {
             addr: port::free_addr(),
             child: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
+            extra_args,
         };
         match server.spawn() {
             Ok(()) => {}
@@ -156,6 +165,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -198,6 +208,98 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of the test's own: three primaries on free loopback
+/// ports, the 16384 slots split between them; killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes, assigns the slots, introduces the nodes to
+    /// one another and waits until each says `cluster_state:ok`; `None`
+    /// (after printing why) as [`RedisServer::start`].
+    #[track_caller]
+    pub fn start() -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        let mut bus_ports = Vec::new();
+        for _ in 0..3 {
+            let bus_port = port::free_addr().port().to_string();
+            bus_ports.push(bus_port.clone());
+            nodes.push(RedisServer::start_with(vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                "--cluster-port".into(),
+                bus_port,
+            ])?);
+        }
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (node, (first, last)) in nodes.iter().zip(ranges) {
+            let (first, last) = (first.to_string(), last.to_string());
+            let answer = node.command(&["CLUSTER", "ADDSLOTSRANGE", &first, &last]);
+            assert_eq!(answer, "OK", "CLUSTER ADDSLOTSRANGE: {answer}");
+        }
+        for (other, bus_port) in nodes[1..].iter().zip(&bus_ports[1..]) {
+            let port = other.addr().port().to_string();
+            let answer = nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &port, bus_port]);
+            assert_eq!(answer, "OK", "CLUSTER MEET: {answer}");
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = nodes.iter().all(|node| {
+                node.command(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+                    && node
+                        .command(&["CLUSTER", "NODES"])
+                        .lines()
+                        .filter(|line| line.contains("connected"))
+                        .count()
+                        == 3
+            });
+            if ready {
+                return Some(RedisCluster { nodes });
+            }
+            assert!(
+                Instant::now() < until,
+                "the Redis Cluster did not form: {}",
+                nodes[0].command(&["CLUSTER", "INFO"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every node's URL, comma-separated: how `storage.redis` names a
+    /// cluster.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The keys matching `pattern` on every node, one per line.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|node| {
+                node.command(&["KEYS", pattern])
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|key| !key.is_empty())
+            .collect()
     }
 }
 

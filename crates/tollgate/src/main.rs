@@ -603,11 +603,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let registries =
         PolicyRegistries::new(counters.clone(), signing_key).with_live_nodes(live_nodes.clone());
     let compiled = DataPlane::compile(Arc::new(merged), registries).map_err(invalid_config)?;
-    let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(
-        store
-            .access_record_sink()
-            .context("cannot open the access-record sink")?,
-    )];
+    let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(access_record_sink(&store, &config)?)];
     if let Some(file) = &config.access_log.file {
         let sink = FileSink::open(file)
             .with_context(|| format!("cannot open the access log {}", file.display()))?;
@@ -763,6 +759,35 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The database's access-record sink; with PostgreSQL, spooling to
+/// `storage.spool.path` (default `<data dir>/access-spool`) while the
+/// database is unreachable.
+fn access_record_sink(
+    store: &Store,
+    config: &Config,
+) -> anyhow::Result<tollgate_store::StoreRecordSink> {
+    let Store::Postgres(pg) = store else {
+        return store
+            .access_record_sink()
+            .context("cannot open the access-record sink");
+    };
+    let spool = &config.storage.spool;
+    let dir = spool
+        .path
+        .clone()
+        .unwrap_or_else(|| policy_state::data_dir(config).join(ACCESS_SPOOL_DIR));
+    let sink = pg
+        .access_record_sink()
+        .and_then(|sink| sink.with_spool(&dir, spool.max_size.bytes()))
+        .with_context(|| {
+            format!(
+                "cannot open the access-record spool {} (storage.spool.path)",
+                dir.display()
+            )
+        })?;
+    Ok(tollgate_store::StoreRecordSink::Postgres(Box::new(sink)))
 }
 
 /// The snapshot cache's file: `storage.snapshot_cache`, else
@@ -945,6 +970,8 @@ fn apply_file_to_store(
 
 /// The snapshot cache's file name in the data directory.
 const SNAPSHOT_CACHE_FILE: &str = "last-good.snapshot";
+/// The access-record spool's directory in the data directory, by default.
+const ACCESS_SPOOL_DIR: &str = "access-spool";
 /// The longest wait between attempts to reach the database after starting
 /// without it.
 const RECONNECT_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3);

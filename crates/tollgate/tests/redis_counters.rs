@@ -161,7 +161,7 @@ async fn an_ai_budget_spent_on_one_node_is_refused_on_the_other() {
         let keys = redis.command(&["KEYS", "tollgate:ab|*"]);
         keys.lines()
             .next()
-            .is_some_and(|key| redis.command(&["GET", key]) == "10000000")
+            .is_some_and(|key| redis.command(&["HGET", key, "s"]) == "10000000")
     })
     .await;
 
@@ -260,4 +260,76 @@ apis:
         get().await == StatusCode::TOO_MANY_REQUESTS
     })
     .await;
+}
+
+/// `storage.redis` naming a Redis Cluster (its nodes, comma-separated): two
+/// gateways count a limit exactly, with two limits per request (one call
+/// per limit, their keys in different slots), and keys land on the node
+/// that owns their slot.
+#[tokio::test]
+async fn two_nodes_count_in_a_redis_cluster() {
+    let Some(cluster) = tollgate_testkit::redis_server::RedisCluster::start() else {
+        return;
+    };
+    let up = upstream::echo("orders");
+    let yaml = format!(
+        r#"
+storage: {{ redis: '{}' }}
+consumers:
+  - name: app
+    keys: [{{ value: env:APP_KEY }}]
+services:
+  - name: orders
+    upstream: {{ targets: [{{ url: "{}" }}] }}
+apis:
+  - name: orders
+    service: orders
+    match: {{ paths: [/orders] }}
+    policies:
+      auth: {{ methods: [key] }}
+      rate_limit:
+        - {{ limit: 20, window: 1m, by: consumer }}
+        - {{ limit: 500, window: 1m, by: api }}
+"#,
+        cluster.url(),
+        up.url()
+    );
+    let start = |yaml: String| async move {
+        common::gateway()
+            .config(&yaml)
+            .env("APP_KEY", APP_KEY)
+            .start()
+            .await
+    };
+    let nodes = [start(yaml.clone()).await, start(yaml).await];
+    let calls = (0..60).map(|i| {
+        let node = &nodes[i % 2];
+        node.client()
+            .get(node.url("/orders"))
+            .header("x-api-key", APP_KEY)
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert_eq!(up.hits(), 20);
+    let keys = cluster.keys("tollgate:rl|*");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    // Each key is on the node that owns its slot: a plain GET on that node
+    // answers it (any other would answer MOVED).
+    for key in &keys {
+        let owners = cluster
+            .nodes()
+            .iter()
+            .filter(|node| !node.command(&["GET", key]).starts_with("-MOVED"))
+            .count();
+        assert_eq!(owners, 1, "{key}");
+    }
 }

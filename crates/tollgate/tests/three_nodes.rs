@@ -303,7 +303,12 @@ apis:
     assert!(refused_everywhere, "the budget never ran out");
     let keys = cluster.redis.command(&["KEYS", "tollgate:ab|*"]);
     let key = keys.lines().next().expect("the spend is in Redis");
-    let spent: u64 = cluster.redis.command(&["GET", key]).trim().parse().unwrap();
+    let spent: u64 = cluster
+        .redis
+        .command(&["HGET", key, "s"])
+        .trim()
+        .parse()
+        .unwrap();
     let calls = fake.request_count() as u64;
     eprintln!("AI budget 10 USD over three nodes: {calls} calls, {spent} micro-USD spent");
     assert_eq!(spent, calls * 2_000_000, "every call charged its cost");

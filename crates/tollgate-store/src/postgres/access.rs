@@ -8,16 +8,28 @@
 //! may commit after one with a higher id, so a page read while records are
 //! being written may miss a record committed just then below its cursor
 //! (SQLite, with one writer at a time, cannot).
+//!
+//! Records live in day partitions (see `partitions`); the sink writes each
+//! batch with one `COPY` (see `copy_text`), and keeps batches in a spool on
+//! disk while the database is unreachable (see `spool`).
 
-use std::io;
+use std::collections::{BTreeSet, HashSet};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{Json, ToSql};
-use postgres::Client;
-use tollgate_telemetry::record::{unix_micros, IpText, Rfc3339};
-use tollgate_telemetry::{AccessRecord, AiAttempt, AiUsage, RecordSink};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+use tollgate_telemetry::record::{unix_micros, Rfc3339};
+use tollgate_telemetry::{AccessRecord, RecordSink};
 
-use super::{connect, off_runtime, stored_access_record, PgStore, STORED_COLUMNS};
+use super::spool::Spool;
+use super::{
+    connect, copy_text, migrations, off_runtime, partitions, stored_access_record, PgStore,
+    STORED_COLUMNS,
+};
 use crate::analytics::{
     Accumulator, AggregatedAi, AggregatedRecord, COLUMNS as AGGREGATED_COLUMNS,
 };
@@ -28,23 +40,111 @@ use crate::{
     StoredAccessRecord,
 };
 
-/// Rows per INSERT statement: [`COLUMNS_PER_ROW`] parameters each, well
-/// under PostgreSQL's 65535 parameters a statement.
-const ROWS_PER_INSERT: usize = 256;
+/// The longest the sink waits for PostgreSQL to accept a connection: while
+/// it is down, the access-log thread waits this long at most once per
+/// [`RETRY_EVERY`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-const INSERT_COLUMNS: &str = "ts, request_id, request_id_hash, client_ip, method, host, path, api,
-    service, consumer, status, upstream_status, upstream_addr, latency_ms, upstream_latency_ms,
-    bytes_in, bytes_out, outcome, reason,
-    ai_provider, ai_model, tokens_in, tokens_out, tokens_cached, tokens_estimated,
-    cost_usd, ttft_ms, ai_attempts, ai_cache";
-const COLUMNS_PER_ROW: usize = 29;
+/// A connection whose sent data goes unacknowledged this long is broken (a
+/// server gone without a word, a network cut without a reset): the sink
+/// then spools instead of waiting for TCP to give up, which takes minutes.
+/// Where the system has `TCP_USER_TIMEOUT` (Linux).
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Writes each batch of access records in one transaction, as multi-row
-/// INSERTs of up to [`ROWS_PER_INSERT`] records, over a connection of its
-/// own (connected again if it broke).
+/// While PostgreSQL is unreachable the sink tries again at most this often;
+/// batches in between go straight to the spool.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a batch did not reach the database. Classified once, where it
+/// happens: an outage sends the batch to the spool, a refusal loses it.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// No connection, or it broke, or the schema is not migrated yet: try
+    /// again later.
+    #[error("PostgreSQL is unreachable: {0}")]
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
+    /// PostgreSQL answered and refused the batch: trying again would fail
+    /// again.
+    #[error("PostgreSQL refused the access records: {0}")]
+    Refused(postgres::Error),
+}
+
+impl From<postgres::Error> for WriteError {
+    fn from(error: postgres::Error) -> WriteError {
+        let outage = match error.code() {
+            // Not an answer of the server: I/O, closed connection, timeout.
+            None => true,
+            Some(code) => {
+                let code = code.code();
+                // Connection exceptions, shutdowns, too many connections.
+                code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            }
+        };
+        if outage || error.is_closed() {
+            WriteError::Unreachable(Box::new(error))
+        } else {
+            WriteError::Refused(error)
+        }
+    }
+}
+
+impl WriteError {
+    /// An error writing COPY data: the connection's, or the server's
+    /// refusal passed along.
+    fn from_copy(error: io::Error) -> WriteError {
+        match error.into_inner() {
+            Some(inner) => match inner.downcast::<postgres::Error>() {
+                Ok(error) => WriteError::from(*error),
+                Err(other) => WriteError::Unreachable(other),
+            },
+            None => WriteError::Unreachable("the COPY data could not be sent".into()),
+        }
+    }
+}
+
+/// The outage the sink is in: PostgreSQL did not answer its last try.
+struct Outage {
+    last_try: Instant,
+    /// Records written to the spool, and dropped at its bound, meanwhile.
+    spooled: u64,
+    dropped: u64,
+}
+
+/// One batch, encoded.
+struct Batch<'a> {
+    records: usize,
+    payload: &'a [u8],
+    min_ts: i64,
+    max_ts: i64,
+    days: BTreeSet<i64>,
+}
+
+/// Writes each batch of access records with one `COPY` in one transaction,
+/// after creating the day partitions it needs, over a connection of its own
+/// (connected again if it broke, with a short timeout).
+///
+/// While PostgreSQL is unreachable it tries again at most once per
+/// [`RETRY_EVERY`], and, given a spool ([`PgRecordSink::with_spool`]), keeps
+/// the batches there, within the spool's bound, and returns `Ok`. Once the
+/// database answers it writes the spool back, oldest segment first, one
+/// segment per batch call (so the access-log thread is never held long);
+/// new batches go to the spool behind it until it is empty, to keep order.
+/// A spool left by a previous run is written back the same way, starting
+/// with the first batch written.
+///
+/// Each segment is written in one transaction and deleted after its commit:
+/// a crash between the two writes that segment's records twice.
 pub struct PgRecordSink {
     config: postgres::Config,
     client: Option<Client>,
+    /// Days whose partition is known to exist.
+    partitions: HashSet<i64>,
+    spool: Option<Spool>,
+    outage: Option<Outage>,
+    /// Whether the spool's bound was reached since it was last empty (logged once).
+    spool_full: bool,
+    /// Reused for each batch's COPY text.
+    buffer: Vec<u8>,
 }
 
 impl Drop for PgRecordSink {
@@ -55,179 +155,275 @@ impl Drop for PgRecordSink {
     }
 }
 
-fn saturating_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// A nullable count column: 0 for NULL or a negative number.
 fn count(n: Option<i64>) -> u64 {
     n.map_or(0, |n| u64::try_from(n).unwrap_or(0))
 }
 
-/// One record's values, in [`INSERT_COLUMNS`]' order.
-struct RowValues<'a> {
-    ts: i64,
-    request_id: &'a str,
-    hash: i64,
-    client_ip: IpText,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    api: Option<&'a str>,
-    service: Option<&'a str>,
-    consumer: Option<&'a str>,
-    status: i64,
-    upstream_status: Option<i64>,
-    upstream_addr: Option<&'a str>,
-    latency_ms: f64,
-    upstream_latency_ms: Option<f64>,
-    bytes_in: i64,
-    bytes_out: i64,
-    outcome: &'static str,
-    reason: Option<&'static str>,
-    ai: AiValues<'a>,
-}
-
-/// The AI columns' values: all `None` (NULL) for a record without AI usage.
-#[derive(Default)]
-struct AiValues<'a> {
-    provider: Option<&'a str>,
-    model: Option<&'a str>,
-    tokens_in: Option<i64>,
-    tokens_out: Option<i64>,
-    tokens_cached: Option<i64>,
-    tokens_estimated: Option<bool>,
-    cost_usd: Option<f64>,
-    ttft_ms: Option<f64>,
-    attempts: Option<Json<&'a [AiAttempt]>>,
-    cache: Option<&'static str>,
-}
-
-impl<'a> AiValues<'a> {
-    fn of(ai: Option<&'a AiUsage>) -> AiValues<'a> {
-        let Some(ai) = ai else {
-            return AiValues::default();
-        };
-        AiValues {
-            provider: ai.ai_provider.as_deref(),
-            model: ai.ai_model.as_deref(),
-            tokens_in: Some(saturating_i64(ai.tokens_in)),
-            tokens_out: Some(saturating_i64(ai.tokens_out)),
-            tokens_cached: Some(saturating_i64(ai.tokens_cached)),
-            tokens_estimated: Some(ai.tokens_estimated),
-            cost_usd: ai.cost_usd,
-            ttft_ms: ai.ttft_ms,
-            attempts: Some(Json(&ai.attempts)),
-            cache: ai.cache,
-        }
-    }
-}
-
-impl<'a> RowValues<'a> {
-    fn of(r: &'a AccessRecord) -> RowValues<'a> {
-        RowValues {
-            ts: unix_micros(r.ts),
-            request_id: &r.request_id,
-            hash: request_id_hash(&r.request_id),
-            client_ip: IpText::from(r.client_ip),
-            method: &r.method,
-            host: &r.host,
-            path: &r.path,
-            api: r.api.as_deref(),
-            service: r.service.as_deref(),
-            consumer: r.consumer.as_deref(),
-            status: i64::from(r.status),
-            upstream_status: r.upstream_status.map(i64::from),
-            upstream_addr: r.upstream_addr.as_deref(),
-            latency_ms: r.latency_ms,
-            upstream_latency_ms: r.upstream_latency_ms,
-            bytes_in: saturating_i64(r.bytes_in),
-            bytes_out: saturating_i64(r.bytes_out),
-            outcome: r.outcome.as_str(),
-            reason: r.reason,
-            ai: AiValues::of(r.ai.as_deref()),
-        }
-    }
-
-    fn push<'b>(&'b self, client_ip: &'b String, params: &mut Vec<&'b (dyn ToSql + Sync)>) {
-        params.extend_from_slice(&[
-            &self.ts,
-            &self.request_id,
-            &self.hash,
-            client_ip,
-            &self.method,
-            &self.host,
-            &self.path,
-            &self.api,
-            &self.service,
-            &self.consumer,
-            &self.status,
-            &self.upstream_status,
-            &self.upstream_addr,
-            &self.latency_ms,
-            &self.upstream_latency_ms,
-            &self.bytes_in,
-            &self.bytes_out,
-            &self.outcome,
-            &self.reason,
-            &self.ai.provider,
-            &self.ai.model,
-            &self.ai.tokens_in,
-            &self.ai.tokens_out,
-            &self.ai.tokens_cached,
-            &self.ai.tokens_estimated,
-            &self.ai.cost_usd,
-            &self.ai.ttft_ms,
-            &self.ai.attempts,
-            &self.ai.cache,
-        ]);
-    }
-}
-
-/// `INSERT … VALUES ($1, …, $29), …` for `rows` records.
-fn insert_sql(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO access_records ({INSERT_COLUMNS}) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for column in 0..COLUMNS_PER_ROW {
-            if column > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("${}", row * COLUMNS_PER_ROW + column + 1));
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 impl PgRecordSink {
-    fn insert(&mut self, records: &[AccessRecord]) -> Result<(), StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(connect(&self.config)?);
+    /// Keeps batches in a spool in `dir` (created if missing) while
+    /// PostgreSQL is unreachable, up to `max_bytes` on disk; past that,
+    /// batches are dropped and counted. Segments a previous run left there
+    /// are written back once the database answers.
+    pub fn with_spool(mut self, dir: &Path, max_bytes: u64) -> io::Result<PgRecordSink> {
+        let spool = Spool::open(dir, max_bytes)?;
+        tollgate_telemetry::metrics::set_access_spool_bytes(spool.bytes());
+        if !spool.is_empty() {
+            tracing::info!(
+                spool = %dir.display(),
+                bytes = spool.bytes(),
+                "access records left in the spool by a previous run will be written to PostgreSQL"
+            );
         }
-        let client = self.client.as_mut().expect("connected above");
-        let mut tx = client.transaction()?;
-        let full = tx.prepare(&insert_sql(ROWS_PER_INSERT))?;
-        for chunk in records.chunks(ROWS_PER_INSERT) {
-            let values: Vec<RowValues<'_>> = chunk.iter().map(RowValues::of).collect();
-            let ips: Vec<String> = values.iter().map(|v| v.client_ip.to_string()).collect();
-            let mut params: Vec<&(dyn ToSql + Sync)> =
-                Vec::with_capacity(chunk.len() * COLUMNS_PER_ROW);
-            for (row, ip) in values.iter().zip(&ips) {
-                row.push(ip, &mut params);
+        self.spool = Some(spool);
+        Ok(self)
+    }
+
+    /// Bytes in the spool, 0 without one.
+    pub fn spooled_bytes(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::bytes)
+    }
+
+    fn write(&mut self, batch: &Batch<'_>) -> io::Result<()> {
+        if self
+            .outage
+            .as_ref()
+            .is_some_and(|o| o.last_try.elapsed() < RETRY_EVERY)
+        {
+            return self.spool_batch(batch, None);
+        }
+        match self.try_write(batch) {
+            Ok(written) => {
+                if let Some(outage) = self.outage.take() {
+                    tracing::info!(
+                        spooled = outage.spooled,
+                        dropped = outage.dropped,
+                        "PostgreSQL answers again: access records are written to it"
+                    );
+                }
+                if written {
+                    Ok(())
+                } else {
+                    // Behind the spool still being written back.
+                    self.spool_batch(batch, None)
+                }
             }
-            if chunk.len() == ROWS_PER_INSERT {
-                tx.execute(&full, &params)?;
-            } else {
-                tx.execute(insert_sql(chunk.len()).as_str(), &params)?;
+            Err(WriteError::Unreachable(error)) => {
+                self.client = None;
+                if self.outage.is_none() {
+                    match &self.spool {
+                        Some(spool) => tracing::warn!(
+                            %error,
+                            spool = %spool.dir().display(),
+                            "PostgreSQL is unreachable: access records go to the spool until it answers"
+                        ),
+                        None => tracing::warn!(
+                            %error,
+                            "PostgreSQL is unreachable: access records are lost until it answers"
+                        ),
+                    }
+                }
+                let outage = self.outage.get_or_insert(Outage {
+                    last_try: Instant::now(),
+                    spooled: 0,
+                    dropped: 0,
+                });
+                outage.last_try = Instant::now();
+                self.spool_batch(batch, Some(error))
+            }
+            Err(refused @ WriteError::Refused(_)) => Err(io::Error::other(refused)),
+        }
+    }
+
+    /// Puts the batch in the spool, or drops and counts it at the spool's
+    /// bound. Without a spool, the batch is lost: an error.
+    fn spool_batch(
+        &mut self,
+        batch: &Batch<'_>,
+        error: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> io::Result<()> {
+        let Some(spool) = &mut self.spool else {
+            return Err(match error {
+                Some(error) => io::Error::other(WriteError::Unreachable(error)),
+                None => io::Error::other("PostgreSQL is unreachable; trying again shortly"),
+            });
+        };
+        let records = batch.records as u64;
+        if spool.append(batch.min_ts, batch.max_ts, batch.payload)? {
+            tollgate_telemetry::metrics::set_access_spool_bytes(spool.bytes());
+            if let Some(outage) = &mut self.outage {
+                outage.spooled += records;
+            }
+        } else {
+            tollgate_telemetry::metrics::count_access_spool_dropped(records);
+            if let Some(outage) = &mut self.outage {
+                outage.dropped += records;
+            }
+            if !std::mem::replace(&mut self.spool_full, true) {
+                tracing::warn!(
+                    spool = %spool.dir().display(),
+                    bytes = spool.bytes(),
+                    "the access-record spool is full: access records are dropped until PostgreSQL answers"
+                );
             }
         }
-        tx.commit()?;
         Ok(())
     }
+
+    /// Writes the next spool segment, if any, then the batch unless the
+    /// spool still holds more (`Ok(false)`: the batch goes behind it).
+    fn try_write(&mut self, batch: &Batch<'_>) -> Result<bool, WriteError> {
+        self.connect()?;
+        if self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+            self.replay_one()?;
+            if self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+                return Ok(false);
+            }
+        }
+        self.copy(batch.payload, &batch.days)?;
+        Ok(true)
+    }
+
+    /// Connects unless connected, and learns which partitions exist.
+    fn connect(&mut self) -> Result<(), WriteError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| WriteError::Unreachable(Box::new(e)))?;
+        // A node started during an outage migrates once the database
+        // answers; until then the table may not be partitioned yet.
+        let version = migrations::current_version(&mut client).map_err(WriteError::from)?;
+        if version < migrations::PARTITIONED_ACCESS_RECORDS {
+            return Err(WriteError::Unreachable(
+                format!("the database schema is at version {version}, not migrated yet").into(),
+            ));
+        }
+        self.partitions = partitions::existing(&mut client)?
+            .into_iter()
+            .map(|(day, _)| day)
+            .collect();
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Writes the oldest spool segment in one transaction, then deletes it.
+    /// A segment PostgreSQL refuses is set aside, logged, and skipped.
+    fn replay_one(&mut self) -> Result<(), WriteError> {
+        let spool = self.spool.as_mut().expect("called with a spool");
+        let (seq, frames) = match spool.oldest() {
+            Ok(Some(oldest)) => oldest,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                return Err(WriteError::Unreachable(
+                    format!(
+                        "cannot read the spool at {}: {error}",
+                        spool.dir().display()
+                    )
+                    .into(),
+                ))
+            }
+        };
+        let mut days = BTreeSet::new();
+        let mut payload = Vec::with_capacity(frames.iter().map(|f| f.payload.len()).sum());
+        for frame in &frames {
+            let (first, last) = (
+                partitions::day_of(frame.min_ts),
+                partitions::day_of(frame.max_ts),
+            );
+            if first == last {
+                days.insert(first);
+            } else {
+                days.extend(partitions::days_in_payload(&frame.payload));
+            }
+            payload.extend_from_slice(&frame.payload);
+        }
+        let written = self.copy(&payload, &days);
+        let spool = self.spool.as_mut().expect("called with a spool");
+        let done = match written {
+            Ok(()) => spool.remove(seq).map(|()| None),
+            Err(WriteError::Refused(error)) => {
+                let aside = spool.set_aside(seq);
+                tracing::error!(
+                    %error,
+                    set_aside = ?aside.as_ref().map(|p| p.display().to_string()),
+                    "PostgreSQL refused a spooled segment of access records; it is set aside"
+                );
+                aside.map(Some)
+            }
+            Err(unreachable) => return Err(unreachable),
+        };
+        if let Err(error) = done {
+            // Not deleted: it would be written again; better stop replaying.
+            tracing::error!(%error, spool = %spool.dir().display(), "cannot delete a written spool segment");
+            return Err(WriteError::Unreachable(Box::new(error)));
+        }
+        tollgate_telemetry::metrics::set_access_spool_bytes(spool.bytes());
+        if spool.is_empty() {
+            self.spool_full = false;
+            tracing::info!(spool = %spool.dir().display(), "the access-record spool is written to PostgreSQL");
+        }
+        Ok(())
+    }
+
+    /// `COPY`s `payload` in one transaction, creating the partitions of
+    /// `days` not known to exist first. A partition dropped meanwhile (by
+    /// another node's retention) makes the COPY fail for want of one: the
+    /// partitions are then created again and the COPY tried once more.
+    fn copy(&mut self, payload: &[u8], days: &BTreeSet<i64>) -> Result<(), WriteError> {
+        let mut retried = false;
+        loop {
+            let client = self.client.as_mut().expect("connected first");
+            let missing: Vec<i64> = days
+                .iter()
+                .filter(|day| !self.partitions.contains(day))
+                .copied()
+                .collect();
+            match copy_in(client, payload, &missing) {
+                Ok(()) => {
+                    self.partitions.extend(missing);
+                    return Ok(());
+                }
+                Err(WriteError::Refused(error))
+                    if !retried && error.code() == Some(&SqlState::CHECK_VIOLATION) =>
+                {
+                    retried = true;
+                    for day in days {
+                        self.partitions.remove(day);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+fn copy_in(client: &mut Client, payload: &[u8], missing: &[i64]) -> Result<(), WriteError> {
+    let mut tx = client.transaction()?;
+    partitions::create(&mut tx, missing.iter().copied())?;
+    let mut writer = tx.copy_in(&copy_text::copy_statement())?;
+    writer.write_all(payload).map_err(WriteError::from_copy)?;
+    writer.finish()?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Drops the partition `name`, returning how many rows it held; 0 when
+/// another node dropped it first.
+fn drop_partition(client: &mut Client, name: &str) -> Result<u64, StoreError> {
+    let mut tx = client.transaction()?;
+    let rows: i64 = match tx.query_one(&format!("SELECT count(*) FROM {name}"), &[]) {
+        Ok(row) => row.try_get(0)?,
+        Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(0),
+        Err(error) => return Err(error.into()),
+    };
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))?;
+    tx.commit()?;
+    tracing::info!(partition = name, rows, "dropped a day of access records");
+    Ok(u64::try_from(rows).unwrap_or(0))
 }
 
 impl RecordSink for PgRecordSink {
@@ -235,11 +431,60 @@ impl RecordSink for PgRecordSink {
         "postgres"
     }
 
+    /// Writes the spool back (a segment per call) once the database
+    /// answers, even when no request comes to carry it.
+    fn idle(&mut self) -> io::Result<()> {
+        if self.spool.as_ref().is_none_or(|s| s.is_empty())
+            || self
+                .outage
+                .as_ref()
+                .is_some_and(|o| o.last_try.elapsed() < RETRY_EVERY)
+        {
+            return Ok(());
+        }
+        let replayed = off_runtime(|| self.connect().and_then(|()| self.replay_one()));
+        match replayed {
+            Ok(()) => {
+                if let Some(outage) = self.outage.take() {
+                    tracing::info!(
+                        spooled = outage.spooled,
+                        dropped = outage.dropped,
+                        "PostgreSQL answers again: access records are written to it"
+                    );
+                }
+                Ok(())
+            }
+            Err(WriteError::Unreachable(_)) => {
+                self.client = None;
+                if let Some(outage) = &mut self.outage {
+                    outage.last_try = Instant::now();
+                }
+                Ok(())
+            }
+            Err(refused @ WriteError::Refused(_)) => Err(io::Error::other(refused)),
+        }
+    }
+
     fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        off_runtime(|| self.insert(records)).map_err(io::Error::other)
+        let mut payload = std::mem::take(&mut self.buffer);
+        payload.clear();
+        let (min_ts, max_ts) = copy_text::encode(records, &mut payload);
+        let batch = Batch {
+            records: records.len(),
+            payload: &payload,
+            min_ts,
+            max_ts,
+            days: records
+                .iter()
+                .map(|r| partitions::day_of(unix_micros(r.ts)))
+                .collect(),
+        };
+        let written = off_runtime(|| self.write(&batch));
+        self.buffer = payload;
+        written
     }
 }
 
@@ -247,11 +492,28 @@ impl PgStore {
     /// A sink writing access records into this database over its own
     /// connection, for [`tollgate_telemetry::AccessLog::start`]. It connects
     /// when it first writes (and again whenever its connection broke), so a
-    /// node started while the database is down gets one too.
+    /// node started while the database is down gets one too. Without a
+    /// spool ([`PgRecordSink::with_spool`]), batches written while the
+    /// database is unreachable fail and are lost.
     pub fn access_record_sink(&self) -> io::Result<PgRecordSink> {
+        let mut config = self.config().clone();
+        if config
+            .get_connect_timeout()
+            .is_none_or(|t| *t > CONNECT_TIMEOUT)
+        {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(UNACKNOWLEDGED_TIMEOUT);
+        }
         Ok(PgRecordSink {
-            config: self.config().clone(),
+            config,
             client: None,
+            partitions: HashSet::new(),
+            spool: None,
+            outage: None,
+            spool_full: false,
+            buffer: Vec::new(),
         })
     }
 
@@ -297,16 +559,29 @@ impl PgStore {
         })
     }
 
-    /// As [`crate::SqliteStore::prune_access_records`].
+    /// Removes the access records older than `before` (Unix microseconds):
+    /// first every day partition wholly older (`DROP TABLE`, each in a
+    /// transaction of its own, its rows counted first), then up to `batch`
+    /// of the remaining older records (those of the day `before` falls in),
+    /// oldest first, as SQLite's does. Returns how many records were
+    /// removed: the dropped partitions' rows plus the deleted ones, so it
+    /// may exceed `batch`; fewer than `batch` means none older is left.
     pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         self.with(|client| {
+            let mut removed: u64 = 0;
+            for (day, name) in partitions::existing(client)? {
+                if partitions::bounds(day).1 > before {
+                    break;
+                }
+                removed += drop_partition(client, &name)?;
+            }
             let deleted = client.execute(
-                "DELETE FROM access_records WHERE id IN (
-                    SELECT id FROM access_records WHERE ts < $1 ORDER BY ts LIMIT $2)",
+                "DELETE FROM access_records WHERE (id, ts) IN (
+                    SELECT id, ts FROM access_records WHERE ts < $1 ORDER BY ts LIMIT $2)",
                 &[&before, &batch],
             )?;
-            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+            Ok(usize::try_from(removed + deleted).unwrap_or(usize::MAX))
         })
     }
 

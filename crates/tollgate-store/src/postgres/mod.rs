@@ -15,10 +15,13 @@
 //! commit.
 
 mod access;
+mod copy_text;
 pub(crate) mod listen;
 mod migrations;
 mod nodes;
+mod partitions;
 mod resources;
+mod spool;
 mod users;
 
 use std::sync::{Arc, Mutex, MutexGuard};
