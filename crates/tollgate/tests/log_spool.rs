@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,30 +22,6 @@ const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345
 const CATCH_UP: Duration = Duration::from_secs(15);
 /// Requests sent while PostgreSQL is cut.
 const DURING: usize = 200;
-
-/// `url` with its `host:port` replaced by `addr`.
-fn via(url: &str, addr: SocketAddr) -> String {
-    let start = url
-        .find('@')
-        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
-    let end = start + url[start..].find('/').unwrap();
-    format!("{}{addr}{}", &url[..start], &url[end..])
-}
-
-/// The PostgreSQL server's address, from the schema's URL.
-fn server(url: &str) -> SocketAddr {
-    let start = url
-        .find('@')
-        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
-    let end = start + url[start..].find('/').unwrap();
-    let host = &url[start..end];
-    let host = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:5432")
-    };
-    host.to_socket_addrs().unwrap().next().unwrap()
-}
 
 /// A gateway on `database` in front of `upstream`, with `storage` extra.
 async fn node(database: &str, upstream: &str, storage: &str) -> Gateway {
@@ -157,8 +132,8 @@ async fn records_of_an_outage_are_spooled_and_written_once_body() {
         return;
     };
     let up = upstream::echo("u");
-    let proxy = FaultProxy::start(server(&schema.url())).await;
-    let gw = node(&via(&schema.url(), proxy.addr()), &up.url(), "").await;
+    let proxy = FaultProxy::start(common::pg_server(&schema.url())).await;
+    let gw = node(&common::pg_via(&schema.url(), proxy.addr()), &up.url(), "").await;
     // The default spool: in the data directory, beside the gateway's files.
     let spool = gw.dir().join("tollgate-data/access-spool");
     let url = schema.url();
@@ -229,11 +204,11 @@ async fn past_its_bound_the_spool_drops_and_counts_records_body() {
         return;
     };
     let up = upstream::echo("u");
-    let proxy = FaultProxy::start(server(&schema.url())).await;
+    let proxy = FaultProxy::start(common::pg_server(&schema.url())).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let gw = node(
-        &via(&schema.url(), proxy.addr()),
+        &common::pg_via(&schema.url(), proxy.addr()),
         &up.url(),
         &format!(", spool: {{ path: '{}', max_size: 4KiB }}", spool.display()),
     )

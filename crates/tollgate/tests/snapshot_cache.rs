@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,30 +24,6 @@ const PROVIDER_KEY: &str = "sk-provider-key-in-the-cache-0123456789";
 /// How long a node may take to catch up after PostgreSQL returns (its
 /// reconnection backs off up to 3 s; then notifications and the 1 s poll).
 const CATCH_UP: Duration = Duration::from_secs(15);
-
-/// `url` with its `host:port` replaced by `addr`.
-fn via(url: &str, addr: SocketAddr) -> String {
-    let start = url
-        .find('@')
-        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
-    let end = start + url[start..].find('/').unwrap();
-    format!("{}{addr}{}", &url[..start], &url[end..])
-}
-
-/// The PostgreSQL server's address, from the schema's URL.
-fn server(url: &str) -> SocketAddr {
-    let start = url
-        .find('@')
-        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
-    let end = start + url[start..].find('/').unwrap();
-    let host = &url[start..end];
-    let host = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:5432")
-    };
-    host.to_socket_addrs().unwrap().next().unwrap()
-}
 
 /// A node on `database`, with its snapshot cache at `cache` when given.
 async fn node(database: &str, name: &str, cache: Option<&Path>) -> Gateway {
@@ -148,8 +123,8 @@ async fn a_node_started_during_an_outage_serves_its_cache_and_catches_up_body() 
         return;
     };
     let up = upstream::echo("u");
-    let proxy = FaultProxy::start(server(&schema.url())).await;
-    let proxied = via(&schema.url(), proxy.addr());
+    let proxy = FaultProxy::start(common::pg_server(&schema.url())).await;
+    let proxied = common::pg_via(&schema.url(), proxy.addr());
     let direct = node(&schema.url(), "gw-direct", None).await;
     seed(&direct, &up).await;
 
@@ -243,8 +218,8 @@ async fn a_running_node_keeps_serving_through_a_cut_and_catches_up_body() {
         return;
     };
     let up = upstream::echo("u");
-    let proxy = FaultProxy::start(server(&schema.url())).await;
-    let proxied = via(&schema.url(), proxy.addr());
+    let proxy = FaultProxy::start(common::pg_server(&schema.url())).await;
+    let proxied = common::pg_via(&schema.url(), proxy.addr());
     let direct = node(&schema.url(), "gw-direct", None).await;
     seed(&direct, &up).await;
     let dir = tempfile::tempdir().unwrap();
@@ -294,12 +269,12 @@ async fn without_a_cache_a_node_started_during_an_outage_exits_body() {
     else {
         return;
     };
-    let proxy = FaultProxy::start(server(&schema.url())).await;
+    let proxy = FaultProxy::start(common::pg_server(&schema.url())).await;
     proxy.cut();
     let mut gw = common::gateway()
         .config(&format!(
             "storage: {{ database: '{}' }}\n",
-            via(&schema.url(), proxy.addr())
+            common::pg_via(&schema.url(), proxy.addr())
         ))
         .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
         .spawn();

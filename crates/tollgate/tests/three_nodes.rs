@@ -20,7 +20,8 @@ use tollgate_testkit::redis_server::RedisServer;
 use tollgate_testkit::reqwest::StatusCode;
 use tollgate_testkit::serde_json::{json, Value};
 use tollgate_testkit::{
-    eventually, futures_util, upstream, FakeKind, FakeLlm, Gateway, Reply, Upstream,
+    eventually, eventually_some, futures_util, upstream, FakeKind, FakeLlm, Gateway, Reply,
+    Upstream,
 };
 
 const APP_KEY: &str = "tg_three_nodes_app_key_0123456789abcdef";
@@ -34,7 +35,32 @@ struct Cluster {
     nodes: Vec<Gateway>,
     redis: RedisServer,
     redis_link: FaultProxy,
-    _schema: PgSchema,
+    /// Between the nodes and PostgreSQL.
+    pg_link: FaultProxy,
+    schema: Option<PgSchema>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A test that failed before `finish`: the schema is dropped on a
+        // thread of its own (DROP SCHEMA may wait for sessions that end
+        // only when the fault proxies' tasks, on this runtime, run).
+        if let Some(schema) = self.schema.take() {
+            std::thread::spawn(move || drop(schema));
+        }
+    }
+}
+
+impl Cluster {
+    /// Stops the nodes and drops the schema, off the runtime.
+    async fn finish(mut self) {
+        self.nodes.clear();
+        if let Some(schema) = self.schema.take() {
+            tokio::task::spawn_blocking(move || drop(schema))
+                .await
+                .unwrap();
+        }
+    }
 }
 
 impl Cluster {
@@ -43,6 +69,7 @@ impl Cluster {
         let schema = PgSchema::create(test)?;
         let redis = RedisServer::start()?;
         let redis_link = FaultProxy::start(redis.addr()).await;
+        let pg_link = FaultProxy::start(common::pg_server(&schema.url())).await;
         let mut nodes = Vec::new();
         // One after the other: each applies the same file to the store.
         for n in 1..=3 {
@@ -50,7 +77,7 @@ impl Cluster {
                 "storage: {{ database: '{}', redis: 'redis://{}' }}\n\
                  node: {{ name: gw-{n} }}\n\
                  consumers:\n  - name: app\n    keys: [{{ value: env:APP_KEY }}]\n{resources}",
-                schema.url(),
+                common::pg_via(&schema.url(), pg_link.addr()),
                 redis_link.addr()
             );
             nodes.push(
@@ -67,7 +94,8 @@ impl Cluster {
             nodes,
             redis,
             redis_link,
-            _schema: schema,
+            pg_link,
+            schema: Some(schema),
         };
         cluster.wait_for_three_live_nodes().await;
         Some(cluster)
@@ -197,6 +225,7 @@ async fn an_admin_write_on_node_1_is_enforced_on_nodes_2_and_3_within_a_second()
         delays[0], delays[5], delays[9]
     );
     assert!(delays[9] < Duration::from_secs(1), "{delays:?}");
+    cluster.finish().await;
 }
 
 /// Two limits on one API (counted in one Redis round trip): 120 requests at
@@ -243,6 +272,7 @@ async fn a_rate_limit_admits_exactly_its_limit_across_three_nodes() {
     assert!((60..=bound).contains(&admitted), "{admitted} admitted");
     let keys = cluster.redis.command(&["KEYS", "tollgate:rl|*"]);
     assert_eq!(keys.lines().count(), 3, "{keys}");
+    cluster.finish().await;
 }
 
 /// An AI budget of 10 USD shared by three nodes, calls of 2 USD sent in
@@ -317,6 +347,65 @@ apis:
         spent <= 10_000_000 + 3 * 2_000_000,
         "overrun by more than a call per node: {spent}"
     );
+    cluster.finish().await;
+}
+
+/// PostgreSQL cut between the nodes and the server: the three keep serving
+/// their configuration, an admin write answers 503 `store_unavailable`,
+/// and every access record of the outage reaches the database once it
+/// returns (spooled on each node, written back in order), none lost, none
+/// twice.
+#[tokio::test]
+async fn a_postgres_cut_keeps_three_nodes_serving_and_loses_no_record() {
+    let up = upstream::echo("s");
+    let yaml = resources(&up, &[("orders", "")]);
+    let Some(cluster) = Cluster::start("three_nodes_postgres_cut", &yaml).await else {
+        return;
+    };
+    let url = cluster.schema.as_ref().unwrap().url();
+    cluster.pg_link.cut();
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let node = &cluster.nodes[i % 3];
+        let res = node
+            .client()
+            .get(node.url("/orders"))
+            .header("x-api-key", APP_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{}", node.logs());
+        ids.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
+    }
+    let api = json!({ "name": "new", "service": "s", "match": { "paths": ["/new"] } });
+    let (code, body) = admin(&cluster.nodes[0], "POST", "/admin/v1/apis", Some(api)).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+
+    cluster.pg_link.restore();
+    let stored = eventually_some(Duration::from_secs(20), || {
+        let (url, ids) = (url.clone(), ids.clone());
+        async move {
+            let counts = tokio::task::spawn_blocking(move || {
+                let store = tollgate_store::Store::open(&url).unwrap();
+                let mut counts = std::collections::HashMap::<String, usize>::new();
+                for record in store.recent_access_records(100_000).unwrap() {
+                    *counts.entry(record.request_id).or_default() += 1;
+                }
+                counts
+            })
+            .await
+            .unwrap();
+            ids.iter()
+                .all(|id| counts.contains_key(id))
+                .then_some(counts)
+        }
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(stored[id], 1, "{id} stored once");
+    }
+    cluster.finish().await;
 }
 
 /// Redis cut between the nodes and the server: `deny` refuses with 503
@@ -405,4 +494,5 @@ async fn a_redis_cut_follows_each_on_store_failure_and_heals() {
     }
     let shared = cluster.burst("/shared", 30).await;
     assert_eq!(ok_count(&shared), 6, "{shared:?}");
+    cluster.finish().await;
 }

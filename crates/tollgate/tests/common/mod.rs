@@ -15,3 +15,29 @@ pub fn simple(urls: &[String], api_extra: &str, upstream_extra: &str) -> String 
         targets.join(", ")
     )
 }
+
+/// A database URL with its `host:port` replaced by `addr` (a fault proxy
+/// in front of the server).
+pub fn pg_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let start = url
+        .find('@')
+        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
+    let end = start + url[start..].find('/').unwrap();
+    format!("{}{addr}{}", &url[..start], &url[end..])
+}
+
+/// The PostgreSQL server's address, from a database URL.
+pub fn pg_server(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let start = url
+        .find('@')
+        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
+    let end = start + url[start..].find('/').unwrap();
+    let host = &url[start..end];
+    let host = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:5432")
+    };
+    host.to_socket_addrs().unwrap().next().unwrap()
+}
