@@ -37,8 +37,10 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The server's working directory and log file.
     dir: tempfile::TempDir,
-    /// Added to the command line (a cluster node's settings).
+    /// Added to the command line (a cluster node's settings, TLS).
     extra_args: Vec<String>,
+    /// The TLS port, when started with [`start_tls`](Self::start_tls).
+    tls_addr: Option<SocketAddr>,
 }
 
 impl RedisServer {
@@ -63,6 +65,7 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
             extra_args,
+            tls_addr: None,
         };
         match server.spawn() {
             Ok(()) => {}
@@ -97,6 +100,37 @@ impl RedisServer {
             .wait_ready()
             .unwrap_or_else(|message| panic!("{message}"));
         Some(server)
+    }
+
+    /// A server that also listens with TLS (`rediss://`), presenting the
+    /// certificate and key at `cert` and `key` (PEM), clients not asked for
+    /// one; its plain port stays open for readiness and
+    /// [`command`](Self::command). `None` as [`start`](Self::start), or when
+    /// this `redis-server` was built without TLS.
+    #[track_caller]
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<RedisServer> {
+        let tls_addr = port::free_addr();
+        let mut server = Self::start_with(vec![
+            "--tls-port".into(),
+            tls_addr.port().to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ])?;
+        server.tls_addr = Some(tls_addr);
+        Some(server)
+    }
+
+    /// `rediss://localhost:PORT` for a server started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        let addr = self.tls_addr.expect("started with start_tls");
+        format!("rediss://localhost:{}", addr.port())
     }
 
     /// `redis://127.0.0.1:PORT`, as `storage.redis` takes it.

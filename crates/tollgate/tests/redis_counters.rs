@@ -333,3 +333,72 @@ apis:
         assert_eq!(owners, 1, "{key}");
     }
 }
+
+/// `rediss://`: the gateway counts in a Redis it reaches over TLS, the
+/// server's certificate checked against the CA roots (here the test's own
+/// CA, given through `SSL_CERT_FILE` as an operator would extend them).
+#[tokio::test]
+async fn a_limit_counts_in_a_redis_reached_over_tls() {
+    let tls = tollgate_testkit::tls::self_signed(&["localhost"]);
+    let Some(redis) = RedisServer::start_tls(&tls.cert_pem_path, &tls.key_pem_path) else {
+        return;
+    };
+    let up = upstream::echo("orders");
+    let yaml = format!(
+        r#"
+storage: {{ redis: '{}' }}
+consumers:
+  - name: app
+    keys: [{{ value: env:APP_KEY }}]
+services:
+  - name: orders
+    upstream: {{ targets: [{{ url: "{}" }}] }}
+apis:
+  - name: orders
+    service: orders
+    match: {{ paths: [/orders] }}
+    policies:
+      auth: {{ methods: [key] }}
+      rate_limit: [{{ limit: 3, window: 1m, by: consumer, on_store_failure: deny }}]
+"#,
+        redis.tls_url(),
+        up.url()
+    );
+    let gateway = common::gateway()
+        .config(&yaml)
+        .env("APP_KEY", APP_KEY)
+        .env("SSL_CERT_FILE", &tls.cert_pem_path)
+        .start()
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let res = gateway
+            .client()
+            .get(gateway.url("/orders"))
+            .header("x-api-key", APP_KEY)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    // `deny` would answer 503 if Redis could not be reached.
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{}", gateway.logs());
+    let keys = redis.command(&["KEYS", "tollgate:rl|*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+
+    // Without the CA, the server's certificate is refused: no counting,
+    // and `deny` refuses.
+    let untrusting = common::gateway()
+        .config(&yaml)
+        .env("APP_KEY", APP_KEY)
+        .start()
+        .await;
+    let res = untrusting
+        .client()
+        .get(untrusting.url("/orders"))
+        .header("x-api-key", APP_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

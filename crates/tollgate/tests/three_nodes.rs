@@ -5,7 +5,9 @@
 //! (two limits counted in one round trip), and within the documented bound
 //! with `sync_interval`; an AI budget is not overrun by more than one call
 //! per node; while Redis is cut each `on_store_failure` mode does what it
-//! says, and shared counting resumes when it returns.
+//! says, and shared counting resumes when it returns; while PostgreSQL is
+//! cut the nodes serve on and no access record is lost; a node killed with
+//! SIGKILL goes silent in the node list while the others serve on.
 //!
 //! Skipped, saying why, without PostgreSQL or `redis-server` (failures in
 //! CI, which has both).
@@ -29,8 +31,8 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 /// Nodes sharing a database share their master key too.
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// Three nodes, the schema and Redis they share, and the proxy in front of
-/// Redis.
+/// Three nodes, the schema and Redis they share, and the fault proxies in
+/// front of both.
 struct Cluster {
     nodes: Vec<Gateway>,
     redis: RedisServer,
@@ -118,30 +120,40 @@ impl Cluster {
     /// Sends `count` requests to `path` at once, spread over the nodes in
     /// turn; returns their statuses and error codes.
     async fn burst(&self, path: &str, count: usize) -> Vec<(StatusCode, Option<String>)> {
-        let start = std::sync::Arc::new(tokio::sync::Barrier::new(count));
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..count {
-            let node = &self.nodes[i % 3];
-            let (client, url, start) = (node.client(), node.url(path), start.clone());
-            tasks.spawn(async move {
-                start.wait().await;
-                let res = client
-                    .get(url)
-                    .header("x-api-key", APP_KEY)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = res.status();
-                let body: Value = res.json().await.unwrap_or(Value::Null);
-                (status, body["error"]["code"].as_str().map(str::to_string))
-            });
-        }
-        let mut replies = Vec::with_capacity(count);
-        while let Some(reply) = tasks.join_next().await {
-            replies.push(reply.unwrap());
-        }
-        replies
+        burst_on(&self.nodes, path, count).await
     }
+}
+
+/// Sends `count` requests to `path` at once, spread over `nodes` in turn;
+/// returns their statuses and error codes.
+async fn burst_on(
+    nodes: &[Gateway],
+    path: &str,
+    count: usize,
+) -> Vec<(StatusCode, Option<String>)> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(count));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let node = &nodes[i % nodes.len()];
+        let (client, url, start) = (node.client(), node.url(path), start.clone());
+        tasks.spawn(async move {
+            start.wait().await;
+            let res = client
+                .get(url)
+                .header("x-api-key", APP_KEY)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, body["error"]["code"].as_str().map(str::to_string))
+        });
+    }
+    let mut replies = Vec::with_capacity(count);
+    while let Some(reply) = tasks.join_next().await {
+        replies.push(reply.unwrap());
+    }
+    replies
 }
 
 async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -494,5 +506,60 @@ async fn a_redis_cut_follows_each_on_store_failure_and_heals() {
     }
     let shared = cluster.burst("/shared", 30).await;
     assert_eq!(ok_count(&shared), 6, "{shared:?}");
+    cluster.finish().await;
+}
+
+/// A node killed with SIGKILL: the other two keep serving, and counting
+/// the shared limit exactly; the node list shows it silent after its
+/// heartbeats stop, and the live node count (what `on_store_failure:
+/// local` divides by) drops to two.
+#[tokio::test]
+async fn a_node_killed_with_sigkill_goes_silent_while_the_others_serve() {
+    let up = upstream::echo("s");
+    let yaml = resources(
+        &up,
+        &[(
+            "shared",
+            "      rate_limit: [{ limit: 30, window: 1m, by: consumer }]\n",
+        )],
+    );
+    let Some(mut cluster) = Cluster::start("three_nodes_sigkill", &yaml).await else {
+        return;
+    };
+    cluster.nodes[2].kill().await;
+    let killed = Instant::now();
+    let replies = burst_on(&cluster.nodes[..2], "/shared", 60).await;
+    assert_eq!(ok_count(&replies), 30, "{replies:?}");
+
+    let first = &cluster.nodes[0];
+    let list = tollgate_testkit::eventually_some(Duration::from_secs(25), || async {
+        let (_, list) = admin(first, "GET", "/admin/v1/nodes", None).await;
+        let silent = list["items"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "gw-3")?["silent"]
+            == true;
+        silent.then_some(list)
+    })
+    .await;
+    eprintln!("gw-3 listed as silent {:?} after SIGKILL", killed.elapsed());
+    for name in ["gw-1", "gw-2"] {
+        let entry = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap();
+        assert_eq!(entry["silent"], false, "{list}");
+    }
+    for node in &cluster.nodes[..2] {
+        eventually(Duration::from_secs(10), || async {
+            node.metrics()
+                .await
+                .lines()
+                .any(|line| line.starts_with("tollgate_live_nodes") && line.ends_with(" 2"))
+        })
+        .await;
+    }
     cluster.finish().await;
 }
