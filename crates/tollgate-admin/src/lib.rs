@@ -11,6 +11,7 @@ pub mod api;
 pub mod authz;
 pub mod bootstrap;
 pub mod compliance;
+pub mod console;
 pub mod control;
 pub mod nodes;
 pub mod openapi;
@@ -57,6 +58,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The admin API's routes; `None` serves only the probes and metrics.
     pub api: Option<axum::Router>,
+    /// The web console's routes ([`console::router`]), under `/console/`.
+    pub console: Option<axum::Router>,
 }
 
 impl AdminState {
@@ -122,6 +125,13 @@ async fn dispatch(
     mut request: Request<Incoming>,
 ) -> Response<axum::body::Body> {
     let path = request.uri().path();
+    if path == "/console" || path.starts_with("/console/") {
+        if let Some(console) = state.console.clone() {
+            let request_id = new_request_id();
+            let response = console::handle(console, peer, request.map(axum::body::Body::new)).await;
+            return with_request_id(response, &request_id).await;
+        }
+    }
     let is_api = path == "/admin/v1" || path.starts_with("/admin/v1/");
     let Some(router) = state.api.clone().filter(|_| is_api) else {
         return respond(state, &request).map(axum::body::Body::new);

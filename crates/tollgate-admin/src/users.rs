@@ -149,7 +149,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
 
 fn session_cookie_header(value: &str, max_age: u64) -> HeaderValue {
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/admin; Max-Age={max_age}"
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
     ))
     .expect("a session id is a header value")
 }

@@ -715,6 +715,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     });
     let admin_state = tollgate_admin::AdminState {
         ready: ready.clone(),
+        console: Some(tollgate_admin::console::router(admin_api.clone())),
         api: Some(admin_api),
     };
     let mut admin_shutdown = shutdown_rx.clone();

@@ -1263,12 +1263,7 @@ async fn users_sign_in_with_a_session_and_use_their_own_tokens() {
     assert_eq!(signed_in.status, 200, "{}", signed_in.body);
     assert_eq!(signed_in.body, created.body);
     let cookie = signed_in.set_cookie.clone().unwrap();
-    for attribute in [
-        "HttpOnly",
-        "SameSite=Strict",
-        "Path=/admin",
-        "Max-Age=43200",
-    ] {
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
     let session = session_of(&signed_in);

@@ -1,0 +1,352 @@
+//! The web console, served by the admin listener under `/console/`:
+//! server-rendered pages (maud), a stylesheet embedded in the binary, no
+//! JavaScript needed.
+//!
+//! **Only through the admin API.** Every page gets its data, and every form
+//! makes its change, by calling the admin API in-process with the user's
+//! own session cookie, so the console can never do more than the user's
+//! role allows: the API refuses it whatever the page offers.
+//!
+//! **Sessions and forms.** Sign-in is the API's (`POST /admin/v1/login`:
+//! argon2, rate-limited per address, audited); its session cookie is
+//! `HttpOnly; SameSite=Strict`. Every form carries a CSRF token that must
+//! match the `tollgate_csrf` cookie (double submit, the cookie itself
+//! `SameSite=Strict`): a form posted from another site has neither.
+
+mod chart;
+mod pages;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::api::ClientAddr;
+
+/// The CSRF cookie of the double-submit pattern.
+const CSRF_COOKIE: &str = "tollgate_csrf";
+/// The stylesheet, embedded.
+const STYLE: &str = include_str!("style.css");
+
+/// What the console's handlers share: the admin API to call.
+#[derive(Clone)]
+pub struct Console {
+    api: Router,
+}
+
+/// The console's routes, calling `api` (the admin API's router) for
+/// everything it shows or changes.
+pub fn router(api: Router) -> Router {
+    Router::new()
+        .route("/console", get(|| async { Redirect::to("/console/") }))
+        .route("/console/", get(dashboard))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/apis", get(apis))
+        .route("/console/style.css", get(style))
+        .fallback(not_found)
+        .with_state(Console { api })
+}
+
+/// The console's answer to a request for `peer`.
+pub async fn handle(
+    console: Router,
+    peer: SocketAddr,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    request.extensions_mut().insert(ClientAddr(peer));
+    match tower::ServiceExt::oneshot(console, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// An admin API answer: status, headers, JSON body (`Null` when none).
+struct ApiAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Console {
+    /// Calls the admin API as the browser's user (its cookies), from its
+    /// address (for the sign-in rate limit and the audit log).
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        browser: &HeaderMap,
+        peer: Option<ClientAddr>,
+        body: Option<Value>,
+    ) -> ApiAnswer {
+        let mut request = Request::builder().method(method).uri(path_and_query);
+        if let Some(cookie) = browser.get(header::COOKIE) {
+            request = request.header(header::COOKIE, cookie);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let mut request = request.body(body).expect("a valid request");
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        let response = match tower::ServiceExt::oneshot(self.api.clone(), request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        ApiAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, v)| *n == name && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
+/// The browser's CSRF token, or a new one (with the cookie to set).
+fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    if let Some(token) = cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 32) {
+        return (token, None);
+    }
+    let token: String = (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[fastrand::usize(..16)]))
+        .collect();
+    let header = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console"
+    ))
+    .expect("hex is a header value");
+    (token, Some(header))
+}
+
+/// The fields of a urlencoded form body.
+fn form(body: &Bytes) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Whether a posted form's CSRF token matches the browser's cookie.
+fn csrf_ok(headers: &HeaderMap, fields: &[(String, String)]) -> bool {
+    match (cookie(headers, CSRF_COOKIE), field(fields, "csrf")) {
+        (Some(expected), Some(given)) => {
+            expected.len() == 32 && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+/// A page, with the CSRF cookie set when it is new.
+fn page(markup: maud::Markup, set_csrf: Option<HeaderValue>) -> Response<Body> {
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Some(cookie) = set_csrf {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn to_login() -> Response<Body> {
+    Redirect::to("/console/login").into_response()
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        STYLE,
+    )
+}
+
+async fn not_found(headers: HeaderMap) -> Response<Body> {
+    let (csrf, set) = csrf_token(&headers);
+    let mut response = page(pages::not_found(&csrf), set);
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+async fn login_page(headers: HeaderMap) -> Response<Body> {
+    let (csrf, set) = csrf_token(&headers);
+    page(pages::login(&csrf, None), set)
+}
+
+async fn login(
+    State(console): State<Console>,
+    peer: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let fields = form(&body);
+    let (csrf, set) = csrf_token(&headers);
+    if !csrf_ok(&headers, &fields) {
+        let mut response = page(
+            pages::login(&csrf, Some("The form expired: please sign in again.")),
+            set,
+        );
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
+    let credentials = serde_json::json!({
+        "name": field(&fields, "username").unwrap_or_default(),
+        "password": field(&fields, "password").unwrap_or_default(),
+    });
+    let answer = console
+        .call(
+            Method::POST,
+            crate::users::LOGIN_ROUTE,
+            &HeaderMap::new(),
+            peer.map(|axum::Extension(p)| p),
+            Some(credentials),
+        )
+        .await;
+    if answer.status == StatusCode::OK {
+        let mut response = Redirect::to("/console/").into_response();
+        for cookie in answer.headers.get_all(header::SET_COOKIE) {
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookie.clone());
+        }
+        return response;
+    }
+    let message = match answer.status {
+        StatusCode::TOO_MANY_REQUESTS => "Too many attempts: try again in a minute.",
+        _ => "Wrong name or password.",
+    };
+    let mut response = page(pages::login(&csrf, Some(message)), set);
+    *response.status_mut() = answer.status;
+    response
+}
+
+async fn logout(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let fields = form(&body);
+    if !csrf_ok(&headers, &fields) {
+        return (StatusCode::FORBIDDEN, "the form expired").into_response();
+    }
+    let answer = console
+        .call(Method::POST, "/admin/v1/logout", &headers, None, None)
+        .await;
+    let mut response = to_login();
+    for cookie in answer.headers.get_all(header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+/// The dashboard's time ranges: label, seconds, bucket.
+const RANGES: [(&str, i64, &str); 5] = [
+    ("15m", 15 * 60, "minute"),
+    ("1h", 3600, "minute"),
+    ("24h", 24 * 3600, "hour"),
+    ("7d", 7 * 24 * 3600, "hour"),
+    ("30d", 30 * 24 * 3600, "day"),
+];
+
+#[derive(serde::Deserialize)]
+struct DashboardQuery {
+    range: Option<String>,
+}
+
+async fn dashboard(
+    State(console): State<Console>,
+    Query(query): Query<DashboardQuery>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if crate::users::session_cookie(&headers).is_none() {
+        return to_login();
+    }
+    let range = RANGES
+        .iter()
+        .find(|(label, _, _)| Some(*label) == query.range.as_deref())
+        .copied()
+        .unwrap_or(RANGES[1]);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let path = format!(
+        "/admin/v1/analytics?from={}&to={}&bucket={}",
+        now - range.1,
+        now + 1,
+        range.2
+    );
+    let analytics = console.call(Method::GET, &path, &headers, None, None).await;
+    if analytics.status == StatusCode::UNAUTHORIZED {
+        return to_login();
+    }
+    let nodes = console
+        .call(Method::GET, "/admin/v1/nodes", &headers, None, None)
+        .await;
+    let (csrf, set) = csrf_token(&headers);
+    page(
+        pages::dashboard(
+            &csrf,
+            range.0,
+            &RANGES.map(|r| r.0),
+            &analytics.body,
+            analytics.status,
+            &nodes.body,
+        ),
+        set,
+    )
+}
+
+async fn apis(State(console): State<Console>, headers: HeaderMap) -> Response<Body> {
+    if crate::users::session_cookie(&headers).is_none() {
+        return to_login();
+    }
+    let answer = console
+        .call(Method::GET, "/admin/v1/apis", &headers, None, None)
+        .await;
+    if answer.status == StatusCode::UNAUTHORIZED {
+        return to_login();
+    }
+    let (csrf, set) = csrf_token(&headers);
+    page(pages::apis(&csrf, &answer.body, answer.status), set)
+}

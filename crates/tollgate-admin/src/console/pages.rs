@@ -1,0 +1,306 @@
+//! The console's pages, as maud templates over the admin API's JSON.
+//! Every value shown is escaped by maud; nothing is trusted as HTML.
+
+use axum::http::StatusCode;
+use maud::{html, Markup, DOCTYPE};
+use serde_json::Value;
+
+use super::chart;
+
+/// The frame of every signed-in page: the top bar with the navigation and
+/// the sign-out form.
+fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Tollgate" }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                header.top {
+                    a.brand href="/console/" { "Tollgate" }
+                    nav {
+                        @for (href, label) in [("/console/", "Dashboard"), ("/console/apis", "APIs")] {
+                            @if href == current {
+                                a href=(href) aria-current="page" { strong { (label) } }
+                            } @else {
+                                a href=(href) { (label) }
+                            }
+                        }
+                    }
+                    form id="logout" method="post" action="/console/logout" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The sign-in page, with an error when the last attempt failed.
+pub fn login(csrf: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · Tollgate" }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                main {
+                    form.login id="login" method="post" action="/console/login" {
+                        h1 { "Sign in to Tollgate" }
+                        @if let Some(error) = error {
+                            p.error role="alert" { (error) }
+                        }
+                        input type="hidden" name="csrf" value=(csrf);
+                        label for="username" { "Name" }
+                        input id="username" type="text" name="username" autocomplete="username" required autofocus;
+                        label for="password" { "Password" }
+                        input id="password" type="password" name="password" autocomplete="current-password" required;
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn not_found(csrf: &str) -> Markup {
+    layout(
+        "Not found",
+        csrf,
+        "",
+        html! {
+            h1 { "Not found" }
+            p { "There is no such page. " a href="/console/" { "Back to the dashboard" } }
+        },
+    )
+}
+
+/// An API error shown on a page: the API's message for the user's role.
+fn refused(status: StatusCode, body: &Value) -> Markup {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("the admin API refused the request");
+    html! {
+        p.error role="alert" { (status.as_u16()) ": " (message) }
+    }
+}
+
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(0.0)
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.1} %", part * 100.0 / whole)
+    } else {
+        "–".to_string()
+    }
+}
+
+fn card(label: &str, value: String) -> Markup {
+    html! {
+        div.card {
+            div.label { (label) }
+            div.value { (value) }
+        }
+    }
+}
+
+/// The dashboard: totals, traffic and latency over time, top APIs and
+/// consumers, AI usage and spend, and the nodes.
+pub fn dashboard(
+    csrf: &str,
+    range: &str,
+    ranges: &[&str],
+    analytics: &Value,
+    status: StatusCode,
+    nodes: &Value,
+) -> Markup {
+    let totals = &analytics["totals"];
+    let requests = number(&totals["requests"]);
+    let buckets = analytics["buckets"].as_array().cloned().unwrap_or_default();
+    let series = |field: &str| -> Vec<f64> { buckets.iter().map(|b| number(&b[field])).collect() };
+    let latency = |q: &str| -> Vec<f64> {
+        buckets
+            .iter()
+            .map(|b| number(&b["latency_ms"][q]))
+            .collect()
+    };
+    let ai = &analytics["ai"];
+    layout(
+        "Dashboard",
+        csrf,
+        "/console/",
+        html! {
+            h1 { "Dashboard" }
+            nav.ranges aria-label="Time range" {
+                @for label in ranges {
+                    @if *label == range {
+                        a.current href=(format!("/console/?range={label}")) { (label) }
+                    } @else {
+                        a href=(format!("/console/?range={label}")) { (label) }
+                    }
+                }
+            }
+            @if status != StatusCode::OK {
+                (refused(status, analytics))
+            } @else {
+                section.cards {
+                    (card("Requests", chart::format_value(requests)))
+                    (card("Error rate", percent(number(&totals["errors"]), requests)))
+                    (card("Denied", percent(number(&totals["denied"]), requests)))
+                    (card("p50 latency", format!("{:.1} ms", number(&totals["latency_ms"]["p50"]))))
+                    (card("p99 latency", format!("{:.1} ms", number(&totals["latency_ms"]["p99"]))))
+                    (card("AI tokens", chart::format_value(number(&ai["tokens_in"]) + number(&ai["tokens_out"]))))
+                    (card("AI spend", format!("${:.2}", number(&ai["cost_usd"]))))
+                }
+                section.panel id="traffic" {
+                    (chart::lines(
+                        "Requests over time",
+                        buckets.len(),
+                        &[
+                            ("requests", "#1f6feb", series("requests")),
+                            ("errors", "#cf222e", series("errors")),
+                            ("denied", "#9a6700", series("denied")),
+                        ],
+                    ))
+                }
+                section.panel id="latency" {
+                    (chart::lines(
+                        "Latency (ms)",
+                        buckets.len(),
+                        &[("p50", "#1a7f37", latency("p50")), ("p99", "#8250df", latency("p99"))],
+                    ))
+                }
+                section.panel id="top-apis" {
+                    h2 { "Top APIs" }
+                    (ranking(&analytics["top_apis"], "api", "API"))
+                }
+                section.panel id="top-consumers" {
+                    h2 { "Top consumers" }
+                    (ranking(&analytics["top_consumers"], "consumer", "Consumer"))
+                }
+                section.panel id="ai-models" {
+                    h2 { "AI usage by model" }
+                    @let models = ai["by_model"].as_array().cloned().unwrap_or_default();
+                    @if models.is_empty() {
+                        p.muted { "No AI calls in this range." }
+                    } @else {
+                        table {
+                            thead { tr { th { "Model" } th { "Calls" } th { "Tokens in" } th { "Tokens out" } th { "Spend" } } }
+                            tbody {
+                                @for m in &models {
+                                    tr {
+                                        td { (m["model"].as_str().unwrap_or("–")) }
+                                        td { (number(&m["calls"])) }
+                                        td { (number(&m["tokens_in"])) }
+                                        td { (number(&m["tokens_out"])) }
+                                        td { (format!("${:.4}", number(&m["cost_usd"]))) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section.panel id="nodes" {
+                h2 { "Nodes" }
+                @let items = nodes["items"].as_array().cloned().unwrap_or_default();
+                @if items.is_empty() {
+                    p.muted { "No node list for this role." }
+                } @else {
+                    table {
+                        thead { tr { th { "Node" } th { "Address" } th { "Version" } th { "Health" } th { "State" } } }
+                        tbody {
+                            @for n in &items {
+                                tr {
+                                    td { (n["name"].as_str().unwrap_or("–")) }
+                                    td { (n["address"].as_str().unwrap_or("–")) }
+                                    td { (n["version"].as_str().unwrap_or("–")) }
+                                    td { (n["health"].as_str().unwrap_or("–")) }
+                                    td {
+                                        @if n["silent"] == true { "silent" }
+                                        @else if n["lagging"] == true { "lagging" }
+                                        @else { "live" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A top-N table of `{<key>, requests}` entries.
+fn ranking(entries: &Value, key: &str, heading: &str) -> Markup {
+    let entries = entries.as_array().cloned().unwrap_or_default();
+    html! {
+        @if entries.is_empty() {
+            p.muted { "No requests in this range." }
+        } @else {
+            table {
+                thead { tr { th { (heading) } th { "Requests" } } }
+                tbody {
+                    @for e in &entries {
+                        tr {
+                            td { (e[key].as_str().unwrap_or("(none)")) }
+                            td { (number(&e["requests"])) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The APIs the user may see, with their lifecycle state.
+pub fn apis(csrf: &str, list: &Value, status: StatusCode) -> Markup {
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    layout(
+        "APIs",
+        csrf,
+        "/console/apis",
+        html! {
+            h1 { "APIs" }
+            @if status != StatusCode::OK {
+                (refused(status, list))
+            } @else if items.is_empty() {
+                p.muted { "No APIs yet." }
+            } @else {
+                section.panel {
+                    table id="apis" {
+                        thead { tr { th { "Name" } th { "Service" } th { "Paths" } th { "Version" } th { "Lifecycle" } } }
+                        tbody {
+                            @for api in &items {
+                                @let lifecycle = api["lifecycle"].as_str().unwrap_or("published");
+                                tr {
+                                    td { (api["name"].as_str().unwrap_or("–")) }
+                                    td { (api["service"].as_str().unwrap_or("–")) }
+                                    td {
+                                        @for path in api["match"]["paths"].as_array().cloned().unwrap_or_default() {
+                                            code { (path.as_str().unwrap_or("")) } " "
+                                        }
+                                    }
+                                    td { (api["version"].as_str().unwrap_or("–")) }
+                                    td class=(format!("status-{lifecycle}")) { (lifecycle) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

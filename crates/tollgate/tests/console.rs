@@ -1,0 +1,288 @@
+//! The web console over plain HTTP (the browser tests drive the same pages
+//! in Chromium): sign-in with CSRF, the session cookie, the dashboard and
+//! the APIs page as the admin API shows them to the user's role, sign-out.
+
+mod common;
+
+use tollgate_testkit::reqwest::{self, header, redirect, StatusCode};
+use tollgate_testkit::serde_json::json;
+use tollgate_testkit::{upstream, Gateway};
+
+const ROOT: &str = "test-admin-token-0123456789abcdef";
+const PASSWORD: &str = "a long enough password";
+
+async fn gateway() -> (Gateway, tollgate_testkit::Upstream) {
+    let up = upstream::echo("orders");
+    let gw = common::gateway()
+        .config(&format!(
+            "teams: [{{ name: shop }}]\nservices:\n  - name: orders\n    team: shop\n    upstream: {{ targets: [{{ url: '{}' }}] }}\n\
+             apis:\n  - {{ name: orders-v1, service: orders, version: v1, match: {{ paths: [/orders] }} }}\n",
+            up.url()
+        ))
+        .env("TOLLGATE_ADMIN_TOKEN", ROOT)
+        .start()
+        .await;
+    (gw, up)
+}
+
+/// A browser-like client: keeps the cookies it is given, does not follow
+/// redirects (the tests look at them).
+struct Browser {
+    client: reqwest::Client,
+    cookies: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+fn browser() -> Browser {
+    Browser {
+        client: reqwest::Client::builder()
+            .redirect(redirect::Policy::none())
+            .build()
+            .unwrap(),
+        cookies: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
+impl Browser {
+    fn cookie_header(&self) -> String {
+        let cookies = self.cookies.lock().unwrap();
+        cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&self, res: &reqwest::Response) {
+        let mut cookies = self.cookies.lock().unwrap();
+        for set in res.headers().get_all(header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                cookies.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+
+    async fn get(&self, url: String) -> reqwest::Response {
+        let res = self
+            .client
+            .get(url)
+            .header(header::COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep(&res);
+        res
+    }
+
+    async fn post(&self, url: String, form: &[(&str, &str)]) -> reqwest::Response {
+        let res = self
+            .client
+            .post(url)
+            .header(header::COOKIE, self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.keep(&res);
+        res
+    }
+}
+
+async fn create_user(gw: &Gateway, name: &str, memberships: serde_json::Value) {
+    let res = gw
+        .client()
+        .post(format!("{}/admin/v1/users", gw.admin_url()))
+        .bearer_auth(ROOT)
+        .json(&json!({ "name": name, "password": PASSWORD, "memberships": memberships }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+}
+
+/// The CSRF token of a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at =
+        html.find(r#"name="csrf" value=""#).expect("a CSRF field") + r#"name="csrf" value=""#.len();
+    html[at..at + 32].to_string()
+}
+
+async fn sign_in(gw: &Gateway, client: &Browser, name: &str, password: &str) -> reqwest::Response {
+    let page = client
+        .get(format!("{}/console/login", gw.admin_url()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    client
+        .post(
+            format!("{}/console/login", gw.admin_url()),
+            &[
+                ("csrf", csrf_of(&page).as_str()),
+                ("username", name),
+                ("password", password),
+            ],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn sign_in_shows_the_dashboard_and_sign_out_ends_the_session() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let client = browser();
+    let admin = gw.admin_url();
+
+    // No session: to the sign-in page.
+    let res = client.get(format!("{admin}/console/")).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/console/login");
+
+    // The sign-in page sets the CSRF cookie and carries its token.
+    let res = client.get(format!("{admin}/console/login")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let csrf_cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csrf_cookie.starts_with("tollgate_csrf="), "{csrf_cookie}");
+    assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Strict"));
+    let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = res.text().await.unwrap();
+    assert!(page.contains(r#"<form class="login" id="login""#), "{page}");
+
+    // A form without its token (another site's) is refused.
+    let res = reqwest::Client::new()
+        .post(format!("{admin}/console/login"))
+        .header(header::COOKIE, client.cookie_header())
+        .form(&[("username", "alice"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // A wrong password: the page again, with the error.
+    let res = sign_in(&gw, &client, "alice", "not the password").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(r#"class="error""#) && page.contains("Wrong name or password"),
+        "{page}"
+    );
+
+    // The right one: a session cookie, and the dashboard.
+    let res = sign_in(&gw, &client, "alice", PASSWORD).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        res.text().await.unwrap()
+    );
+    assert_eq!(res.headers()[header::LOCATION], "/console/");
+    let session = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(session.starts_with("tollgate_session="), "{session}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(attribute), "{session}");
+    }
+
+    // Traffic to show.
+    for _ in 0..3 {
+        assert_eq!(
+            gw.client()
+                .get(gw.url("/orders"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    gw.wait_for_records(3, std::time::Duration::from_secs(5))
+        .await;
+    let res = client.get(format!("{admin}/console/?range=15m")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("<h1>Dashboard</h1>"), "{page}");
+    assert!(page.contains("<svg"), "a chart drawn on the server");
+    assert!(page.contains("orders-v1"), "the top APIs: {page}");
+    assert!(
+        page.contains(r#"class="current" href="/console/?range=15m""#),
+        "{page}"
+    );
+
+    let page = client
+        .get(format!("{admin}/console/apis"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("orders-v1") && page.contains("/orders"),
+        "{page}"
+    );
+    assert!(page.contains(r#"class="status-published""#), "{page}");
+
+    // Sign out: the session is over.
+    let res = client
+        .post(
+            format!("{admin}/console/logout"),
+            &[("csrf", csrf_of(&page).as_str())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{admin}/console/"))
+        .header(header::COOKIE, session.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "the old session no longer opens the console"
+    );
+}
+
+/// A developer sees what the admin API lets a developer see: no dashboard
+/// analytics across teams (the API's refusal is shown), its team's APIs.
+#[tokio::test]
+async fn a_developer_sees_what_its_role_allows() {
+    let (gw, _up) = gateway().await;
+    create_user(&gw, "dev", json!([{ "team": "shop", "role": "developer" }])).await;
+    let client = browser();
+    let res = sign_in(&gw, &client, "dev", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let page = client
+        .get(format!("{}/console/", gw.admin_url()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"class="error""#),
+        "the API refused the analytics: {page}"
+    );
+    let page = client
+        .get(format!("{}/console/apis", gw.admin_url()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("orders-v1"), "{page}");
+}
