@@ -286,3 +286,247 @@ async fn a_developer_sees_what_its_role_allows() {
         .unwrap();
     assert!(page.contains("orders-v1"), "{page}");
 }
+
+/// The text of `<input id="new-key" … value="…">` on the key page.
+fn new_key_of(html: &str) -> String {
+    let at = html.find(r#"id="new-key""#).expect("the new key");
+    let rest = &html[at..];
+    let start = rest.find(r#"value=""#).unwrap() + r#"value=""#.len();
+    let end = start + rest[start..].find('"').unwrap();
+    rest[start..end].to_string()
+}
+
+/// The whole workflow through the console's forms: a service that needs
+/// approval and an API behind a key, a consumer and its key (shown once),
+/// a subscription requested and approved, a call through the proxy with
+/// that key, the call in the logs explorer and its export, and the API
+/// retired (410).
+#[tokio::test]
+async fn the_console_runs_the_whole_workflow() {
+    let (gw, up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let csrf = {
+        let page = client
+            .get(format!("{admin}/console/services"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        csrf_of(&page)
+    };
+    let submit = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let mut form: Vec<(&str, String)> = vec![("csrf", csrf.clone())];
+        form.extend(fields);
+        let client = &client;
+        let admin = admin.clone();
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let res = client.post(format!("{admin}{path}"), &form).await;
+            let location = res
+                .headers()
+                .get(header::LOCATION)
+                .map(|l| l.to_str().unwrap().to_string());
+            (res.status(), location, res.text().await.unwrap())
+        }
+    };
+
+    let (status, location, _) = submit(
+        "/console/services",
+        vec![
+            ("name", "pay".into()),
+            ("url", up.url()),
+            ("approval", "yes".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let location = location.unwrap();
+    assert!(
+        location.starts_with("/console/services?done="),
+        "{location}"
+    );
+    let page = client
+        .get(format!("{admin}{location}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Service pay created.") && page.contains("<td>pay</td>"),
+        "{page}"
+    );
+
+    let (_, location, _) = submit(
+        "/console/apis",
+        vec![
+            ("name", "pay-v1".into()),
+            ("service", "pay".into()),
+            ("path", "/pay".into()),
+            ("key", "yes".into()),
+        ],
+    )
+    .await;
+    assert!(location.unwrap().contains("done="));
+
+    let (_, location, _) = submit("/console/consumers", vec![("name", "shop-app".into())]).await;
+    assert!(location.unwrap().contains("done="));
+    let (status, _, page) = submit("/console/consumers/shop-app/keys", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let key = new_key_of(&page);
+    assert!(key.len() > 20, "{key}");
+    assert!(page.contains(r#"data-copy="new-key""#), "a copy button");
+    // Shown once: the consumers page lists the key's id, never the key.
+    let page = client
+        .get(format!("{admin}/console/consumers"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains(&key));
+
+    let call = || {
+        let (client, url, key) = (gw.client(), gw.url("/pay"), key.clone());
+        async move {
+            client
+                .get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(call().await, StatusCode::FORBIDDEN, "no subscription yet");
+
+    let (_, location, _) = submit(
+        "/console/subscriptions",
+        vec![
+            ("consumer", "shop-app".into()),
+            ("service", "pay".into()),
+            ("reason", "checkout".into()),
+        ],
+    )
+    .await;
+    assert!(location.unwrap().contains("done="));
+    let page = client
+        .get(format!("{admin}/console/subscriptions"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"data-subscription="shop-app:pay""#),
+        "in the approval queue: {page}"
+    );
+    let (_, location, _) = submit(
+        "/console/subscriptions/shop-app:pay/decide",
+        vec![("action", "approve".into()), ("comment", "welcome".into())],
+    )
+    .await;
+    assert!(location.unwrap().contains("done="));
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        call().await == StatusCode::OK
+    })
+    .await;
+
+    // The call in the logs explorer, and in its export.
+    gw.wait_for_records(2, std::time::Duration::from_secs(5))
+        .await;
+    let page = client
+        .get(format!("{admin}/console/logs?api=pay-v1&status=200"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<code>/pay</code>") && page.contains("shop-app"),
+        "{page}"
+    );
+    let res = client
+        .get(format!("{admin}/console/logs/export?format=csv&api=pay-v1"))
+        .await;
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "text/csv; charset=utf-8"
+    );
+    let csv = res.text().await.unwrap();
+    assert!(csv.starts_with("ts,request_id,method,path"), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",/pay,pay-v1,shop-app,200,")),
+        "{csv}"
+    );
+
+    // Retire it, confirmed: 410 through the proxy.
+    let (_, location, _) = submit(
+        "/console/apis/pay-v1/lifecycle",
+        vec![("lifecycle", "retired".into())],
+    )
+    .await;
+    assert!(location.unwrap().contains("error="), "unconfirmed: refused");
+    let (_, location, _) = submit(
+        "/console/apis/pay-v1/lifecycle",
+        vec![("lifecycle", "retired".into()), ("confirm", "yes".into())],
+    )
+    .await;
+    let location = location.unwrap();
+    assert!(location.contains("done="), "{location}");
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        call().await == StatusCode::GONE
+    })
+    .await;
+}
+
+/// A developer's writes the admin API refuses come back as the API's error,
+/// and nothing changes.
+#[tokio::test]
+async fn a_developer_cannot_create_a_service_through_the_console() {
+    let (gw, _up) = gateway().await;
+    create_user(&gw, "dev", json!([{ "team": "shop", "role": "developer" }])).await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "dev", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = client
+        .get(format!("{admin}/console/services"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let res = client
+        .post(
+            format!("{admin}/console/services"),
+            &[
+                ("csrf", csrf_of(&page).as_str()),
+                ("name", "evil"),
+                ("url", "http://127.0.0.1:9"),
+            ],
+        )
+        .await;
+    let location = res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(location.contains("error=403"), "{location}");
+    let res = gw
+        .client()
+        .get(format!("{admin}/admin/v1/services/evil"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}

@@ -14,6 +14,7 @@
 //! `SameSite=Strict`): a form posted from another site has neither.
 
 mod chart;
+mod manage;
 mod pages;
 
 use std::net::SocketAddr;
@@ -32,8 +33,9 @@ use crate::api::ClientAddr;
 
 /// The CSRF cookie of the double-submit pattern.
 const CSRF_COOKIE: &str = "tollgate_csrf";
-/// The stylesheet, embedded.
+/// The stylesheet and the one script, embedded.
 const STYLE: &str = include_str!("style.css");
+const SCRIPT: &str = include_str!("console.js");
 
 /// What the console's handlers share: the admin API to call.
 #[derive(Clone)]
@@ -49,8 +51,37 @@ pub fn router(api: Router) -> Router {
         .route("/console/", get(dashboard))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
-        .route("/console/apis", get(apis))
+        .route(
+            "/console/services",
+            get(manage::services).post(manage::create_service),
+        )
+        .route("/console/apis", get(manage::apis).post(manage::create_api))
+        .route(
+            "/console/apis/{name}/lifecycle",
+            post(manage::change_lifecycle),
+        )
+        .route(
+            "/console/consumers",
+            get(manage::consumers).post(manage::create_consumer),
+        )
+        .route("/console/consumers/{name}/keys", post(manage::issue_key))
+        .route(
+            "/console/consumers/{name}/keys/{id}/revoke",
+            post(manage::revoke_key),
+        )
+        .route(
+            "/console/subscriptions",
+            get(manage::subscriptions).post(manage::request_subscription),
+        )
+        .route(
+            "/console/subscriptions/{id}/decide",
+            post(manage::decide_subscription),
+        )
+        .route("/console/logs", get(manage::logs))
+        .route("/console/logs/export", get(manage::export_logs))
+        .route("/console/logs/{request_id}", get(manage::log_detail))
         .route("/console/style.css", get(style))
+        .route("/console/console.js", get(script))
         .fallback(not_found)
         .with_state(Console { api })
 }
@@ -86,13 +117,46 @@ impl Console {
         peer: Option<ClientAddr>,
         body: Option<Value>,
     ) -> ApiAnswer {
+        self.send(
+            method,
+            path_and_query,
+            browser,
+            peer,
+            body,
+            "application/json",
+        )
+        .await
+    }
+
+    /// [`call`](Self::call) with a body of `content_type` (a merge patch).
+    async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        browser: &HeaderMap,
+        body: Option<Value>,
+        content_type: &'static str,
+    ) -> ApiAnswer {
+        self.send(method, path_and_query, browser, None, body, content_type)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        browser: &HeaderMap,
+        peer: Option<ClientAddr>,
+        body: Option<Value>,
+        content_type: &'static str,
+    ) -> ApiAnswer {
         let mut request = Request::builder().method(method).uri(path_and_query);
         if let Some(cookie) = browser.get(header::COOKIE) {
             request = request.header(header::COOKIE, cookie);
         }
         let body = match body {
             Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
+                request = request.header(header::CONTENT_TYPE, content_type);
                 Body::from(body.to_string())
             }
             None => Body::empty(),
@@ -182,7 +246,7 @@ fn page(markup: maud::Markup, set_csrf: Option<HeaderValue>) -> Response<Body> {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
         ),
     );
     headers.insert(
@@ -203,6 +267,16 @@ async fn style() -> impl IntoResponse {
             (header::CACHE_CONTROL, "max-age=300"),
         ],
         STYLE,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        SCRIPT,
     )
 }
 
@@ -335,18 +409,4 @@ async fn dashboard(
         ),
         set,
     )
-}
-
-async fn apis(State(console): State<Console>, headers: HeaderMap) -> Response<Body> {
-    if crate::users::session_cookie(&headers).is_none() {
-        return to_login();
-    }
-    let answer = console
-        .call(Method::GET, "/admin/v1/apis", &headers, None, None)
-        .await;
-    if answer.status == StatusCode::UNAUTHORIZED {
-        return to_login();
-    }
-    let (csrf, set) = csrf_token(&headers);
-    page(pages::apis(&csrf, &answer.body, answer.status), set)
 }

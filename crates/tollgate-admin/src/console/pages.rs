@@ -7,9 +7,19 @@ use serde_json::Value;
 
 use super::chart;
 
+/// The console's sections, in the top bar.
+const NAV: [(&str, &str); 6] = [
+    ("/console/", "Dashboard"),
+    ("/console/services", "Services"),
+    ("/console/apis", "APIs"),
+    ("/console/consumers", "Consumers"),
+    ("/console/subscriptions", "Subscriptions"),
+    ("/console/logs", "Logs"),
+];
+
 /// The frame of every signed-in page: the top bar with the navigation and
 /// the sign-out form.
-fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -23,7 +33,7 @@ fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Markup {
                 header.top {
                     a.brand href="/console/" { "Tollgate" }
                     nav {
-                        @for (href, label) in [("/console/", "Dashboard"), ("/console/apis", "APIs")] {
+                        @for (href, label) in NAV {
                             @if href == current {
                                 a href=(href) aria-current="page" { strong { (label) } }
                             } @else {
@@ -86,7 +96,7 @@ pub fn not_found(csrf: &str) -> Markup {
 }
 
 /// An API error shown on a page: the API's message for the user's role.
-fn refused(status: StatusCode, body: &Value) -> Markup {
+pub(super) fn refused(status: StatusCode, body: &Value) -> Markup {
     let message = body["error"]["message"]
         .as_str()
         .unwrap_or("the admin API refused the request");
@@ -263,44 +273,4 @@ fn ranking(entries: &Value, key: &str, heading: &str) -> Markup {
             }
         }
     }
-}
-
-/// The APIs the user may see, with their lifecycle state.
-pub fn apis(csrf: &str, list: &Value, status: StatusCode) -> Markup {
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    layout(
-        "APIs",
-        csrf,
-        "/console/apis",
-        html! {
-            h1 { "APIs" }
-            @if status != StatusCode::OK {
-                (refused(status, list))
-            } @else if items.is_empty() {
-                p.muted { "No APIs yet." }
-            } @else {
-                section.panel {
-                    table id="apis" {
-                        thead { tr { th { "Name" } th { "Service" } th { "Paths" } th { "Version" } th { "Lifecycle" } } }
-                        tbody {
-                            @for api in &items {
-                                @let lifecycle = api["lifecycle"].as_str().unwrap_or("published");
-                                tr {
-                                    td { (api["name"].as_str().unwrap_or("–")) }
-                                    td { (api["service"].as_str().unwrap_or("–")) }
-                                    td {
-                                        @for path in api["match"]["paths"].as_array().cloned().unwrap_or_default() {
-                                            code { (path.as_str().unwrap_or("")) } " "
-                                        }
-                                    }
-                                    td { (api["version"].as_str().unwrap_or("–")) }
-                                    td class=(format!("status-{lifecycle}")) { (lifecycle) }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    )
 }
