@@ -75,6 +75,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             vec![op(M::POST, "Start a console session", Obj, 200)],
         ),
         (
+            "/admin/v1/whoami",
+            get(u::whoami),
+            vec![op(
+                M::GET,
+                "The caller: name, user, global role, team roles",
+                Empty,
+                200,
+            )],
+        ),
+        (
             "/admin/v1/logout",
             post(u::logout),
             vec![op(M::POST, "End the console session", Empty, 204)],

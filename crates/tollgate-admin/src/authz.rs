@@ -463,9 +463,11 @@ pub fn check_endpoint(
         return Ok(());
     };
     match route {
-        "/admin/v1/login" | "/admin/v1/logout" | "/admin/v1/logs" | "/admin/v1/openapi.json" => {
-            Ok(())
-        }
+        "/admin/v1/login"
+        | "/admin/v1/logout"
+        | "/admin/v1/whoami"
+        | "/admin/v1/logs"
+        | "/admin/v1/openapi.json" => Ok(()),
         // The handlers apply the users' rules (a user may manage itself).
         "/admin/v1/users"
         | "/admin/v1/users/{name}"

@@ -688,6 +688,23 @@ pub async fn login(
 
 /// `POST /admin/v1/logout`: ends the session of the request's cookie, if
 /// any, and clears the cookie. 204.
+/// `GET /admin/v1/whoami`: the caller as the admin API sees it — its name,
+/// its user (none for a token of no user), its global role and its role in
+/// each team — so that a client (the console) offers only what it may do.
+pub async fn whoami(Extension(principal): Extension<Principal>) -> Json<Value> {
+    let teams: Map<String, Value> = principal
+        .teams
+        .iter()
+        .map(|(team, role)| (team.clone(), Value::from(role.as_str())))
+        .collect();
+    Json(serde_json::json!({
+        "name": principal.name,
+        "user": principal.user,
+        "global": principal.global.map(|r| r.as_str()),
+        "teams": teams,
+    }))
+}
+
 pub async fn logout(State(api): State<AdminApi>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(session) = session_cookie(&headers) {
         let hash = tollgate_policy::credentials::hash_key(&session);

@@ -259,32 +259,92 @@ async fn sign_in_shows_the_dashboard_and_sign_out_ends_the_session() {
     );
 }
 
-/// A developer sees what the admin API lets a developer see: no dashboard
-/// analytics across teams (the API's refusal is shown), its team's APIs.
+/// A developer is offered what its role allows: it lands on the portal
+/// (its team's published API, documented, with a subscribe form), sees no
+/// dashboard, audit or service form, and the admin pages it types in
+/// answer with the API's refusal.
 #[tokio::test]
 async fn a_developer_sees_what_its_role_allows() {
     let (gw, _up) = gateway().await;
     create_user(&gw, "dev", json!([{ "team": "shop", "role": "developer" }])).await;
     let client = browser();
-    let res = sign_in(&gw, &client, "dev", PASSWORD).await;
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "dev", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let res = client.get(format!("{admin}/console/")).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/console/portal");
+
     let page = client
-        .get(format!("{}/console/", gw.admin_url()))
+        .get(format!("{admin}/console/portal"))
         .await
         .text()
         .await
         .unwrap();
     assert!(
-        page.contains(r#"class="error""#),
-        "the API refused the analytics: {page}"
+        page.contains(r#"data-team="shop""#) && page.contains(r#"id="api-orders-v1""#),
+        "{page}"
     );
+    assert!(
+        page.contains("<code>/orders</code>"),
+        "its documentation: {page}"
+    );
+    assert!(
+        !page.contains(r#"href="/console/audit""#),
+        "no audit link: {page}"
+    );
+    assert!(
+        !page.contains(r#"href="/console/">Dashboard"#),
+        "no dashboard link: {page}"
+    );
+    assert!(page.contains("<span class=\"who\">dev</span>"), "{page}");
+
     let page = client
-        .get(format!("{}/console/apis", gw.admin_url()))
+        .get(format!("{admin}/console/services"))
         .await
         .text()
         .await
         .unwrap();
-    assert!(page.contains("orders-v1"), "{page}");
+    assert!(
+        !page.contains("New service"),
+        "no form it could not use: {page}"
+    );
+    let page = client
+        .get(format!("{admin}/console/consumers"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("New consumer"),
+        "developers create consumers: {page}"
+    );
+
+    let page = client
+        .get(format!("{admin}/console/audit"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"class="error""#) && page.contains("403"),
+        "{page}"
+    );
+
+    // What the console asks the API about the viewer.
+    let res = reqwest::Client::new()
+        .get(format!("{admin}/admin/v1/whoami"))
+        .header(header::COOKIE, client.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    let me: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        me,
+        json!({ "name": "dev", "user": "dev", "global": null, "teams": { "shop": "developer" } })
+    );
 }
 
 /// The text of `<input id="new-key" … value="…">` on the key page.
@@ -466,6 +526,22 @@ async fn the_console_runs_the_whole_workflow() {
         csv.lines()
             .any(|l| l.contains(",/pay,pay-v1,shop-app,200,")),
         "{csv}"
+    );
+
+    // Every change is in the audit trail, by alice.
+    let page = client
+        .get(format!("{admin}/console/audit"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"id="audit""#) && page.contains("<td>alice</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>pay-v1</td>") && page.contains("<td>shop-app</td>"),
+        "{page}"
     );
 
     // Retire it, confirmed: 410 through the proxy.

@@ -13,7 +13,7 @@ use maud::{html, Markup};
 use serde_json::{json, Value};
 
 use super::pages::{layout, refused};
-use super::{csrf_ok, csrf_token, field, form, page, to_login, ApiAnswer, Console};
+use super::{csrf_ok, csrf_token, field, form, page, to_login, viewer, ApiAnswer, Console, Viewer};
 
 /// A notice or an error carried to the page a form redirects to.
 #[derive(serde::Deserialize, Default)]
@@ -56,20 +56,19 @@ fn expired() -> Response<Body> {
     (StatusCode::FORBIDDEN, "the form expired: reload the page").into_response()
 }
 
-/// A signed-in list page: the admin API's `path`, or the sign-in page.
+/// A signed-in list page: the viewer and the admin API's `path`, or the
+/// sign-in page.
 async fn list(
     console: &Console,
     headers: &HeaderMap,
     path: &str,
-) -> Result<ApiAnswer, Response<Body>> {
-    if crate::users::session_cookie(headers).is_none() {
-        return Err(to_login());
-    }
+) -> Result<(Viewer, ApiAnswer), Response<Body>> {
+    let viewer = viewer(console, headers).await?;
     let answer = console.call(Method::GET, path, headers, None, None).await;
     if answer.status == StatusCode::UNAUTHORIZED {
         return Err(to_login());
     }
-    Ok(answer)
+    Ok((viewer, answer))
 }
 
 fn items(answer: &ApiAnswer) -> Vec<Value> {
@@ -91,7 +90,7 @@ pub async fn services(
     Query(notice): Query<Flash>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let answer = match list(&console, &headers, "/admin/v1/services").await {
+    let (viewer, answer) = match list(&console, &headers, "/admin/v1/services").await {
         Ok(answer) => answer,
         Err(response) => return response,
     };
@@ -119,19 +118,24 @@ pub async fn services(
                 }
             }
         }
-        section.panel {
-            h2 { "New service" }
-            form.inline id="new-service" method="post" action="/console/services" {
-                (hidden_csrf(&csrf))
-                label { "Name " input type="text" name="name" required; }
-                label { "Team " input type="text" name="team"; }
-                label { "Upstream URL " input type="url" name="url" required placeholder="http://10.0.0.5:8080"; }
-                label { input type="checkbox" name="approval" value="yes"; " Subscriptions need approval" }
-                button type="submit" { "Create service" }
+        @if viewer.manages() {
+            section.panel {
+                h2 { "New service" }
+                form.inline id="new-service" method="post" action="/console/services" {
+                    (hidden_csrf(&csrf))
+                    label { "Name " input type="text" name="name" required; }
+                    label { "Team " input type="text" name="team"; }
+                    label { "Upstream URL " input type="url" name="url" required placeholder="http://10.0.0.5:8080"; }
+                    label { input type="checkbox" name="approval" value="yes"; " Subscriptions need approval" }
+                    button type="submit" { "Create service" }
+                }
             }
         }
     };
-    page(layout("Services", &csrf, "/console/services", body), set)
+    page(
+        layout("Services", &csrf, "/console/services", &viewer, body),
+        set,
+    )
 }
 
 pub async fn create_service(
@@ -177,7 +181,7 @@ pub async fn apis(
     Query(notice): Query<Flash>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let answer = match list(&console, &headers, "/admin/v1/apis").await {
+    let (viewer, answer) = match list(&console, &headers, "/admin/v1/apis").await {
         Ok(answer) => answer,
         Err(response) => return response,
     };
@@ -208,6 +212,7 @@ pub async fn apis(
                                 td { (api["version"].as_str().unwrap_or("–")) }
                                 td class=(format!("status-{lifecycle}")) { (lifecycle) }
                                 td {
+                                    @if viewer.manages() {
                                     form.inline method="post" action=(format!("/console/apis/{name}/lifecycle")) {
                                         (hidden_csrf(&csrf))
                                         select name="lifecycle" aria-label="New state" {
@@ -219,6 +224,7 @@ pub async fn apis(
                                         label { input type="checkbox" name="confirm" value="yes" required; " confirm" }
                                         button type="submit" { "Apply" }
                                     }
+                                    }
                                 }
                             }
                         }
@@ -226,20 +232,22 @@ pub async fn apis(
                 }
             }
         }
-        section.panel {
-            h2 { "New API" }
-            form.inline id="new-api" method="post" action="/console/apis" {
-                (hidden_csrf(&csrf))
-                label { "Name " input type="text" name="name" required; }
-                label { "Service " input type="text" name="service" required; }
-                label { "Path " input type="text" name="path" required placeholder="/orders"; }
-                label { "Version " input type="text" name="version"; }
-                label { input type="checkbox" name="key" value="yes"; " Requires an API key" }
-                button type="submit" { "Create API" }
+        @if viewer.manages() {
+            section.panel {
+                h2 { "New API" }
+                form.inline id="new-api" method="post" action="/console/apis" {
+                    (hidden_csrf(&csrf))
+                    label { "Name " input type="text" name="name" required; }
+                    label { "Service " input type="text" name="service" required; }
+                    label { "Path " input type="text" name="path" required placeholder="/orders"; }
+                    label { "Version " input type="text" name="version"; }
+                    label { input type="checkbox" name="key" value="yes"; " Requires an API key" }
+                    button type="submit" { "Create API" }
+                }
             }
         }
     };
-    page(layout("APIs", &csrf, "/console/apis", body), set)
+    page(layout("APIs", &csrf, "/console/apis", &viewer, body), set)
 }
 
 pub async fn create_api(
@@ -315,7 +323,7 @@ pub async fn consumers(
     Query(notice): Query<Flash>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let answer = match list(&console, &headers, "/admin/v1/consumers").await {
+    let (viewer, answer) = match list(&console, &headers, "/admin/v1/consumers").await {
         Ok(answer) => answer,
         Err(response) => return response,
     };
@@ -354,17 +362,22 @@ pub async fn consumers(
                 }
             }
         }
-        section.panel {
-            h2 { "New consumer" }
-            form.inline id="new-consumer" method="post" action="/console/consumers" {
-                (hidden_csrf(&csrf))
-                label { "Name " input type="text" name="name" required; }
-                label { "Team " input type="text" name="team"; }
-                button type="submit" { "Create consumer" }
+        @if viewer.writes() {
+            section.panel {
+                h2 { "New consumer" }
+                form.inline id="new-consumer" method="post" action="/console/consumers" {
+                    (hidden_csrf(&csrf))
+                    label { "Name " input type="text" name="name" required; }
+                    label { "Team " input type="text" name="team"; }
+                    button type="submit" { "Create consumer" }
+                }
             }
         }
     };
-    page(layout("Consumers", &csrf, "/console/consumers", body), set)
+    page(
+        layout("Consumers", &csrf, "/console/consumers", &viewer, body),
+        set,
+    )
 }
 
 pub async fn create_consumer(
@@ -408,6 +421,10 @@ pub async fn issue_key(
     if !csrf_ok(&headers, &fields) {
         return expired();
     }
+    let viewer = match viewer(&console, &headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
     let path = format!("/admin/v1/consumers/{}/keys", encode(&name));
     let answer = console
         .call(Method::POST, &path, &headers, None, Some(json!({})))
@@ -429,7 +446,10 @@ pub async fn issue_key(
         }
         script src="/console/console.js" {}
     };
-    page(layout("New key", &csrf, "/console/consumers", body), set)
+    page(
+        layout("New key", &csrf, "/console/consumers", &viewer, body),
+        set,
+    )
 }
 
 pub async fn revoke_key(
@@ -460,7 +480,7 @@ pub async fn subscriptions(
     Query(notice): Query<Flash>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let answer = match list(&console, &headers, "/admin/v1/subscriptions").await {
+    let (viewer, answer) = match list(&console, &headers, "/admin/v1/subscriptions").await {
         Ok(answer) => answer,
         Err(response) => return response,
     };
@@ -486,11 +506,15 @@ pub async fn subscriptions(
                                 td { (text(s, "service")) }
                                 td { (s["reason"].as_str().unwrap_or("")) }
                                 td {
+                                    @if viewer.manages() {
                                     form.inline method="post" action=(format!("/console/subscriptions/{id}/decide")) {
                                         (hidden_csrf(&csrf))
                                         input type="text" name="comment" placeholder="comment" aria-label="Comment";
                                         button type="submit" name="action" value="approve" { "Approve" }
                                         button type="submit" name="action" value="reject" { "Reject" }
+                                    }
+                                    } @else {
+                                        span.muted { "waits for a team admin" }
                                     }
                                 }
                             }
@@ -515,19 +539,27 @@ pub async fn subscriptions(
                 }
             }
         }
-        section.panel {
-            h2 { "Request a subscription" }
-            form.inline id="request-subscription" method="post" action="/console/subscriptions" {
-                (hidden_csrf(&csrf))
-                label { "Consumer " input type="text" name="consumer" required; }
-                label { "Service " input type="text" name="service" required; }
-                label { "Reason " input type="text" name="reason" required; }
-                button type="submit" { "Request" }
+        @if viewer.writes() {
+            section.panel {
+                h2 { "Request a subscription" }
+                form.inline id="request-subscription" method="post" action="/console/subscriptions" {
+                    (hidden_csrf(&csrf))
+                    label { "Consumer " input type="text" name="consumer" required; }
+                    label { "Service " input type="text" name="service" required; }
+                    label { "Reason " input type="text" name="reason" required; }
+                    button type="submit" { "Request" }
+                }
             }
         }
     };
     page(
-        layout("Subscriptions", &csrf, "/console/subscriptions", body),
+        layout(
+            "Subscriptions",
+            &csrf,
+            "/console/subscriptions",
+            &viewer,
+            body,
+        ),
         set,
     )
 }
@@ -600,6 +632,42 @@ pub async fn decide_subscription(
     )
 }
 
+// ---- audit ------------------------------------------------------------------
+
+/// The audit trail: every change, newest first (super_admins and auditors).
+pub async fn audit(State(console): State<Console>, headers: HeaderMap) -> Response<Body> {
+    let (viewer, answer) = match list(&console, &headers, "/admin/v1/audit?limit=200").await {
+        Ok(answer) => answer,
+        Err(response) => return response,
+    };
+    let (csrf, set) = csrf_token(&headers);
+    let body = html! {
+        h1 { "Audit trail" }
+        @if !answer.status.is_success() {
+            (refused(answer.status, &answer.body))
+        } @else {
+            section.panel {
+                table id="audit" {
+                    thead { tr { th { "Time" } th { "Actor" } th { "Action" } th { "Kind" } th { "Name" } th { "Revision" } } }
+                    tbody {
+                        @for e in items(&answer) {
+                            tr {
+                                td { (text(&e, "at")) }
+                                td { (text(&e, "actor")) }
+                                td { (text(&e, "action")) }
+                                td { (text(&e, "kind")) }
+                                td { (text(&e, "name")) }
+                                td { (e["revision"].as_i64().map(|r| r.to_string()).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(layout("Audit", &csrf, "/console/audit", &viewer, body), set)
+}
+
 // ---- logs -------------------------------------------------------------------
 
 /// The filters the logs explorer passes on to `GET /admin/v1/logs`.
@@ -635,10 +703,11 @@ pub async fn logs(
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let filters = log_query(&query);
-    let answer = match list(&console, &headers, &format!("/admin/v1/logs?{filters}")).await {
-        Ok(answer) => answer,
-        Err(response) => return response,
-    };
+    let (viewer, answer) =
+        match list(&console, &headers, &format!("/admin/v1/logs?{filters}")).await {
+            Ok(answer) => answer,
+            Err(response) => return response,
+        };
     let value = |name: &str| {
         query
             .iter()
@@ -687,7 +756,7 @@ pub async fn logs(
             }
         }
     };
-    page(layout("Logs", &csrf, "/console/logs", body), set)
+    page(layout("Logs", &csrf, "/console/logs", &viewer, body), set)
 }
 
 /// The link to the page after this one, when there is one.
@@ -711,7 +780,8 @@ pub async fn log_detail(
     let query: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("request_id", &request_id)
         .finish();
-    let answer = match list(&console, &headers, &format!("/admin/v1/logs?{query}")).await {
+    let (viewer, answer) = match list(&console, &headers, &format!("/admin/v1/logs?{query}")).await
+    {
         Ok(answer) => answer,
         Err(response) => return response,
     };
@@ -734,7 +804,10 @@ pub async fn log_detail(
         }
         p { a href="/console/logs" { "← All logs" } }
     };
-    page(layout("Request", &csrf, "/console/logs", body), set)
+    page(
+        layout("Request", &csrf, "/console/logs", &viewer, body),
+        set,
+    )
 }
 
 /// The selection as CSV or JSON lines (up to 1,000 records, the newest).
@@ -749,7 +822,7 @@ pub async fn export_logs(
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let csv = query.iter().any(|(n, v)| n == "format" && v == "csv");
-    let answer = match list(
+    let (_, answer) = match list(
         &console,
         &headers,
         &format!("/admin/v1/logs?limit=1000&{}", log_query(&query)),

@@ -16,6 +16,7 @@
 mod chart;
 mod manage;
 mod pages;
+mod portal;
 
 use std::net::SocketAddr;
 
@@ -78,6 +79,8 @@ pub fn router(api: Router) -> Router {
             post(manage::decide_subscription),
         )
         .route("/console/logs", get(manage::logs))
+        .route("/console/portal", get(portal::portal))
+        .route("/console/audit", get(manage::audit))
         .route("/console/logs/export", get(manage::export_logs))
         .route("/console/logs/{request_id}", get(manage::log_detail))
         .route("/console/style.css", get(style))
@@ -180,6 +183,70 @@ impl Console {
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
     }
+}
+
+/// Who is signed in, as `GET /admin/v1/whoami` says: what the pages offer
+/// follows it (the admin API enforces it anyway).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Viewer {
+    pub name: String,
+    /// `super_admin` or `auditor`.
+    pub global: Option<String>,
+    /// Team → role.
+    pub teams: Vec<(String, String)>,
+}
+
+impl Viewer {
+    /// Reads everything: super_admins and auditors.
+    pub fn reads_everything(&self) -> bool {
+        self.global.is_some()
+    }
+
+    pub fn is_super_admin(&self) -> bool {
+        self.global.as_deref() == Some("super_admin")
+    }
+
+    /// Creates and changes services and APIs, decides subscriptions:
+    /// super_admins, and team_admins in their teams.
+    pub fn manages(&self) -> bool {
+        self.is_super_admin() || self.teams.iter().any(|(_, role)| role == "team_admin")
+    }
+
+    /// Creates consumers and requests subscriptions: all but auditors.
+    pub fn writes(&self) -> bool {
+        self.is_super_admin() || !self.teams.is_empty()
+    }
+}
+
+/// The signed-in viewer, or the sign-in page when there is no valid
+/// session.
+pub(super) async fn viewer(
+    console: &Console,
+    headers: &HeaderMap,
+) -> Result<Viewer, Response<Body>> {
+    if crate::users::session_cookie(headers).is_none() {
+        return Err(to_login());
+    }
+    let answer = console
+        .call(Method::GET, "/admin/v1/whoami", headers, None, None)
+        .await;
+    if answer.status != StatusCode::OK {
+        return Err(to_login());
+    }
+    let teams = answer.body["teams"]
+        .as_object()
+        .map(|teams| {
+            teams
+                .iter()
+                .map(|(team, role)| (team.clone(), role.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Viewer {
+        name: answer.body["name"].as_str().unwrap_or_default().to_string(),
+        global: answer.body["global"].as_str().map(str::to_string),
+        teams,
+    })
 }
 
 /// The value of cookie `name` in the request.
@@ -375,8 +442,14 @@ async fn dashboard(
     Query(query): Query<DashboardQuery>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    if crate::users::session_cookie(&headers).is_none() {
-        return to_login();
+    let viewer = match viewer(&console, &headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    // The dashboard reads every team's traffic: team members start at the
+    // portal.
+    if !viewer.reads_everything() {
+        return Redirect::to("/console/portal").into_response();
     }
     let range = RANGES
         .iter()
@@ -401,6 +474,7 @@ async fn dashboard(
     page(
         pages::dashboard(
             &csrf,
+            &viewer,
             range.0,
             &RANGES.map(|r| r.0),
             &analytics.body,

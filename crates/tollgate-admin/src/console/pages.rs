@@ -7,19 +7,40 @@ use serde_json::Value;
 
 use super::chart;
 
+/// Who may use a section of the console.
+#[derive(Clone, Copy)]
+enum Audience {
+    /// Super_admins and auditors.
+    Global,
+    /// Everyone signed in.
+    Everyone,
+}
+
 /// The console's sections, in the top bar.
-const NAV: [(&str, &str); 6] = [
-    ("/console/", "Dashboard"),
-    ("/console/services", "Services"),
-    ("/console/apis", "APIs"),
-    ("/console/consumers", "Consumers"),
-    ("/console/subscriptions", "Subscriptions"),
-    ("/console/logs", "Logs"),
+const NAV: [(&str, &str, Audience); 8] = [
+    ("/console/", "Dashboard", Audience::Global),
+    ("/console/portal", "Portal", Audience::Everyone),
+    ("/console/services", "Services", Audience::Everyone),
+    ("/console/apis", "APIs", Audience::Everyone),
+    ("/console/consumers", "Consumers", Audience::Everyone),
+    (
+        "/console/subscriptions",
+        "Subscriptions",
+        Audience::Everyone,
+    ),
+    ("/console/logs", "Logs", Audience::Everyone),
+    ("/console/audit", "Audit", Audience::Global),
 ];
 
 /// The frame of every signed-in page: the top bar with the navigation and
 /// the sign-out form.
-pub(super) fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Markup {
+pub(super) fn layout(
+    title: &str,
+    csrf: &str,
+    current: &str,
+    viewer: &super::Viewer,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -33,13 +54,17 @@ pub(super) fn layout(title: &str, csrf: &str, current: &str, body: Markup) -> Ma
                 header.top {
                     a.brand href="/console/" { "Tollgate" }
                     nav {
-                        @for (href, label) in NAV {
-                            @if href == current {
+                        @for (href, label, audience) in NAV {
+                            @if matches!(audience, Audience::Global) && !viewer.reads_everything() {
+                            } @else if href == current {
                                 a href=(href) aria-current="page" { strong { (label) } }
                             } @else {
                                 a href=(href) { (label) }
                             }
                         }
+                    }
+                    @if !viewer.name.is_empty() {
+                        span.who { (viewer.name) }
                     }
                     form id="logout" method="post" action="/console/logout" {
                         input type="hidden" name="csrf" value=(csrf);
@@ -88,6 +113,7 @@ pub fn not_found(csrf: &str) -> Markup {
         "Not found",
         csrf,
         "",
+        &super::Viewer::default(),
         html! {
             h1 { "Not found" }
             p { "There is no such page. " a href="/console/" { "Back to the dashboard" } }
@@ -130,6 +156,7 @@ fn card(label: &str, value: String) -> Markup {
 /// consumers, AI usage and spend, and the nodes.
 pub fn dashboard(
     csrf: &str,
+    viewer: &super::Viewer,
     range: &str,
     ranges: &[&str],
     analytics: &Value,
@@ -151,6 +178,7 @@ pub fn dashboard(
         "Dashboard",
         csrf,
         "/console/",
+        viewer,
         html! {
             h1 { "Dashboard" }
             nav.ranges aria-label="Time range" {

@@ -1,0 +1,200 @@
+//! The developer portal: the catalogue of published APIs by team, each
+//! with its documentation as the gateway knows it (paths, methods, version,
+//! lifecycle, what it asks of a caller, its request schemas), a subscribe
+//! form for the viewer's consumers, and the viewer's own consumers and
+//! usage.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, Response};
+use maud::{html, Markup};
+use serde_json::Value;
+
+use super::pages::{layout, refused};
+use super::{csrf_token, page, viewer, Console};
+
+#[derive(serde::Deserialize, Default)]
+pub struct PortalQuery {
+    /// Only the APIs of this team.
+    team: Option<String>,
+}
+
+fn items(body: &Value) -> Vec<Value> {
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// What an API asks of a caller, in words.
+fn requirements(api: &Value, service: Option<&Value>) -> Vec<String> {
+    let mut needs = Vec::new();
+    if let Some(methods) = api["policies"]["auth"]["methods"].as_array() {
+        let methods: Vec<&str> = methods.iter().filter_map(Value::as_str).collect();
+        needs.push(format!("credentials: {}", methods.join(", ")));
+    }
+    if service.is_some_and(|s| s["subscription"] == "approval") {
+        needs.push("a subscription approved by the API's team".to_string());
+    }
+    if let Some(limits) = api["policies"]["rate_limit"].as_array() {
+        for limit in limits {
+            needs.push(format!(
+                "at most {} requests per {}",
+                limit["limit"],
+                limit["window"].as_str().unwrap_or("window")
+            ));
+        }
+    }
+    needs
+}
+
+fn documentation(api: &Value, service: Option<&Value>) -> Markup {
+    let paths: Vec<String> = api["match"]["paths"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let methods: Vec<String> = api["match"]["methods"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let schema = &api["policies"]["validate"]["body"];
+    html! {
+        dl.doc {
+            dt { "Paths" }
+            dd { @for p in &paths { code { (p) } " " } }
+            dt { "Methods" }
+            dd { @if methods.is_empty() { "any" } @else { (methods.join(", ")) } }
+            @if let Some(version) = api["version"].as_str() {
+                dt { "Version" } dd { (version) }
+            }
+            dt { "State" }
+            dd {
+                (api["lifecycle"].as_str().unwrap_or("published"))
+                @if let Some(sunset) = api["sunset"].as_str() { ", sunset " (sunset) }
+                @if let Some(successor) = api["successor"].as_str() { ", successor " code { (successor) } }
+            }
+            dt { "Requires" }
+            dd {
+                @let needs = requirements(api, service);
+                @if needs.is_empty() { "nothing: open" } @else {
+                    ul { @for n in &needs { li { (n) } } }
+                }
+            }
+            @if !schema.is_null() {
+                dt { "Request body schema" }
+                dd { pre { (serde_json::to_string_pretty(schema).unwrap_or_default()) } }
+            }
+        }
+    }
+}
+
+pub async fn portal(
+    State(console): State<Console>,
+    Query(query): Query<PortalQuery>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let viewer = match viewer(&console, &headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    let apis = console
+        .call(Method::GET, "/admin/v1/apis", &headers, None, None)
+        .await;
+    let services = console
+        .call(Method::GET, "/admin/v1/services", &headers, None, None)
+        .await;
+    let consumers = console
+        .call(Method::GET, "/admin/v1/consumers", &headers, None, None)
+        .await;
+    let services: BTreeMap<String, Value> = items(&services.body)
+        .into_iter()
+        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s))
+        .collect();
+    // Published and deprecated APIs, by their service's team.
+    let mut catalogue: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for api in items(&apis.body) {
+        let state = api["lifecycle"].as_str().unwrap_or("published");
+        if state != "published" && state != "deprecated" {
+            continue;
+        }
+        let team = api["service"]
+            .as_str()
+            .and_then(|s| services.get(s))
+            .and_then(|s| s["team"].as_str())
+            .unwrap_or("(no team)")
+            .to_string();
+        if query.team.as_ref().is_some_and(|t| *t != team) {
+            continue;
+        }
+        catalogue.entry(team).or_default().push(api);
+    }
+    let mine = items(&consumers.body);
+    let (csrf, set) = csrf_token(&headers);
+    let body = html! {
+        h1 { "Developer portal" }
+        @if !apis.status.is_success() { (refused(apis.status, &apis.body)) }
+        nav.ranges aria-label="Teams" {
+            a href="/console/portal" { "All teams" }
+            @for team in catalogue.keys() {
+                a href=(format!("/console/portal?team={team}")) { (team) }
+            }
+        }
+        @for (team, list) in &catalogue {
+            section.panel data-team=(team) {
+                h2 { "Team " (team) }
+                @for api in list {
+                    @let name = api["name"].as_str().unwrap_or("–");
+                    @let service_name = api["service"].as_str().unwrap_or("");
+                    @let service = services.get(service_name);
+                    article.api id=(format!("api-{name}")) {
+                        h3 { (name) }
+                        (documentation(api, service))
+                        @if viewer.writes() && !mine.is_empty() {
+                            form.inline method="post" action="/console/subscriptions" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="service" value=(service_name);
+                                select name="consumer" aria-label="Consumer" {
+                                    @for c in &mine { option { (c["name"].as_str().unwrap_or("")) } }
+                                }
+                                input type="text" name="reason" required placeholder="why you need it" aria-label="Reason";
+                                button type="submit" { "Subscribe" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if catalogue.is_empty() {
+            p.muted { "No published API yet." }
+        }
+        section.panel id="my-consumers" {
+            h2 { "My consumers" }
+            @if mine.is_empty() {
+                p.muted { "None yet: create one on the " a href="/console/consumers" { "Consumers" } " page." }
+            } @else {
+                ul {
+                    @for c in &mine {
+                        li {
+                            (c["name"].as_str().unwrap_or(""))
+                            " — " (c["keys"].as_array().map_or(0, Vec::len)) " key(s) — "
+                            a href=(format!("/console/logs?consumer={}", c["name"].as_str().unwrap_or(""))) { "usage" }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        layout("Portal", &csrf, "/console/portal", &viewer, body),
+        set,
+    )
+}
