@@ -29,6 +29,7 @@
 //! cleans it up).
 
 pub mod body;
+pub mod browser;
 mod eventually;
 pub mod fake_llm;
 pub mod fault_proxy;
@@ -41,6 +42,7 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 
+pub use browser::Browser;
 pub use eventually::{eventually, eventually_some};
 pub use fake_llm::{FakeKind, FakeLlm, Reply};
 pub use gateway::{Gateway, GatewayBuilder};
@@ -49,6 +51,6 @@ pub use upstream::Upstream;
 
 /// Re-exported so that tests need no dependency of their own for these.
 pub use {
-    bytes, futures_util, http, http_body_util, hyper, hyper_util, reqwest, serde_json, serde_yaml,
-    tokio_tungstenite,
+    bytes, fantoccini, futures_util, http, http_body_util, hyper, hyper_util, reqwest, serde_json,
+    serde_yaml, tokio_tungstenite,
 };

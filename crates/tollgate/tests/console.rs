@@ -606,3 +606,171 @@ async fn a_developer_cannot_create_a_service_through_the_console() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// The governance pages: an AI provider added with its key (never shown
+/// again: the page masks it), a user and a team created, the compliance
+/// findings, and a block that the proxy then enforces until it is lifted.
+#[tokio::test]
+async fn governance_pages_add_providers_users_and_blocks() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = client
+        .get(format!("{admin}/console/ai"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    const PROVIDER_KEY: &str = "sk-console-secret-0123456789abcdef";
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/ai/providers",
+        &[
+            ("name", "openai-main"),
+            ("kind", "openai"),
+            ("key", PROVIDER_KEY),
+        ],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    let page = client
+        .get(format!("{admin}{location}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>openai-main</td>") && page.contains("••••••••"),
+        "{page}"
+    );
+    assert!(!page.contains(PROVIDER_KEY), "the key is never shown again");
+
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/teams",
+        &[("name", "payments")],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/users",
+        &[
+            ("name", "bob"),
+            ("password", PASSWORD),
+            ("team", "payments"),
+            ("role", "team_admin"),
+        ],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    let page = client
+        .get(format!("{admin}/console/users"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>bob</td>") && page.contains("team_admin in payments"),
+        "{page}"
+    );
+
+    let page = client
+        .get(format!("{admin}/console/compliance"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h1>Compliance</h1>"), "{page}");
+    assert!(
+        page.contains("api_without_auth"),
+        "orders-v1 has no auth: {page}"
+    );
+
+    assert_eq!(
+        gw.client()
+            .get(gw.url("/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/blocks",
+        &[
+            ("id", "incident-1"),
+            ("ip", "127.0.0.1/32"),
+            ("reason", "abuse"),
+            ("confirm", "yes"),
+        ],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        gw.client()
+            .get(gw.url("/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 403
+    })
+    .await;
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/blocks/incident-1/lift",
+        &[],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        gw.client()
+            .get(gw.url("/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+}
+
+/// Posts a console form with its CSRF token; the redirect's location.
+async fn post_form(
+    client: &Browser,
+    admin: &str,
+    csrf: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> String {
+    let mut fields = vec![("csrf", csrf)];
+    fields.extend_from_slice(form);
+    let res = client.post(format!("{admin}{path}"), &fields).await;
+    res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string()
+}

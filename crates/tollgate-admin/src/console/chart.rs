@@ -47,7 +47,12 @@ pub fn lines(title: &str, points: usize, series: &[(&str, &str, Vec<f64>)]) -> M
             }
             ul.legend {
                 @for (name, color, _) in series {
-                    li { span.swatch data-color=(color) { "■ " } (name) }
+                    li {
+                        svg.swatch viewBox="0 0 10 10" width="10" height="10" aria-hidden="true" {
+                            rect width="10" height="10" fill=(color) {}
+                        }
+                        " " (name)
+                    }
                 }
             }
         }

@@ -17,12 +17,12 @@ use super::{csrf_ok, csrf_token, field, form, page, to_login, viewer, ApiAnswer,
 
 /// A notice or an error carried to the page a form redirects to.
 #[derive(serde::Deserialize, Default)]
-pub struct Flash {
+pub(super) struct Flash {
     done: Option<String>,
     error: Option<String>,
 }
 
-fn flash(flash: &Flash) -> Markup {
+pub(super) fn flash(flash: &Flash) -> Markup {
     html! {
         @if let Some(done) = &flash.done { p.notice role="status" { (done) } }
         @if let Some(error) = &flash.error { p.error role="alert" { (error) } }
@@ -31,7 +31,7 @@ fn flash(flash: &Flash) -> Markup {
 
 /// Back to `to` with the answer's outcome: `done` when it succeeded, the
 /// API's error message otherwise.
-fn back(to: &str, answer: &ApiAnswer, done: &str) -> Response<Body> {
+pub(super) fn back(to: &str, answer: &ApiAnswer, done: &str) -> Response<Body> {
     let (key, message) = if answer.status.is_success() {
         ("done", done.to_string())
     } else {
@@ -52,13 +52,13 @@ fn back(to: &str, answer: &ApiAnswer, done: &str) -> Response<Body> {
     Redirect::to(&format!("{to}?{query}")).into_response()
 }
 
-fn expired() -> Response<Body> {
+pub(super) fn expired() -> Response<Body> {
     (StatusCode::FORBIDDEN, "the form expired: reload the page").into_response()
 }
 
 /// A signed-in list page: the viewer and the admin API's `path`, or the
 /// sign-in page.
-async fn list(
+pub(super) async fn list(
     console: &Console,
     headers: &HeaderMap,
     path: &str,
@@ -75,7 +75,7 @@ fn items(answer: &ApiAnswer) -> Vec<Value> {
     answer.body["items"].as_array().cloned().unwrap_or_default()
 }
 
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+pub(super) fn text<'a>(value: &'a Value, key: &str) -> &'a str {
     value[key].as_str().unwrap_or("–")
 }
 
@@ -900,7 +900,7 @@ fn csv_cell(value: &str) -> String {
 }
 
 /// A path segment, percent-encoded.
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

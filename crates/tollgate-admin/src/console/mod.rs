@@ -14,6 +14,7 @@
 //! `SameSite=Strict`): a form posted from another site has neither.
 
 mod chart;
+mod govern;
 mod manage;
 mod pages;
 mod portal;
@@ -81,6 +82,19 @@ pub fn router(api: Router) -> Router {
         .route("/console/logs", get(manage::logs))
         .route("/console/portal", get(portal::portal))
         .route("/console/audit", get(manage::audit))
+        .route("/console/ai", get(govern::ai))
+        .route("/console/ai/providers", post(govern::create_provider))
+        .route(
+            "/console/users",
+            get(govern::users).post(govern::create_user),
+        )
+        .route("/console/teams", post(govern::create_team))
+        .route("/console/compliance", get(govern::compliance))
+        .route(
+            "/console/blocks",
+            get(govern::blocks).post(govern::create_block),
+        )
+        .route("/console/blocks/{id}/lift", post(govern::lift_block))
         .route("/console/logs/export", get(manage::export_logs))
         .route("/console/logs/{request_id}", get(manage::log_detail))
         .route("/console/style.css", get(style))

@@ -17,7 +17,7 @@ enum Audience {
 }
 
 /// The console's sections, in the top bar.
-const NAV: [(&str, &str, Audience); 8] = [
+const NAV: [(&str, &str, Audience); 12] = [
     ("/console/", "Dashboard", Audience::Global),
     ("/console/portal", "Portal", Audience::Everyone),
     ("/console/services", "Services", Audience::Everyone),
@@ -29,6 +29,10 @@ const NAV: [(&str, &str, Audience); 8] = [
         Audience::Everyone,
     ),
     ("/console/logs", "Logs", Audience::Everyone),
+    ("/console/ai", "AI", Audience::Everyone),
+    ("/console/users", "Users", Audience::Everyone),
+    ("/console/compliance", "Compliance", Audience::Global),
+    ("/console/blocks", "Blocks", Audience::Global),
     ("/console/audit", "Audit", Audience::Global),
 ];
 
@@ -165,12 +169,17 @@ pub fn dashboard(
 ) -> Markup {
     let totals = &analytics["totals"];
     let requests = number(&totals["requests"]);
-    let buckets = analytics["buckets"].as_array().cloned().unwrap_or_default();
-    let series = |field: &str| -> Vec<f64> { buckets.iter().map(|b| number(&b[field])).collect() };
+    let buckets = every_bucket(analytics);
+    let series = |field: &str| -> Vec<f64> {
+        buckets
+            .iter()
+            .map(|b| b.map_or(0.0, |b| number(&b[field])))
+            .collect()
+    };
     let latency = |q: &str| -> Vec<f64> {
         buckets
             .iter()
-            .map(|b| number(&b["latency_ms"][q]))
+            .map(|b| b.map_or(0.0, |b| number(&b["latency_ms"][q])))
             .collect()
     };
     let ai = &analytics["ai"];
@@ -279,6 +288,39 @@ pub fn dashboard(
             }
         },
     )
+}
+
+/// The range's buckets in order, each with its analytics entry or `None`
+/// for a bucket without requests (which the API leaves out), so that a
+/// chart's points sit at their times.
+fn every_bucket(analytics: &Value) -> Vec<Option<&Value>> {
+    let parse = |v: &Value| {
+        v.as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    let width = match analytics["bucket"].as_str() {
+        Some("minute") => 60,
+        Some("day") => 86_400,
+        _ => 3_600,
+    };
+    let listed: Vec<&Value> = analytics["buckets"]
+        .as_array()
+        .map(|b| b.iter().collect())
+        .unwrap_or_default();
+    let (Some(from), Some(to)) = (parse(&analytics["from"]), parse(&analytics["to"])) else {
+        return listed.into_iter().map(Some).collect();
+    };
+    let count = ((to - from).whole_seconds() / width).clamp(1, 2_000);
+    (0..count)
+        .map(|i| {
+            let start = from + time::Duration::seconds(i * width);
+            listed
+                .iter()
+                .find(|b| parse(&b["start"]) == Some(start))
+                .copied()
+        })
+        .collect()
 }
 
 /// A top-N table of `{<key>, requests}` entries.
