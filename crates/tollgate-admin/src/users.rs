@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -686,8 +686,6 @@ pub async fn login(
     Ok(response)
 }
 
-/// `POST /admin/v1/logout`: ends the session of the request's cookie, if
-/// any, and clears the cookie. 204.
 /// `GET /admin/v1/whoami`: the caller as the admin API sees it — its name,
 /// its user (none for a token of no user), its global role and its role in
 /// each team — so that a client (the console) offers only what it may do.
@@ -705,11 +703,23 @@ pub async fn whoami(Extension(principal): Extension<Principal>) -> Json<Value> {
     }))
 }
 
-pub async fn logout(State(api): State<AdminApi>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `POST /admin/v1/logout[?everywhere=true]`: ends the session of the
+/// request's cookie, if any — or, with `everywhere`, every session of its
+/// user — and clears the cookie. 204.
+pub async fn logout(
+    State(api): State<AdminApi>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let everywhere = params.get("everywhere").is_some_and(|v| v == "true");
     if let Some(session) = session_cookie(&headers) {
         let hash = tollgate_policy::credentials::hash_key(&session);
         let store = api.store.clone();
-        store_call(move || store.delete_session(&hash)).await?;
+        if everywhere {
+            store_call(move || store.delete_sessions_of_user(&hash)).await?;
+        } else {
+            store_call(move || store.delete_session(&hash)).await?;
+        }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response

@@ -201,6 +201,9 @@ impl Store {
         pub fn find_session_user(&self, hash: &[u8; 32], now: i64) -> Result<Option<User>, StoreError>;
         /// Ends a session; whether there was one.
         pub fn delete_session(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+        /// Ends every session of the user whose session this is ("sign out
+        /// everywhere"); how many ended.
+        pub fn delete_sessions_of_user(&self, hash: &[u8; 32]) -> Result<usize, StoreError>;
     }
 }
 

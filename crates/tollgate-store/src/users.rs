@@ -351,6 +351,15 @@ impl SqliteStore {
             .execute("DELETE FROM sessions WHERE id_hash = ?1", [hash.as_slice()])?;
         Ok(deleted > 0)
     }
+
+    /// Ends every session of the user whose session's id hashes to `hash`;
+    /// how many ended.
+    pub fn delete_sessions_of_user(&self, hash: &[u8; 32]) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE id_hash = ?1)",
+            [hash.as_slice()],
+        )?)
+    }
 }
 
 #[cfg(test)]

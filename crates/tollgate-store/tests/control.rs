@@ -359,6 +359,13 @@ fn tokens_and_sessions_belong_to_their_user_and_go_with_it(db: &Db) {
     );
     assert!(store.delete_session(&[3; 32]).unwrap());
     assert!(!store.delete_session(&[3; 32]).unwrap());
+    // Everywhere: every session of the user ends, another user's stays.
+    store.create_session(ann.id, &[6; 32], now + 60).unwrap();
+    store.create_session(ann.id, &[7; 32], now + 60).unwrap();
+    // ([4], found ended above, is gone already.)
+    assert_eq!(store.delete_sessions_of_user(&[6; 32]).unwrap(), 2);
+    assert!(store.find_session_user(&[7; 32], now).unwrap().is_none());
+    assert_eq!(store.delete_sessions_of_user(&[6; 32]).unwrap(), 0);
 
     // A new password ends the sessions; deleting the user, its tokens.
     store.create_session(ann.id, &[5; 32], now + 60).unwrap();

@@ -774,3 +774,173 @@ async fn post_form(
         .unwrap()
         .to_string()
 }
+
+/// First run: the operator proves it holds the admin token and names the
+/// first super-admin, who is then signed in; a wrong token or two different
+/// passwords create nobody.
+#[tokio::test]
+async fn first_run_sets_up_the_super_admin() {
+    let (gw, _up) = gateway().await;
+    let client = browser();
+    let admin = gw.admin_url();
+    let page = client
+        .get(format!("{admin}/console/login"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"href="/console/setup""#),
+        "the sign-in page points to the setup"
+    );
+    let page = client
+        .get(format!("{admin}/console/setup"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let setup = |token: &'static str, confirm: &'static str| {
+        let (client, admin, csrf) = (&client, admin.clone(), csrf.clone());
+        async move {
+            client
+                .post(
+                    format!("{admin}/console/setup"),
+                    &[
+                        ("csrf", csrf.as_str()),
+                        ("token", token),
+                        ("username", "root"),
+                        ("password", PASSWORD),
+                        ("confirm", confirm),
+                    ],
+                )
+                .await
+        }
+    };
+    let res = setup("not-the-token-0123456789", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.text().await.unwrap().contains(r#"class="error""#));
+    let res = setup(ROOT, "another password entirely").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = setup(ROOT, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/console/");
+    let page = client
+        .get(format!("{admin}/console/"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<h1>Dashboard</h1>") && page.contains(">root</span>"),
+        "{page}"
+    );
+}
+
+/// Keys expire on the day chosen and rotate (a new key shown once, the old
+/// one revoked); signing out everywhere ends the user's other sessions.
+#[tokio::test]
+async fn keys_rotate_and_sessions_end_everywhere() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let (first, second) = (browser(), browser());
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &first, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&gw, &second, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+
+    let page = first
+        .get(format!("{admin}/console/consumers"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    post_form(
+        &first,
+        &admin,
+        &csrf,
+        "/console/consumers",
+        &[("name", "app")],
+    )
+    .await;
+    let res = first
+        .post(
+            format!("{admin}/console/consumers/app/keys"),
+            &[("csrf", csrf.as_str()), ("expires", "2099-01-31")],
+        )
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(page.contains("It expires 2099-01-31T00:00:00Z"), "{page}");
+    let old_key = new_key_of(&page);
+
+    let listed = gw
+        .client()
+        .get(format!("{admin}/admin/v1/consumers/app"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let old_id = listed["keys"][0]["id"].as_str().unwrap().to_string();
+    let page = first
+        .get(format!("{admin}/console/consumers"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("until 2099-01-31"), "{page}");
+
+    let res = first
+        .post(
+            format!("{admin}/console/consumers/app/keys/{old_id}/rotate"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(page.contains(&format!("Key {old_id} is revoked")), "{page}");
+    let new_key = new_key_of(&page);
+    assert_ne!(new_key, old_key);
+    let listed = gw
+        .client()
+        .get(format!("{admin}/admin/v1/consumers/app"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{listed}");
+    assert_ne!(ids[0], old_id);
+
+    // Sign out everywhere from the first: the second is signed out too.
+    let res = first
+        .post(
+            format!("{admin}/console/logout"),
+            &[("csrf", csrf.as_str()), ("everywhere", "true")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = second.get(format!("{admin}/console/")).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/console/login");
+}

@@ -343,7 +343,14 @@ pub async fn consumers(
                             td { (c["team"].as_str().unwrap_or("")) }
                             td {
                                 @for k in c["keys"].as_array().cloned().unwrap_or_default() {
-                                    span.key { (k["id"].as_str().unwrap_or("key")) }
+                                    span.key {
+                                        (k["id"].as_str().unwrap_or("key"))
+                                        @if let Some(expires) = k["expires"].as_str() { " (until " (expires) ")" }
+                                    }
+                                    form.inline method="post" action=(format!("/console/consumers/{name}/keys/{}/rotate", k["id"].as_str().unwrap_or(""))) {
+                                        (hidden_csrf(&csrf))
+                                        button.small type="submit" { "Rotate" }
+                                    }
                                     form.inline method="post" action=(format!("/console/consumers/{name}/keys/{}/revoke", k["id"].as_str().unwrap_or(""))) {
                                         (hidden_csrf(&csrf))
                                         button.small type="submit" { "Revoke" }
@@ -354,6 +361,7 @@ pub async fn consumers(
                             td {
                                 form.inline method="post" action=(format!("/console/consumers/{name}/keys")) {
                                     (hidden_csrf(&csrf))
+                                    input type="date" name="expires" aria-label="Expires on (optional)";
                                     button type="submit" { "Issue a key" }
                                 }
                             }
@@ -421,18 +429,59 @@ pub async fn issue_key(
     if !csrf_ok(&headers, &fields) {
         return expired();
     }
-    let viewer = match viewer(&console, &headers).await {
+    let mut request = json!({});
+    if let Some(day) = field(&fields, "expires").filter(|d| !d.is_empty()) {
+        request["expires"] = json!(format!("{day}T00:00:00Z"));
+    }
+    new_key(&console, &headers, &name, request, None).await
+}
+
+/// Rotation: a new key first (shown once), then the old one revoked, so
+/// that the consumer is never without a working key.
+pub async fn rotate_key(
+    State(console): State<Console>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let fields = form(&body);
+    if !csrf_ok(&headers, &fields) {
+        return expired();
+    }
+    new_key(&console, &headers, &name, json!({}), Some(&id)).await
+}
+
+/// Issues a key for `name` and shows it once, on a page that is never
+/// cached; then revokes `replacing`, if given.
+async fn new_key(
+    console: &Console,
+    headers: &HeaderMap,
+    name: &str,
+    request: Value,
+    replacing: Option<&str>,
+) -> Response<Body> {
+    let viewer = match viewer(console, headers).await {
         Ok(viewer) => viewer,
         Err(response) => return response,
     };
-    let path = format!("/admin/v1/consumers/{}/keys", encode(&name));
+    let path = format!("/admin/v1/consumers/{}/keys", encode(name));
     let answer = console
-        .call(Method::POST, &path, &headers, None, Some(json!({})))
+        .call(Method::POST, &path, headers, None, Some(request))
         .await;
     if !answer.status.is_success() {
         return back("/console/consumers", &answer, "");
     }
-    let (csrf, set) = csrf_token(&headers);
+    let revoked = match replacing {
+        Some(old) => {
+            let path = format!("/admin/v1/consumers/{}/keys/{}", encode(name), encode(old));
+            let answer = console
+                .call(Method::DELETE, &path, headers, None, None)
+                .await;
+            Some((old, answer.status.is_success()))
+        }
+        None => None,
+    };
+    let (csrf, set) = csrf_token(headers);
     let key = answer.body["key"].as_str().unwrap_or_default();
     let body = html! {
         h1 { "A new key for " (name) }
@@ -441,6 +490,14 @@ pub async fn issue_key(
             p.secret {
                 input id="new-key" type="text" readonly value=(key) aria-label="The new key";
                 button type="button" id="copy-key" data-copy="new-key" { "Copy" }
+            }
+            @if let Some(expires) = answer.body["expires"].as_str() {
+                p { "It expires " (expires) "." }
+            }
+            @match revoked {
+                Some((old, true)) => p.notice { "Key " (old) " is revoked: it no longer works." },
+                Some((old, false)) => p.error { "Key " (old) " could not be revoked: revoke it from the consumers page." },
+                None => {},
             }
             p { a href="/console/consumers" { "Back to the consumers" } }
         }

@@ -52,6 +52,7 @@ pub fn router(api: Router) -> Router {
         .route("/console", get(|| async { Redirect::to("/console/") }))
         .route("/console/", get(dashboard))
         .route("/console/login", get(login_page).post(login))
+        .route("/console/setup", get(setup_page).post(setup))
         .route("/console/logout", post(logout))
         .route(
             "/console/services",
@@ -67,6 +68,10 @@ pub fn router(api: Router) -> Router {
             get(manage::consumers).post(manage::create_consumer),
         )
         .route("/console/consumers/{name}/keys", post(manage::issue_key))
+        .route(
+            "/console/consumers/{name}/keys/{id}/rotate",
+            post(manage::rotate_key),
+        )
         .route(
             "/console/consumers/{name}/keys/{id}/revoke",
             post(manage::revoke_key),
@@ -138,8 +143,31 @@ impl Console {
             method,
             path_and_query,
             browser,
+            None,
             peer,
             body,
+            "application/json",
+        )
+        .await
+    }
+
+    /// An admin API call made with an admin token rather than the
+    /// browser's session: the first-run setup, with the token the operator
+    /// types in.
+    async fn call_with_token(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> ApiAnswer {
+        self.send(
+            method,
+            path,
+            &HeaderMap::new(),
+            Some(token),
+            None,
+            Some(body),
             "application/json",
         )
         .await
@@ -154,8 +182,16 @@ impl Console {
         body: Option<Value>,
         content_type: &'static str,
     ) -> ApiAnswer {
-        self.send(method, path_and_query, browser, None, body, content_type)
-            .await
+        self.send(
+            method,
+            path_and_query,
+            browser,
+            None,
+            None,
+            body,
+            content_type,
+        )
+        .await
     }
 
     async fn send(
@@ -163,6 +199,7 @@ impl Console {
         method: Method,
         path_and_query: &str,
         browser: &HeaderMap,
+        token: Option<&str>,
         peer: Option<ClientAddr>,
         body: Option<Value>,
         content_type: &'static str,
@@ -171,6 +208,14 @@ impl Console {
         if let Some(cookie) = browser.get(header::COOKIE) {
             request = request.header(header::COOKIE, cookie);
         }
+        // A browser's own Authorization header is never passed on: only
+        // `call_with_token`'s.
+        // (A token that is no header value is not sent: the API answers
+        // 401.)
+        if let Some(value) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            request = request.header(header::AUTHORIZATION, value);
+        }
         let body = match body {
             Some(body) => {
                 request = request.header(header::CONTENT_TYPE, content_type);
@@ -178,7 +223,13 @@ impl Console {
             }
             None => Body::empty(),
         };
-        let mut request = request.body(body).expect("a valid request");
+        let Ok(mut request) = request.body(body) else {
+            return ApiAnswer {
+                status: StatusCode::BAD_REQUEST,
+                headers: HeaderMap::new(),
+                body: serde_json::json!({ "error": { "code": "bad_request", "message": "not a valid request" } }),
+            };
+        };
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
@@ -420,14 +471,87 @@ async fn login(
     response
 }
 
+async fn setup_page(headers: HeaderMap) -> Response<Body> {
+    let (csrf, set) = csrf_token(&headers);
+    page(pages::setup(&csrf, None), set)
+}
+
+/// First run: the operator proves it holds an admin token (the bootstrap
+/// one, from `TOLLGATE_ADMIN_TOKEN` or `<data dir>/admin-token`) and names
+/// the first super-admin and its password; then it is signed in.
+async fn setup(
+    State(console): State<Console>,
+    peer: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let fields = form(&body);
+    let (csrf, set) = csrf_token(&headers);
+    let fail = |status: StatusCode, message: &str, set: Option<HeaderValue>| {
+        let mut response = page(pages::setup(&csrf, Some(message)), set);
+        *response.status_mut() = status;
+        response
+    };
+    if !csrf_ok(&headers, &fields) {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "The form expired: please try again.",
+            set,
+        );
+    }
+    let name = field(&fields, "username").unwrap_or_default();
+    let password = field(&fields, "password").unwrap_or_default();
+    if password != field(&fields, "confirm").unwrap_or_default() {
+        return fail(StatusCode::BAD_REQUEST, "The two passwords differ.", set);
+    }
+    let user = serde_json::json!({
+        "name": name,
+        "password": password,
+        "memberships": [{ "role": "super_admin" }],
+    });
+    let created = console
+        .call_with_token(
+            Method::POST,
+            "/admin/v1/users",
+            field(&fields, "token").unwrap_or_default(),
+            user,
+        )
+        .await;
+    if created.status != StatusCode::CREATED {
+        let message = created.body["error"]["message"]
+            .as_str()
+            .unwrap_or("the admin API refused the user")
+            .to_string();
+        return fail(created.status, &message, set);
+    }
+    let signed_in = console
+        .call(
+            Method::POST,
+            crate::users::LOGIN_ROUTE,
+            &HeaderMap::new(),
+            peer.map(|axum::Extension(p)| p),
+            Some(serde_json::json!({ "name": name, "password": password })),
+        )
+        .await;
+    let mut response = Redirect::to("/console/").into_response();
+    for cookie in signed_in.headers.get_all(header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
 async fn logout(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Response<Body> {
     let fields = form(&body);
     if !csrf_ok(&headers, &fields) {
         return (StatusCode::FORBIDDEN, "the form expired").into_response();
     }
-    let answer = console
-        .call(Method::POST, "/admin/v1/logout", &headers, None, None)
-        .await;
+    let path = match field(&fields, "everywhere") {
+        Some("true") => "/admin/v1/logout?everywhere=true",
+        _ => "/admin/v1/logout",
+    };
+    let answer = console.call(Method::POST, path, &headers, None, None).await;
     let mut response = to_login();
     for cookie in answer.headers.get_all(header::SET_COOKIE) {
         response

@@ -73,6 +73,8 @@ pub(super) fn layout(
                     form id="logout" method="post" action="/console/logout" {
                         input type="hidden" name="csrf" value=(csrf);
                         button type="submit" { "Sign out" }
+                        " "
+                        button type="submit" name="everywhere" value="true" title="End every session of this user" { "everywhere" }
                     }
                 }
                 main { (body) }
@@ -105,6 +107,46 @@ pub fn login(csrf: &str, error: Option<&str>) -> Markup {
                         label for="password" { "Password" }
                         input id="password" type="password" name="password" autocomplete="current-password" required;
                         button type="submit" { "Sign in" }
+                        p.muted { "First run? " a href="/console/setup" { "Set up the first super-admin" } "." }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first-run page: the admin token, then the first super-admin.
+pub fn setup(csrf: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "First run · Tollgate" }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                main {
+                    form.login id="setup" method="post" action="/console/setup" {
+                        h1 { "Set up Tollgate" }
+                        p.muted {
+                            "Paste the admin token (the file " code { "tollgate-data/admin-token" }
+                            ", or " code { "TOLLGATE_ADMIN_TOKEN" } "), then choose the first super-admin's name and password."
+                        }
+                        @if let Some(error) = error {
+                            p.error role="alert" { (error) }
+                        }
+                        input type="hidden" name="csrf" value=(csrf);
+                        label for="token" { "Admin token" }
+                        input id="token" type="password" name="token" autocomplete="off" required;
+                        label for="username" { "Name" }
+                        input id="username" type="text" name="username" autocomplete="username" required;
+                        label for="password" { "Password" }
+                        input id="password" type="password" name="password" autocomplete="new-password" required minlength="12";
+                        label for="confirm" { "Password again" }
+                        input id="confirm" type="password" name="confirm" autocomplete="new-password" required minlength="12";
+                        button type="submit" { "Create and sign in" }
                     }
                 }
             }

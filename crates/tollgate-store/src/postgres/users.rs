@@ -460,4 +460,15 @@ impl PgStore {
             )? > 0)
         })
     }
+
+    /// As [`crate::SqliteStore::delete_sessions_of_user`].
+    pub fn delete_sessions_of_user(&self, hash: &[u8; 32]) -> Result<usize, StoreError> {
+        self.with(|client| {
+            let deleted = client.execute(
+                "DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE id_hash = $1)",
+                &[&hash.as_slice()],
+            )?;
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+        })
+    }
 }
