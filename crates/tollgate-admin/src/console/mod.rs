@@ -139,16 +139,9 @@ impl Console {
         peer: Option<ClientAddr>,
         body: Option<Value>,
     ) -> ApiAnswer {
-        self.send(
-            method,
-            path_and_query,
-            browser,
-            None,
-            peer,
-            body,
-            "application/json",
-        )
-        .await
+        let body = body.map(|body| (body, "application/json"));
+        self.send(method, path_and_query, browser, None, peer, body)
+            .await
     }
 
     /// An admin API call made with an admin token rather than the
@@ -161,16 +154,9 @@ impl Console {
         token: &str,
         body: Value,
     ) -> ApiAnswer {
-        self.send(
-            method,
-            path,
-            &HeaderMap::new(),
-            Some(token),
-            None,
-            Some(body),
-            "application/json",
-        )
-        .await
+        let body = Some((body, "application/json"));
+        self.send(method, path, &HeaderMap::new(), Some(token), None, body)
+            .await
     }
 
     /// [`call`](Self::call) with a body of `content_type` (a merge patch).
@@ -182,16 +168,9 @@ impl Console {
         body: Option<Value>,
         content_type: &'static str,
     ) -> ApiAnswer {
-        self.send(
-            method,
-            path_and_query,
-            browser,
-            None,
-            None,
-            body,
-            content_type,
-        )
-        .await
+        let body = body.map(|body| (body, content_type));
+        self.send(method, path_and_query, browser, None, None, body)
+            .await
     }
 
     async fn send(
@@ -201,8 +180,7 @@ impl Console {
         browser: &HeaderMap,
         token: Option<&str>,
         peer: Option<ClientAddr>,
-        body: Option<Value>,
-        content_type: &'static str,
+        body: Option<(Value, &'static str)>,
     ) -> ApiAnswer {
         let mut request = Request::builder().method(method).uri(path_and_query);
         if let Some(cookie) = browser.get(header::COOKIE) {
@@ -217,7 +195,7 @@ impl Console {
             request = request.header(header::AUTHORIZATION, value);
         }
         let body = match body {
-            Some(body) => {
+            Some((body, content_type)) => {
                 request = request.header(header::CONTENT_TYPE, content_type);
                 Body::from(body.to_string())
             }
