@@ -944,3 +944,160 @@ async fn keys_rotate_and_sessions_end_everywhere() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[header::LOCATION], "/console/login");
 }
+
+/// An API's page: its service's versions side by side, and the policies
+/// editor — a valid change is saved and enforced, a refused one comes back
+/// with each error at its field and the text as typed, not-YAML says where.
+/// And an OpenAPI document imported, dry run first.
+#[tokio::test]
+async fn api_pages_edit_policies_and_import_openapi() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let root = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        gw.client()
+            .request(method, format!("{}{path}", gw.admin_url()))
+            .bearer_auth(ROOT)
+            .json(&body)
+            .send()
+    };
+    let res = root(
+        reqwest::Method::POST,
+        "/admin/v1/apis",
+        json!({ "name": "orders-v2", "service": "orders", "version": "v2", "match": { "paths": ["/v2/orders"] } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+
+    let page = client
+        .get(format!("{admin}/console/apis/orders-v1"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"<table class="versions">"#), "{page}");
+    assert!(
+        page.contains(r#"href="/console/apis/orders-v2""#) && page.contains("<td>v2</td>"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+
+    // Refused: the errors at their fields, the text kept.
+    let bad = "rate_limit:\n  - { limit: 0, window: 1m }\n";
+    let res = client
+        .post(
+            format!("{admin}/console/apis/orders-v1/policies"),
+            &[("csrf", csrf.as_str()), ("policies", bad)],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = res.text().await.unwrap();
+    assert!(page.contains(r#"id="policy-errors""#), "{page}");
+    assert!(
+        page.contains("rate_limit[0].limit</code>: must be at least 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("limit: 0, window: 1m"),
+        "the text as typed: {page}"
+    );
+
+    let res = client
+        .post(
+            format!("{admin}/console/apis/orders-v1/policies"),
+            &[("csrf", csrf.as_str()), ("policies", "rate_limit: [ {")],
+        )
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(page.contains("not YAML"), "{page}");
+
+    // Saved and served: two requests a minute.
+    let good = "rate_limit:\n  - { limit: 2, window: 1m, by: ip }\n";
+    let res = client
+        .post(
+            format!("{admin}/console/apis/orders-v1/policies"),
+            &[("csrf", csrf.as_str()), ("policies", good)],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("Policies saved."));
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(
+                gw.client()
+                    .get(gw.url("/orders"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        statuses.contains(&429)
+    })
+    .await;
+
+    // OpenAPI: a dry run changes nothing; the import creates the APIs.
+    let document = "openapi: 3.0.3\ninfo: { title: Pets, version: '1' }\npaths:\n  /pets:\n    get:\n      operationId: listPets\n      responses: { '200': { description: ok } }\n";
+    let page = client
+        .get(format!("{admin}/console/import"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"id="openapi-import""#), "{page}");
+    let res = client
+        .post(
+            format!("{admin}/console/import"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("service", "orders"),
+                ("dry_run", "true"),
+                ("document", document),
+            ],
+        )
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Dry run: nothing was changed"), "{page}");
+    let listed = root(reqwest::Method::GET, "/admin/v1/apis", json!(null))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !listed.contains("listPets") && !listed.contains("list-pets"),
+        "{listed}"
+    );
+    let res = client
+        .post(
+            format!("{admin}/console/import"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("service", "orders"),
+                ("document", document),
+            ],
+        )
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Imported:"), "{page}");
+    let listed = root(reqwest::Method::GET, "/admin/v1/apis", json!(null))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.to_lowercase().contains("pets"), "{listed}");
+}

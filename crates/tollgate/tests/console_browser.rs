@@ -298,6 +298,8 @@ async fn the_console_walkthrough_in_a_browser() {
     .await;
 
     for (page, shot) in [
+        ("/console/apis/pay-v1", "api-versions-and-policies"),
+        ("/console/import", "openapi-import"),
         ("/console/portal", "portal"),
         ("/console/ai", "ai"),
         ("/console/users", "users"),

@@ -189,6 +189,9 @@ pub async fn apis(
     let body = html! {
         h1 { "APIs" }
         (flash(&notice))
+        @if viewer.manages() {
+            p { a href="/console/import" { "Import an OpenAPI document →" } }
+        }
         @if !answer.status.is_success() {
             (refused(answer.status, &answer.body))
         } @else if items(&answer).is_empty() {
@@ -202,7 +205,7 @@ pub async fn apis(
                             @let name = text(&api, "name");
                             @let lifecycle = api["lifecycle"].as_str().unwrap_or("published");
                             tr data-api=(name) {
-                                td { (name) }
+                                td { a href=(format!("/console/apis/{name}")) { (name) } }
                                 td { (text(&api, "service")) }
                                 td {
                                     @for path in api["match"]["paths"].as_array().cloned().unwrap_or_default() {

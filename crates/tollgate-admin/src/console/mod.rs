@@ -13,6 +13,7 @@
 //! match the `tollgate_csrf` cookie (double submit, the cookie itself
 //! `SameSite=Strict`): a form posted from another site has neither.
 
+mod api_page;
 mod chart;
 mod govern;
 mod manage;
@@ -59,6 +60,15 @@ pub fn router(api: Router) -> Router {
             get(manage::services).post(manage::create_service),
         )
         .route("/console/apis", get(manage::apis).post(manage::create_api))
+        .route("/console/apis/{name}", get(api_page::api))
+        .route(
+            "/console/apis/{name}/policies",
+            post(api_page::save_policies),
+        )
+        .route(
+            "/console/import",
+            get(api_page::import_page).post(api_page::import),
+        )
         .route(
             "/console/apis/{name}/lifecycle",
             post(manage::change_lifecycle),
@@ -201,7 +211,60 @@ impl Console {
             }
             None => Body::empty(),
         };
-        let Ok(mut request) = request.body(body) else {
+        self.execute(request.body(body), peer).await
+    }
+
+    /// `method path` with the browser's cookies, `If-Match: etag` when
+    /// given, and `body` as JSON: a replacement.
+    async fn call_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        browser: &HeaderMap,
+        body: Value,
+        etag: Option<HeaderValue>,
+    ) -> ApiAnswer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(cookie) = browser.get(header::COOKIE) {
+            request = request.header(header::COOKIE, cookie);
+        }
+        if let Some(etag) = etag {
+            request = request.header(header::IF_MATCH, etag);
+        }
+        self.execute(request.body(Body::from(body.to_string())), None)
+            .await
+    }
+
+    /// `method path` with the browser's cookies and a body as it is (a
+    /// document to import).
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        browser: &HeaderMap,
+        body: Bytes,
+        content_type: HeaderValue,
+    ) -> ApiAnswer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(cookie) = browser.get(header::COOKIE) {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.execute(request.body(Body::from(body)), None).await
+    }
+
+    /// Runs a request through the admin API and reads its answer.
+    async fn execute(
+        &self,
+        request: Result<Request<Body>, axum::http::Error>,
+        peer: Option<ClientAddr>,
+    ) -> ApiAnswer {
+        let Ok(mut request) = request else {
             return ApiAnswer {
                 status: StatusCode::BAD_REQUEST,
                 headers: HeaderMap::new(),
