@@ -1101,3 +1101,91 @@ async fn api_pages_edit_policies_and_import_openapi() {
         .unwrap();
     assert!(listed.to_lowercase().contains("pets"), "{listed}");
 }
+
+/// The portal shows a developer its team's consumers with their use over
+/// the last 30 days, asked of the analytics API service by service of its
+/// team (all it may read).
+#[tokio::test]
+async fn the_portal_shows_my_consumers_usage() {
+    let (gw, _up) = gateway().await;
+    let admin = gw.admin_url();
+    let root = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        gw.client()
+            .request(method, format!("{admin}{path}"))
+            .bearer_auth(ROOT)
+            .json(&body)
+            .send()
+    };
+    let created = root(
+        reqwest::Method::POST,
+        "/admin/v1/consumers",
+        json!({ "name": "shop-app", "team": "shop" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let key: serde_json::Value = root(
+        reqwest::Method::POST,
+        "/admin/v1/consumers/shop-app/keys",
+        json!({}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let patched = gw
+        .client()
+        .patch(format!("{admin}/admin/v1/apis/orders-v1"))
+        .bearer_auth(ROOT)
+        .header(header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(r#"{"policies":{"auth":{"methods":["key"]}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200, "{}", patched.text().await.unwrap());
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        gw.client()
+            .get(gw.url("/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401
+    })
+    .await;
+    for _ in 0..3 {
+        let res = gw
+            .client()
+            .get(gw.url("/orders"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    gw.wait_for_records(4, std::time::Duration::from_secs(5))
+        .await;
+
+    create_user(&gw, "dev", json!([{ "team": "shop", "role": "developer" }])).await;
+    let client = browser();
+    assert_eq!(
+        sign_in(&gw, &client, "dev", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = client
+        .get(format!("{admin}/console/portal"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row = page
+        .split(r#"<tr data-consumer="shop-app">"#)
+        .nth(1)
+        .expect("a row for shop-app")
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(row.contains("<td>3</td>"), "3 requests: {row}");
+}

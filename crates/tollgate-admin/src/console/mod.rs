@@ -637,12 +637,16 @@ async fn dashboard(
         .unwrap_or(RANGES[1]);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let path = format!(
-        "/admin/v1/analytics?from={}&to={}&bucket={}",
+        "/admin/v1/analytics?from={}&to={}&bucket={}&top=100",
         now - range.1,
         now + 1,
         range.2
     );
     let analytics = console.call(Method::GET, &path, &headers, None, None).await;
+    let consumers = console
+        .call(Method::GET, "/admin/v1/consumers", &headers, None, None)
+        .await;
+    let teams = pages::spend_by_team(&analytics.body["ai"]["by_consumer"], &consumers.body);
     if analytics.status == StatusCode::UNAUTHORIZED {
         return to_login();
     }
@@ -656,9 +660,12 @@ async fn dashboard(
             &viewer,
             range.0,
             &RANGES.map(|r| r.0),
-            &analytics.body,
-            analytics.status,
-            &nodes.body,
+            &pages::Report {
+                analytics: &analytics.body,
+                status: analytics.status,
+                nodes: &nodes.body,
+                teams: &teams,
+            },
         ),
         set,
     )

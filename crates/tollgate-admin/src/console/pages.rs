@@ -198,6 +198,15 @@ fn card(label: &str, value: String) -> Markup {
     }
 }
 
+/// What the dashboard shows, as the admin API answered.
+pub struct Report<'a> {
+    pub analytics: &'a Value,
+    /// The analytics' status: a refusal is shown as such.
+    pub status: StatusCode,
+    pub nodes: &'a Value,
+    pub teams: &'a [TeamSpend],
+}
+
 /// The dashboard: totals, traffic and latency over time, top APIs and
 /// consumers, AI usage and spend, and the nodes.
 pub fn dashboard(
@@ -205,10 +214,14 @@ pub fn dashboard(
     viewer: &super::Viewer,
     range: &str,
     ranges: &[&str],
-    analytics: &Value,
-    status: StatusCode,
-    nodes: &Value,
+    report: &Report<'_>,
 ) -> Markup {
+    let Report {
+        analytics,
+        status,
+        nodes,
+        teams,
+    } = *report;
     let totals = &analytics["totals"];
     let requests = number(&totals["requests"]);
     let buckets = every_bucket(analytics);
@@ -302,6 +315,27 @@ pub fn dashboard(
                     }
                 }
             }
+            section.panel id="ai-teams" {
+                h2 { "AI spend by team" }
+                @if teams.is_empty() {
+                    p.muted { "No AI calls in this range." }
+                } @else {
+                    table {
+                        thead { tr { th { "Team" } th { "Calls" } th { "Tokens" } th { "Spend" } } }
+                        tbody {
+                            @for t in teams {
+                                tr {
+                                    td { (t.team) }
+                                    td { (t.calls) }
+                                    td { (t.tokens) }
+                                    td { (format!("${:.4}", t.cost_usd)) }
+                                }
+                            }
+                        }
+                    }
+                    p.muted { "From the 100 consumers that spent most in the range." }
+                }
+            }
             section.panel id="nodes" {
                 h2 { "Nodes" }
                 @let items = nodes["items"].as_array().cloned().unwrap_or_default();
@@ -365,6 +399,50 @@ fn every_bucket(analytics: &Value) -> Vec<Option<&Value>> {
         .collect()
 }
 
+/// One team's AI usage in the range.
+#[derive(Debug, Default, PartialEq)]
+pub struct TeamSpend {
+    pub team: String,
+    pub calls: u64,
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// AI usage by team: the analytics' consumers (`ai.by_consumer`) summed
+/// by their team (from the consumers list; `(no team)` otherwise), the
+/// dearest first.
+pub fn spend_by_team(by_consumer: &Value, consumers: &Value) -> Vec<TeamSpend> {
+    let team_of = |name: &str| {
+        consumers["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["team"].as_str())
+            .unwrap_or("(no team)")
+            .to_string()
+    };
+    let mut teams: Vec<TeamSpend> = Vec::new();
+    for entry in by_consumer.as_array().cloned().unwrap_or_default() {
+        let team = team_of(entry["consumer"].as_str().unwrap_or_default());
+        let index = match teams.iter().position(|t| t.team == team) {
+            Some(index) => index,
+            None => {
+                teams.push(TeamSpend {
+                    team,
+                    ..TeamSpend::default()
+                });
+                teams.len() - 1
+            }
+        };
+        let spend = &mut teams[index];
+        spend.calls += entry["calls"].as_u64().unwrap_or(0);
+        spend.tokens +=
+            entry["tokens_in"].as_u64().unwrap_or(0) + entry["tokens_out"].as_u64().unwrap_or(0);
+        spend.cost_usd += entry["cost_usd"].as_f64().unwrap_or(0.0);
+    }
+    teams.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(a.team.cmp(&b.team)));
+    teams
+}
+
 /// A top-N table of `{<key>, requests}` entries.
 fn ranking(entries: &Value, key: &str, heading: &str) -> Markup {
     let entries = entries.as_array().cloned().unwrap_or_default();
@@ -384,5 +462,38 @@ fn ranking(entries: &Value, key: &str, heading: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn spend_is_summed_by_the_consumers_team() {
+        let by_consumer = json!([
+            { "consumer": "a1", "calls": 2, "tokens_in": 10, "tokens_out": 5, "cost_usd": 0.5 },
+            { "consumer": "b1", "calls": 1, "tokens_in": 1, "tokens_out": 1, "cost_usd": 2.0 },
+            { "consumer": "a2", "calls": 1, "tokens_in": 4, "tokens_out": 0, "cost_usd": 0.25 },
+            { "consumer": "x", "calls": 1, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0 }
+        ]);
+        let consumers = json!({ "items": [
+            { "name": "a1", "team": "alpha" }, { "name": "a2", "team": "alpha" }, { "name": "b1", "team": "beta" }
+        ]});
+        let teams = spend_by_team(&by_consumer, &consumers);
+        let summary: Vec<(&str, u64, u64, f64)> = teams
+            .iter()
+            .map(|t| (t.team.as_str(), t.calls, t.tokens, t.cost_usd))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("beta", 1, 2, 2.0),
+                ("alpha", 3, 19, 0.75),
+                ("(no team)", 1, 0, 0.0)
+            ]
+        );
     }
 }

@@ -138,6 +138,7 @@ pub async fn portal(
         catalogue.entry(team).or_default().push(api);
     }
     let mine = items(&consumers.body);
+    let usage = usage_of(&console, &headers, &viewer, &mine, &services).await;
     let (csrf, set) = csrf_token(&headers);
     let body = html! {
         h1 { "Developer portal" }
@@ -181,12 +182,19 @@ pub async fn portal(
             @if mine.is_empty() {
                 p.muted { "None yet: create one on the " a href="/console/consumers" { "Consumers" } " page." }
             } @else {
-                ul {
-                    @for c in &mine {
-                        li {
-                            (c["name"].as_str().unwrap_or(""))
-                            " — " (c["keys"].as_array().map_or(0, Vec::len)) " key(s) — "
-                            a href=(format!("/console/logs?consumer={}", c["name"].as_str().unwrap_or(""))) { "usage" }
+                table id="my-usage" {
+                    thead { tr { th { "Consumer" } th { "Keys" } th { "Requests (30 days)" } th { "AI tokens" } th { "AI spend" } th { "" } } }
+                    tbody {
+                        @for (c, u) in mine.iter().zip(&usage) {
+                            @let name = c["name"].as_str().unwrap_or("");
+                            tr data-consumer=(name) {
+                                td { (name) }
+                                td { (c["keys"].as_array().map_or(0, Vec::len)) }
+                                td { (u.requests) }
+                                td { (u.tokens) }
+                                td { (format!("${:.4}", u.cost_usd)) }
+                                td { a href=(format!("/console/logs?consumer={name}")) { "logs" } }
+                            }
                         }
                     }
                 }
@@ -197,4 +205,66 @@ pub async fn portal(
         layout("Portal", &csrf, "/console/portal", &viewer, body),
         set,
     )
+}
+
+/// A consumer's use of the gateway over the last 30 days.
+#[derive(Debug, Default)]
+struct Usage {
+    requests: u64,
+    tokens: u64,
+    cost_usd: f64,
+}
+
+/// The most consumers and services whose usage the portal adds up (one
+/// analytics call each, or one per service for a team member).
+const MAX_USAGE_CONSUMERS: usize = 20;
+const MAX_USAGE_SERVICES: usize = 10;
+
+/// Each of `consumers`' usage, asked of the analytics API as the viewer may:
+/// across everything for super_admins and auditors, service by service of
+/// its teams for a team member.
+async fn usage_of(
+    console: &Console,
+    headers: &HeaderMap,
+    viewer: &super::Viewer,
+    consumers: &[Value],
+    services: &BTreeMap<String, Value>,
+) -> Vec<Usage> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let range = format!("from={}&to={}&bucket=day", now - 30 * 86_400, now + 1);
+    let scopes: Vec<Option<&str>> = if viewer.reads_everything() {
+        vec![None]
+    } else {
+        services
+            .keys()
+            .take(MAX_USAGE_SERVICES)
+            .map(|s| Some(s.as_str()))
+            .collect()
+    };
+    let mut usage = Vec::with_capacity(consumers.len());
+    for (index, consumer) in consumers.iter().enumerate() {
+        let mut total = Usage::default();
+        if index < MAX_USAGE_CONSUMERS {
+            let name = consumer["name"].as_str().unwrap_or_default();
+            for scope in &scopes {
+                // (Built apart: the serializer must not live across an await.)
+                let path = {
+                    let mut query = form_urlencoded::Serializer::new(String::new());
+                    query.append_pair("consumer", name);
+                    if let Some(service) = scope {
+                        query.append_pair("service", service);
+                    }
+                    format!("/admin/v1/analytics?{range}&{}", query.finish())
+                };
+                let answer = console.call(Method::GET, &path, headers, None, None).await;
+                let body = &answer.body;
+                total.requests += body["totals"]["requests"].as_u64().unwrap_or(0);
+                total.tokens += body["ai"]["tokens_in"].as_u64().unwrap_or(0)
+                    + body["ai"]["tokens_out"].as_u64().unwrap_or(0);
+                total.cost_usd += body["ai"]["cost_usd"].as_f64().unwrap_or(0.0);
+            }
+        }
+        usage.push(total);
+    }
+    usage
 }
