@@ -75,6 +75,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             vec![op(M::POST, "Start a console session", Obj, 200)],
         ),
         (
+            "/admin/v1/upstreams",
+            get(crate::nodes::upstreams),
+            vec![op(
+                M::GET,
+                "This node's upstream targets: healthy, ejected",
+                Empty,
+                200,
+            )],
+        ),
+        (
             "/admin/v1/whoami",
             get(u::whoami),
             vec![op(

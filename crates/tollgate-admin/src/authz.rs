@@ -292,7 +292,7 @@ impl Directory {
         Some(names)
     }
 
-    fn sees_service(&self, principal: &Principal, name: &str) -> bool {
+    pub(crate) fn sees_service(&self, principal: &Principal, name: &str) -> bool {
         principal.reads_everything()
             || self
                 .services
@@ -466,6 +466,7 @@ pub fn check_endpoint(
         "/admin/v1/login"
         | "/admin/v1/logout"
         | "/admin/v1/whoami"
+        | "/admin/v1/upstreams"
         | "/admin/v1/logs"
         | "/admin/v1/openapi.json" => Ok(()),
         // The handlers apply the users' rules (a user may manage itself).

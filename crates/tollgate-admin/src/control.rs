@@ -497,6 +497,11 @@ impl ControlPlane {
     }
 
     /// The configuration served.
+    /// The health of the upstream targets this node proxies to.
+    pub fn upstream_health(&self) -> Vec<tollgate_proxy::upstream::TargetHealth> {
+        self.data_plane.upstream_health()
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.data_plane.snapshot().config.clone()
     }

@@ -503,3 +503,29 @@ mod tests {
         assert_eq!(holder(), "b");
     }
 }
+
+/// `GET /admin/v1/upstreams`: this node's view of the health of each
+/// upstream target of the services the caller sees — healthy (the active
+/// check) and ejected (the passive one).
+pub async fn upstreams(
+    axum::extract::State(api): axum::extract::State<crate::api::AdminApi>,
+    axum::extract::Extension(principal): axum::extract::Extension<crate::authz::Principal>,
+) -> axum::Json<serde_json::Value> {
+    let config = api.control.config();
+    let directory = crate::authz::Directory::new(&config);
+    let items: Vec<serde_json::Value> = api
+        .control
+        .upstream_health()
+        .into_iter()
+        .filter(|t| directory.sees_service(&principal, &t.service))
+        .map(|t| {
+            serde_json::json!({
+                "service": t.service,
+                "target": t.url,
+                "healthy": t.healthy,
+                "ejected": t.ejected,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "items": items }))
+}

@@ -122,6 +122,11 @@ impl DataPlane {
         self.proxy.snapshot.load_full()
     }
 
+    /// The health of every upstream target this node has seen configured.
+    pub fn upstream_health(&self) -> Vec<upstream::TargetHealth> {
+        self.registries.targets.health()
+    }
+
     /// Compiles and swaps in a new configuration. On error the old snapshot keeps serving.
     /// Listener addresses are fixed at start-up: a change to them needs a restart.
     pub fn apply(&self, config: Arc<Config>) -> Result<(), Vec<ConfigError>> {

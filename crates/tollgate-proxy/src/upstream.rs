@@ -114,6 +114,17 @@ impl TargetState {
     }
 }
 
+/// One upstream target's state, as reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetHealth {
+    pub service: String,
+    pub url: String,
+    /// What the active health check last said (healthy until it says not).
+    pub healthy: bool,
+    /// Taken out by passive checks (consecutive failures) for a while.
+    pub ejected: bool,
+}
+
 /// Target states by (service, url), reused across snapshots.
 #[derive(Default)]
 pub struct TargetRegistry {
@@ -132,6 +143,24 @@ impl TargetRegistry {
         state.set_healthy(true);
         targets.insert(key, state.clone());
         Some(state)
+    }
+
+    /// Every known target's health, sorted by service and URL: what the
+    /// admin API's `GET /admin/v1/upstreams` reports.
+    pub fn health(&self) -> Vec<TargetHealth> {
+        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let mut health: Vec<TargetHealth> = targets
+            .iter()
+            .map(|((service, url), state)| TargetHealth {
+                service: service.clone(),
+                url: url.clone(),
+                healthy: state.is_healthy(),
+                ejected: state.ejected_until_ms.load(Ordering::Relaxed) > now,
+            })
+            .collect();
+        health.sort_by(|a, b| (&a.service, &a.url).cmp(&(&b.service, &b.url)));
+        health
     }
 
     /// Forgets targets no longer configured.

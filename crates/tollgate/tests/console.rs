@@ -218,6 +218,14 @@ async fn sign_in_shows_the_dashboard_and_sign_out_ends_the_session() {
     assert!(page.contains("<h1>Dashboard</h1>"), "{page}");
     assert!(page.contains("<svg"), "a chart drawn on the server");
     assert!(page.contains("orders-v1"), "the top APIs: {page}");
+    let upstreams = page
+        .split(r#"id="upstreams""#)
+        .nth(1)
+        .expect("upstream health");
+    assert!(
+        upstreams.contains("<td>orders</td>") && upstreams.contains(r#"class="target-healthy""#),
+        "{upstreams}"
+    );
     assert!(
         page.contains(r#"class="current" href="/console/?range=15m""#),
         "{page}"

@@ -647,6 +647,9 @@ async fn dashboard(
         .call(Method::GET, "/admin/v1/consumers", &headers, None, None)
         .await;
     let teams = pages::spend_by_team(&analytics.body["ai"]["by_consumer"], &consumers.body);
+    let upstreams = console
+        .call(Method::GET, "/admin/v1/upstreams", &headers, None, None)
+        .await;
     if analytics.status == StatusCode::UNAUTHORIZED {
         return to_login();
     }
@@ -665,6 +668,7 @@ async fn dashboard(
                 status: analytics.status,
                 nodes: &nodes.body,
                 teams: &teams,
+                upstreams: &upstreams.body,
             },
         ),
         set,

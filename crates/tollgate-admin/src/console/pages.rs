@@ -205,6 +205,8 @@ pub struct Report<'a> {
     pub status: StatusCode,
     pub nodes: &'a Value,
     pub teams: &'a [TeamSpend],
+    /// `GET /admin/v1/upstreams`.
+    pub upstreams: &'a Value,
 }
 
 /// The dashboard: totals, traffic and latency over time, top APIs and
@@ -221,6 +223,7 @@ pub fn dashboard(
         status,
         nodes,
         teams,
+        upstreams,
     } = *report;
     let totals = &analytics["totals"];
     let requests = number(&totals["requests"]);
@@ -334,6 +337,28 @@ pub fn dashboard(
                         }
                     }
                     p.muted { "From the 100 consumers that spent most in the range." }
+                }
+            }
+            section.panel id="upstreams" {
+                h2 { "Upstream health" }
+                @let targets = upstreams["items"].as_array().cloned().unwrap_or_default();
+                @if targets.is_empty() {
+                    p.muted { "No upstream target yet." }
+                } @else {
+                    table {
+                        thead { tr { th { "Service" } th { "Target" } th { "State" } } }
+                        tbody {
+                            @for t in &targets {
+                                @let state = if t["ejected"] == true { "ejected" } else if t["healthy"] == true { "healthy" } else { "unhealthy" };
+                                tr {
+                                    td { (t["service"].as_str().unwrap_or("")) }
+                                    td { code { (t["target"].as_str().unwrap_or("")) } }
+                                    td class=(format!("target-{state}")) { (state) }
+                                }
+                            }
+                        }
+                    }
+                    p.muted { "As this node sees them: active health checks and passive ejection." }
                 }
             }
             section.panel id="nodes" {
