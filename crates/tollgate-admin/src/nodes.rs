@@ -375,6 +375,32 @@ pub(crate) async fn list(
     Ok(Json(json!({ "items": items, "revision": revision })))
 }
 
+/// `GET /admin/v1/upstreams`: this node's view of the health of each
+/// upstream target of the services the caller sees — healthy (the active
+/// check) and ejected (the passive one).
+pub async fn upstreams(
+    axum::extract::State(api): axum::extract::State<crate::api::AdminApi>,
+    axum::extract::Extension(principal): axum::extract::Extension<crate::authz::Principal>,
+) -> axum::Json<serde_json::Value> {
+    let config = api.control.config();
+    let directory = crate::authz::Directory::new(&config);
+    let items: Vec<serde_json::Value> = api
+        .control
+        .upstream_health()
+        .into_iter()
+        .filter(|t| directory.sees_service(&principal, &t.service))
+        .map(|t| {
+            serde_json::json!({
+                "service": t.service,
+                "target": t.url,
+                "healthy": t.healthy,
+                "ejected": t.ejected,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "items": items }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,30 +528,4 @@ mod tests {
         second.try_beat(&store, 0, None, 117).unwrap();
         assert_eq!(holder(), "b");
     }
-}
-
-/// `GET /admin/v1/upstreams`: this node's view of the health of each
-/// upstream target of the services the caller sees — healthy (the active
-/// check) and ejected (the passive one).
-pub async fn upstreams(
-    axum::extract::State(api): axum::extract::State<crate::api::AdminApi>,
-    axum::extract::Extension(principal): axum::extract::Extension<crate::authz::Principal>,
-) -> axum::Json<serde_json::Value> {
-    let config = api.control.config();
-    let directory = crate::authz::Directory::new(&config);
-    let items: Vec<serde_json::Value> = api
-        .control
-        .upstream_health()
-        .into_iter()
-        .filter(|t| directory.sees_service(&principal, &t.service))
-        .map(|t| {
-            serde_json::json!({
-                "service": t.service,
-                "target": t.url,
-                "healthy": t.healthy,
-                "ejected": t.ejected,
-            })
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "items": items }))
 }
