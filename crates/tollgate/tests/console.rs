@@ -1197,3 +1197,77 @@ async fn the_portal_shows_my_consumers_usage() {
         .unwrap();
     assert!(row.contains("<td>3</td>"), "3 requests: {row}");
 }
+
+/// Any service, API or consumer edited whole as YAML: a valid change is
+/// saved (and served), a refused one comes back with its errors at their
+/// fields and the text as typed.
+#[tokio::test]
+async fn resources_are_edited_as_yaml() {
+    let (gw, _up) = gateway().await;
+    let other = upstream::echo("other");
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = client
+        .get(format!("{admin}/console/edit/services/orders"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"id="resource-editor""#) && page.contains("name: orders"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+
+    let bad = "name: orders\nteam: shop\nupstream:\n  targets: []\n";
+    let res = client
+        .post(
+            format!("{admin}/console/edit/services/orders"),
+            &[("csrf", csrf.as_str()), ("yaml", bad)],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(r#"id="edit-errors""#) && page.contains("targets"),
+        "{page}"
+    );
+    assert!(page.contains("targets: []"), "the text as typed: {page}");
+
+    let good = format!(
+        "name: orders\nteam: shop\nupstream:\n  targets:\n    - url: {}\n",
+        other.url()
+    );
+    let res = client
+        .post(
+            format!("{admin}/console/edit/services/orders"),
+            &[("csrf", csrf.as_str()), ("yaml", good.as_str())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("Saved."));
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        let res = gw.client().get(gw.url("/orders")).send().await.unwrap();
+        res.text().await.unwrap().contains("other")
+    })
+    .await;
+
+    let res = client
+        .get(format!("{admin}/console/edit/users/alice"))
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "only services, APIs and consumers"
+    );
+}

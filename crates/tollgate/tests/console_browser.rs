@@ -300,6 +300,7 @@ async fn the_console_walkthrough_in_a_browser() {
     for (page, shot) in [
         ("/console/apis/pay-v1", "api-versions-and-policies"),
         ("/console/import", "openapi-import"),
+        ("/console/edit/services/pay", "edit-service"),
         ("/console/portal", "portal"),
         ("/console/ai", "ai"),
         ("/console/users", "users"),

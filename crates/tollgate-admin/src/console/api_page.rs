@@ -6,6 +6,7 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use maud::{html, Markup};
 use serde_json::{json, Value};
@@ -79,6 +80,9 @@ async fn render(
                     pre { (policies_yaml) }
                 }
             }
+        }
+        @if viewer.manages() {
+            p { a href=(format!("/console/edit/apis/{name}")) { "Edit the whole API as YAML →" } }
         }
         p { a href="/console/apis" { "← All APIs" } }
     };
@@ -373,6 +377,158 @@ pub async fn import(
         &services.body,
         Some((answer.status, &answer.body, dry_run)),
         document,
+    )
+    .await
+}
+
+// ---- any resource, as YAML ----------------------------------------------------
+
+/// The kinds the YAML editor edits: the team-owned resources.
+const EDITABLE: [&str; 3] = ["services", "apis", "consumers"];
+
+/// A resource as YAML in a text area, replaced with `PUT` (`If-Match` its
+/// ETag); a refused change comes back with each error at its field.
+async fn render_editor(
+    console: &Console,
+    headers: &HeaderMap,
+    viewer: &Viewer,
+    kind: &str,
+    name: &str,
+    draft: Option<(&str, &[(String, String)])>,
+    notice: Option<&str>,
+) -> Response<Body> {
+    let (editor, errors) = match draft {
+        Some((text, errors)) => (Some(text), errors),
+        None => (None, &[][..]),
+    };
+    let path = format!("/admin/v1/{kind}/{}", encode(name));
+    let current = console.call(Method::GET, &path, headers, None, None).await;
+    let (csrf, set) = csrf_token(headers);
+    let yaml = match editor {
+        Some(text) => text.to_string(),
+        None => serde_yaml::to_string(&current.body).unwrap_or_default(),
+    };
+    let back_to = format!("/console/{kind}");
+    let body = html! {
+        h1 { "Edit " (kind.trim_end_matches('s')) " " (name) }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+        @if !errors.is_empty() {
+            div.error role="alert" {
+                p { "The change was refused; nothing was changed:" }
+                ul id="edit-errors" {
+                    @for (field, message) in errors {
+                        li { code.field { (field) } ": " (message) }
+                    }
+                }
+            }
+        }
+        @if !current.status.is_success() {
+            (refused(current.status, &current.body))
+        } @else {
+            form id="resource-editor" method="post" action=(format!("/console/edit/{kind}/{name}")) {
+                input type="hidden" name="csrf" value=(csrf);
+                textarea name="yaml" rows="22" spellcheck="false" aria-label="The resource (YAML)" { (yaml) }
+                p { button type="submit" { "Save" } " " span.muted { "The whole resource, as in the configuration file; secrets stay " code { "<redacted>" } " unless replaced." } }
+            }
+        }
+        p { a href=(back_to) { "← Back" } }
+    };
+    let mut response = page(
+        layout(&format!("Edit {name}"), &csrf, &back_to, viewer, body),
+        set,
+    );
+    if !errors.is_empty() {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    response
+}
+
+pub async fn edit(
+    State(console): State<Console>,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if !EDITABLE.contains(&kind.as_str()) {
+        return (StatusCode::NOT_FOUND, "not an editable kind").into_response();
+    }
+    let viewer = match viewer(&console, &headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    render_editor(&console, &headers, &viewer, &kind, &name, None, None).await
+}
+
+pub async fn save(
+    State(console): State<Console>,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    if !EDITABLE.contains(&kind.as_str()) {
+        return (StatusCode::NOT_FOUND, "not an editable kind").into_response();
+    }
+    let fields = form(&body);
+    if !csrf_ok(&headers, &fields) {
+        return expired();
+    }
+    let viewer = match viewer(&console, &headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    let yaml = field(&fields, "yaml").unwrap_or_default().to_string();
+    let replacement: Value = match serde_yaml::from_str(&yaml) {
+        Ok(value) => value,
+        Err(error) => {
+            let at = error
+                .location()
+                .map(|l| format!("line {}", l.line()))
+                .unwrap_or_else(|| "yaml".to_string());
+            let errors = [(at, format!("not YAML: {error}"))];
+            return render_editor(
+                &console,
+                &headers,
+                &viewer,
+                &kind,
+                &name,
+                Some((&yaml, &errors[..])),
+                None,
+            )
+            .await;
+        }
+    };
+    let path = format!("/admin/v1/{kind}/{}", encode(&name));
+    let current = console.call(Method::GET, &path, &headers, None, None).await;
+    let etag = current.headers.get(header::ETAG).cloned();
+    let answer = console
+        .call_if_match(Method::PUT, &path, &headers, replacement, etag)
+        .await;
+    if answer.status.is_success() {
+        return render_editor(
+            &console,
+            &headers,
+            &viewer,
+            &kind,
+            &name,
+            None,
+            Some("Saved."),
+        )
+        .await;
+    }
+    let errors: Vec<(String, String)> = match answer.body["error"]["errors"].as_array() {
+        Some(list) => list
+            .iter()
+            .map(|e| (text(e, "path").to_string(), text(e, "message").to_string()))
+            .collect(),
+        None => vec![(String::from(kind.as_str()), api_message(&answer.body))],
+    };
+    render_editor(
+        &console,
+        &headers,
+        &viewer,
+        &kind,
+        &name,
+        Some((&yaml, &errors[..])),
+        None,
     )
     .await
 }

@@ -105,7 +105,12 @@ pub async fn services(
                 tbody {
                     @for s in items(&answer) {
                         tr {
-                            td { (text(&s, "name")) }
+                            td {
+                                (text(&s, "name"))
+                                @if viewer.manages() {
+                                    " " a.small href=(format!("/console/edit/services/{}", text(&s, "name"))) { "edit" }
+                                }
+                            }
                             td { (s["team"].as_str().unwrap_or("")) }
                             td {
                                 @for t in s["upstream"]["targets"].as_array().cloned().unwrap_or_default() {

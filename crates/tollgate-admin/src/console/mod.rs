@@ -70,6 +70,10 @@ pub fn router(api: Router) -> Router {
             get(api_page::import_page).post(api_page::import),
         )
         .route(
+            "/console/edit/{kind}/{name}",
+            get(api_page::edit).post(api_page::save),
+        )
+        .route(
             "/console/apis/{name}/lifecycle",
             post(manage::change_lifecycle),
         )
