@@ -492,6 +492,10 @@ pub struct Api {
     /// Served by the AI gateway instead of a service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai: Option<ApiAi>,
+    /// Labels for the developer portal's catalogue (`payments`, `beta`);
+    /// routing ignores them. An imported OpenAPI operation keeps its tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// `version: 2` and `version: "2"` alike; `version: 1.10` would silently be

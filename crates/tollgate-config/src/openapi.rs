@@ -324,6 +324,12 @@ impl<'d> Importer<'d> {
         if let Some(schema) = schema {
             api["policies"] = json!({ "validate": { "json_schema": schema } });
         }
+        if let Some(Yaml::Sequence(tags)) = operation.get("tags") {
+            let tags: Vec<&str> = tags.iter().filter_map(Yaml::as_str).collect();
+            if !tags.is_empty() {
+                api["tags"] = json!(tags);
+            }
+        }
         match serde_json::from_value::<Api>(api) {
             Ok(api) => self.apis.push(api),
             Err(e) => self.error(op_at, format!("cannot build the API: {e}")),

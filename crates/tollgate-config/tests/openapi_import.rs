@@ -764,3 +764,12 @@ paths:
         "`required: true` on a property is no constraint"
     );
 }
+
+#[test]
+fn operations_keep_their_tags_for_the_portal() {
+    let apis = petstore();
+    let add_pet = api(&apis, "petstore-addPet");
+    assert_eq!(add_pet.tags, ["pet"]);
+    let place_order = api(&apis, "petstore-placeOrder");
+    assert_eq!(place_order.tags, ["store"]);
+}

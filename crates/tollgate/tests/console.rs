@@ -16,7 +16,7 @@ async fn gateway() -> (Gateway, tollgate_testkit::Upstream) {
     let gw = common::gateway()
         .config(&format!(
             "teams: [{{ name: shop }}]\nservices:\n  - name: orders\n    team: shop\n    upstream: {{ targets: [{{ url: '{}' }}] }}\n\
-             apis:\n  - {{ name: orders-v1, service: orders, version: v1, match: {{ paths: [/orders] }} }}\n",
+             apis:\n  - {{ name: orders-v1, service: orders, version: v1, tags: [retail], match: {{ paths: [/orders] }} }}\n",
             up.url()
         ))
         .env("TOLLGATE_ADMIN_TOKEN", ROOT)
@@ -295,6 +295,25 @@ async fn a_developer_sees_what_its_role_allows() {
         page.contains(r#"data-team="shop""#) && page.contains(r#"id="api-orders-v1""#),
         "{page}"
     );
+    // By tag: orders-v1 is tagged `retail`; no API is tagged `other`.
+    assert!(
+        page.contains(r#"href="/console/portal?tag=retail""#),
+        "{page}"
+    );
+    let tagged = client
+        .get(format!("{admin}/console/portal?tag=retail"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(tagged.contains(r#"id="api-orders-v1""#), "{tagged}");
+    let untagged = client
+        .get(format!("{admin}/console/portal?tag=other"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!untagged.contains(r#"id="api-orders-v1""#), "{untagged}");
     assert!(
         page.contains("<code>/orders</code>"),
         "its documentation: {page}"
@@ -431,7 +450,8 @@ async fn the_console_runs_the_whole_workflow() {
         .await
         .unwrap();
     assert!(
-        page.contains("Service pay created.") && page.contains("<td>pay</td>"),
+        page.contains("Service pay created.")
+            && page.contains(r#"<td>pay <a class="small" href="/console/edit/services/pay">"#),
         "{page}"
     );
 

@@ -19,6 +19,8 @@ use super::{csrf_token, page, viewer, Console};
 pub struct PortalQuery {
     /// Only the APIs of this team.
     team: Option<String>,
+    /// Only the APIs with this tag.
+    tag: Option<String>,
 }
 
 fn items(body: &Value) -> Vec<Value> {
@@ -76,6 +78,10 @@ fn documentation(api: &Value, service: Option<&Value>) -> Markup {
             @if let Some(version) = api["version"].as_str() {
                 dt { "Version" } dd { (version) }
             }
+            @if let Some(tags) = api["tags"].as_array().filter(|t| !t.is_empty()) {
+                dt { "Tags" }
+                dd { @for t in tags { span.membership { (t.as_str().unwrap_or("")) } " " } }
+            }
             dt { "State" }
             dd {
                 (api["lifecycle"].as_str().unwrap_or("published"))
@@ -121,6 +127,7 @@ pub async fn portal(
         .collect();
     // Published and deprecated APIs, by their service's team.
     let mut catalogue: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut tags: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for api in items(&apis.body) {
         let state = api["lifecycle"].as_str().unwrap_or("published");
         if state != "published" && state != "deprecated" {
@@ -132,8 +139,21 @@ pub async fn portal(
             .and_then(|s| s["team"].as_str())
             .unwrap_or("(no team)")
             .to_string();
+        for tag in api["tags"].as_array().into_iter().flatten() {
+            if let Some(tag) = tag.as_str() {
+                tags.insert(tag.to_string());
+            }
+        }
         if query.team.as_ref().is_some_and(|t| *t != team) {
             continue;
+        }
+        if let Some(tag) = &query.tag {
+            let tagged = api["tags"]
+                .as_array()
+                .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(tag)));
+            if !tagged {
+                continue;
+            }
         }
         catalogue.entry(team).or_default().push(api);
     }
@@ -144,9 +164,17 @@ pub async fn portal(
         h1 { "Developer portal" }
         @if !apis.status.is_success() { (refused(apis.status, &apis.body)) }
         nav.ranges aria-label="Teams" {
-            a href="/console/portal" { "All teams" }
+            a href="/console/portal" { "All" }
             @for team in catalogue.keys() {
                 a href=(format!("/console/portal?team={team}")) { (team) }
+            }
+        }
+        @if !tags.is_empty() {
+            nav.ranges aria-label="Tags" {
+                @for tag in &tags {
+                    @let current = query.tag.as_deref() == Some(tag.as_str());
+                    a class=(if current { "current" } else { "" }) href=(format!("/console/portal?tag={}", form_urlencoded::byte_serialize(tag.as_bytes()).collect::<String>())) { "#" (tag) }
+                }
             }
         }
         @for (team, list) in &catalogue {
