@@ -1291,3 +1291,49 @@ async fn resources_are_edited_as_yaml() {
         "only services, APIs and consumers"
     );
 }
+
+/// Deprecating through the console sets the sunset date and successor the
+/// form names: the proxy's answers carry them.
+#[tokio::test]
+async fn deprecating_sets_the_sunset_and_successor() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "alice", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = client
+        .get(format!("{admin}/console/apis"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let location = post_form(
+        &client,
+        &admin,
+        &csrf,
+        "/console/apis/orders-v1/lifecycle",
+        &[
+            ("lifecycle", "deprecated"),
+            ("sunset", "2099-06-30"),
+            ("confirm", "yes"),
+        ],
+    )
+    .await;
+    assert!(location.contains("done="), "{location}");
+    tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
+        let res = gw.client().get(gw.url("/orders")).send().await.unwrap();
+        res.headers()
+            .get("sunset")
+            .is_some_and(|v| v.to_str().unwrap().contains("2099"))
+    })
+    .await;
+}

@@ -229,6 +229,7 @@ pub async fn apis(
                                             }
                                         }
                                         input type="text" name="successor" placeholder="successor (deprecate)" aria-label="Successor";
+                                        input type="date" name="sunset" aria-label="Sunset date (deprecate)";
                                         label { input type="checkbox" name="confirm" value="yes" required; " confirm" }
                                         button type="submit" { "Apply" }
                                     }
@@ -306,6 +307,9 @@ pub async fn change_lifecycle(
     let mut patch = json!({ "lifecycle": lifecycle });
     if let Some(successor) = field(&fields, "successor").filter(|s| !s.is_empty()) {
         patch["successor"] = json!(successor);
+    }
+    if let Some(day) = field(&fields, "sunset").filter(|s| !s.is_empty()) {
+        patch["sunset"] = json!(format!("{day}T00:00:00Z"));
     }
     let path = format!("/admin/v1/apis/{}", encode(&name));
     let answer = console
