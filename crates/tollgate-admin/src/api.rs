@@ -256,7 +256,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminApi>, Vec<Operation>)> {
             get(r::prompt_openapi),
             vec![op(
                 M::GET,
-                "The OpenAPI description of a prompt API",
+                "The OpenAPI description of an API (a prompt API's, its variables)",
                 Empty,
                 200,
             )],

@@ -1029,9 +1029,16 @@ pub async fn prompt_openapi(
     )?;
     let decoded: tollgate_config::Api =
         resources::decode(&resource.body).map_err(|e| ApiError::internal(e.to_string()))?;
-    match decoded.ai.as_ref().and_then(|ai| ai.prompt.as_ref()) {
-        Some(prompt) => Ok(Json(prompt.openapi(&decoded))),
-        None => Err(ApiError::not_found(format!("`{name}` is not a prompt API"))),
+    match (
+        &decoded.ai,
+        decoded.ai.as_ref().and_then(|ai| ai.prompt.as_ref()),
+    ) {
+        (_, Some(prompt)) => Ok(Json(prompt.openapi(&decoded))),
+        // It serves the OpenAI and Anthropic APIs, described by their makers.
+        (Some(_), None) => Err(ApiError::not_found(format!(
+            "`{name}` is an AI API: it serves the OpenAI- and Anthropic-compatible endpoints"
+        ))),
+        (None, None) => Ok(Json(tollgate_config::describe::describe(&decoded))),
     }
 }
 

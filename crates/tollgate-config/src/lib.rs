@@ -7,6 +7,7 @@
 //! validation returns all errors at once, not the first.
 
 pub mod ai;
+pub mod describe;
 pub mod identity;
 pub mod model;
 pub mod openapi;

@@ -295,6 +295,22 @@ async fn a_developer_sees_what_its_role_allows() {
         page.contains(r#"data-team="shop""#) && page.contains(r#"id="api-orders-v1""#),
         "{page}"
     );
+    // Its documentation is its OpenAPI description, rendered; the
+    // document itself is a link away (the session cookie opens it).
+    assert!(
+        page.contains(r#"href="/admin/v1/apis/orders-v1/openapi.json""#),
+        "{page}"
+    );
+    assert!(page.contains("<code>GET</code>"), "{page}");
+    let res = reqwest::Client::new()
+        .get(format!("{admin}/admin/v1/apis/orders-v1/openapi.json"))
+        .header(header::COOKIE, client.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0", "{doc}");
+    assert_eq!(doc["tags"], json!([{ "name": "retail" }]), "{doc}");
     // By tag: orders-v1 is tagged `retail`; no API is tagged `other`.
     assert!(
         page.contains(r#"href="/console/portal?tag=retail""#),

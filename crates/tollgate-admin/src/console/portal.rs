@@ -49,45 +49,24 @@ fn requirements(api: &Value, service: Option<&Value>) -> Vec<String> {
     needs
 }
 
-fn documentation(api: &Value, service: Option<&Value>) -> Markup {
-    let paths: Vec<String> = api["match"]["paths"]
-        .as_array()
-        .map(|p| {
-            p.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let methods: Vec<String> = api["match"]["methods"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let schema = &api["policies"]["validate"]["body"];
+/// An API's documentation: its OpenAPI description (`GET
+/// /admin/v1/apis/<name>/openapi.json`) rendered — operations, the
+/// credentials they take, their request body schema — with what the
+/// gateway adds (subscription, rate limits).
+fn documentation(api: &Value, service: Option<&Value>, openapi: &Value) -> Markup {
+    let name = api["name"].as_str().unwrap_or_default();
+    let schemes = &openapi["components"]["securitySchemes"];
     html! {
         dl.doc {
-            dt { "Paths" }
-            dd { @for p in &paths { code { (p) } " " } }
-            dt { "Methods" }
-            dd { @if methods.is_empty() { "any" } @else { (methods.join(", ")) } }
-            @if let Some(version) = api["version"].as_str() {
-                dt { "Version" } dd { (version) }
+            @if let Some(description) = openapi["info"]["description"].as_str() {
+                dt { "Note" } dd { (description) }
             }
+            dt { "Version" } dd { (openapi["info"]["version"].as_str().unwrap_or("–")) }
             @if let Some(tags) = api["tags"].as_array().filter(|t| !t.is_empty()) {
                 dt { "Tags" }
                 dd { @for t in tags { span.membership { (t.as_str().unwrap_or("")) } " " } }
             }
-            dt { "State" }
-            dd {
-                (api["lifecycle"].as_str().unwrap_or("published"))
-                @if let Some(sunset) = api["sunset"].as_str() { ", sunset " (sunset) }
-                @if let Some(successor) = api["successor"].as_str() { ", successor " code { (successor) } }
-            }
+            dt { "State" } dd { (api["lifecycle"].as_str().unwrap_or("published")) }
             dt { "Requires" }
             dd {
                 @let needs = requirements(api, service);
@@ -95,11 +74,53 @@ fn documentation(api: &Value, service: Option<&Value>) -> Markup {
                     ul { @for n in &needs { li { (n) } } }
                 }
             }
-            @if !schema.is_null() {
-                dt { "Request body schema" }
-                dd { pre { (serde_json::to_string_pretty(schema).unwrap_or_default()) } }
+        }
+        @if let Some(paths) = openapi["paths"].as_object() {
+            table.operations {
+                thead { tr { th { "Method" } th { "Path" } th { "Credentials" } th { "Request body" } } }
+                tbody {
+                    @for (path, item) in paths {
+                        @for (method, operation) in item.as_object().cloned().unwrap_or_default() {
+                            tr {
+                                td { code { (method.to_uppercase()) } }
+                                td {
+                                    code { (path) }
+                                    @if let Some(d) = operation["description"].as_str() { br; span.muted { (d) } }
+                                }
+                                td {
+                                    @for requirement in operation["security"].as_array().cloned().unwrap_or_default() {
+                                        @for (scheme, _) in requirement.as_object().cloned().unwrap_or_default() {
+                                            (scheme_text(&schemes[&scheme])) br;
+                                        }
+                                    }
+                                }
+                                td {
+                                    @let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+                                    @if schema.is_null() { "–" } @else {
+                                        details { summary { "JSON schema" } pre { (serde_json::to_string_pretty(schema).unwrap_or_default()) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
+        p { a href=(format!("/admin/v1/apis/{name}/openapi.json")) { "OpenAPI document (JSON)" } }
+    }
+}
+
+/// A security scheme in words.
+fn scheme_text(scheme: &Value) -> String {
+    match (scheme["type"].as_str(), scheme["scheme"].as_str()) {
+        (Some("apiKey"), _) => format!(
+            "API key in the `{}` header",
+            scheme["name"].as_str().unwrap_or("x-api-key")
+        ),
+        (Some("http"), Some("bearer")) => "a bearer token (JWT)".to_string(),
+        (Some("http"), Some("basic")) => "Basic credentials".to_string(),
+        (Some("mutualTLS"), _) => "a client certificate".to_string(),
+        _ => "credentials".to_string(),
     }
 }
 
@@ -157,6 +178,17 @@ pub async fn portal(
         }
         catalogue.entry(team).or_default().push(api);
     }
+    // Each listed API's OpenAPI description, as the admin API makes it.
+    let mut openapi: BTreeMap<String, Value> = BTreeMap::new();
+    for api in catalogue.values().flatten() {
+        let name = api["name"].as_str().unwrap_or_default().to_string();
+        let path = format!(
+            "/admin/v1/apis/{}/openapi.json",
+            super::manage::encode(&name)
+        );
+        let answer = console.call(Method::GET, &path, &headers, None, None).await;
+        openapi.insert(name, answer.body);
+    }
     let mine = items(&consumers.body);
     let usage = usage_of(&console, &headers, &viewer, &mine, &services).await;
     let (csrf, set) = csrf_token(&headers);
@@ -186,7 +218,7 @@ pub async fn portal(
                     @let service = services.get(service_name);
                     article.api id=(format!("api-{name}")) {
                         h3 { (name) }
-                        (documentation(api, service))
+                        (documentation(api, service, openapi.get(name).unwrap_or(&Value::Null)))
                         @if viewer.writes() && !mine.is_empty() {
                             form.inline method="post" action="/console/subscriptions" {
                                 input type="hidden" name="csrf" value=(csrf);
