@@ -61,14 +61,7 @@ async fn render(
             section.panel id="policies" {
                 h2 { "Policies" }
                 @if !errors.is_empty() {
-                    div.error role="alert" {
-                        p { "The change was refused; nothing was changed:" }
-                        ul id="policy-errors" {
-                            @for (field, message) in errors {
-                                li { code.field { (field) } ": " (message) }
-                            }
-                        }
-                    }
+                    (refused_change("policy-errors", errors))
                 }
                 @if viewer.manages() {
                     form id="policies-editor" method="post" action=(format!("/console/apis/{name}/policies")) {
@@ -204,11 +197,7 @@ pub async fn save_policies(
         match serde_yaml::from_str(&yaml) {
             Ok(value) => value,
             Err(error) => {
-                let at = error
-                    .location()
-                    .map(|l| format!("policies, line {}", l.line()))
-                    .unwrap_or_else(|| "policies".to_string());
-                let errors = [(at, format!("not YAML: {error}"))];
+                let errors = [not_yaml("policies", &error)];
                 return render(
                     &console,
                     &headers,
@@ -255,13 +244,7 @@ pub async fn save_policies(
         )
         .await;
     }
-    let errors: Vec<(String, String)> = match answer.body["error"]["errors"].as_array() {
-        Some(list) => list
-            .iter()
-            .map(|e| (text(e, "path").to_string(), text(e, "message").to_string()))
-            .collect(),
-        None => vec![(String::from("api"), api_message(&answer.body))],
-    };
+    let errors = field_errors(&answer.body, "api");
     render(
         &console,
         &headers,
@@ -272,6 +255,41 @@ pub async fn save_policies(
         None,
     )
     .await
+}
+
+/// A change the admin API refused: each error at the field it names.
+fn refused_change(id: &str, errors: &[(String, String)]) -> Markup {
+    html! {
+        div.error role="alert" {
+            p { "The change was refused; nothing was changed:" }
+            ul id=(id) {
+                @for (field, message) in errors {
+                    li { code.field { (field) } ": " (message) }
+                }
+            }
+        }
+    }
+}
+
+/// The errors of a refused change, each with its field path; the API's
+/// message at `fallback` when it names none.
+fn field_errors(body: &Value, fallback: &str) -> Vec<(String, String)> {
+    match body["error"]["errors"].as_array() {
+        Some(list) => list
+            .iter()
+            .map(|e| (text(e, "path").to_string(), text(e, "message").to_string()))
+            .collect(),
+        None => vec![(fallback.to_string(), api_message(body))],
+    }
+}
+
+/// Text that is not YAML, with the line it fails on.
+fn not_yaml(what: &str, error: &serde_yaml::Error) -> (String, String) {
+    let at = match error.location() {
+        Some(location) => format!("{what}, line {}", location.line()),
+        None => what.to_string(),
+    };
+    (at, format!("not YAML: {error}"))
 }
 
 fn api_message(body: &Value) -> String {
@@ -413,14 +431,7 @@ async fn render_editor(
         h1 { "Edit " (kind.trim_end_matches('s')) " " (name) }
         @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         @if !errors.is_empty() {
-            div.error role="alert" {
-                p { "The change was refused; nothing was changed:" }
-                ul id="edit-errors" {
-                    @for (field, message) in errors {
-                        li { code.field { (field) } ": " (message) }
-                    }
-                }
-            }
+            (refused_change("edit-errors", errors))
         }
         @if !current.status.is_success() {
             (refused(current.status, &current.body))
@@ -479,11 +490,7 @@ pub async fn save(
     let replacement: Value = match serde_yaml::from_str(&yaml) {
         Ok(value) => value,
         Err(error) => {
-            let at = error
-                .location()
-                .map(|l| format!("line {}", l.line()))
-                .unwrap_or_else(|| "yaml".to_string());
-            let errors = [(at, format!("not YAML: {error}"))];
+            let errors = [not_yaml(&kind, &error)];
             return render_editor(
                 &console,
                 &headers,
@@ -514,13 +521,7 @@ pub async fn save(
         )
         .await;
     }
-    let errors: Vec<(String, String)> = match answer.body["error"]["errors"].as_array() {
-        Some(list) => list
-            .iter()
-            .map(|e| (text(e, "path").to_string(), text(e, "message").to_string()))
-            .collect(),
-        None => vec![(String::from(kind.as_str()), api_message(&answer.body))],
-    };
+    let errors = field_errors(&answer.body, &kind);
     render_editor(
         &console,
         &headers,
