@@ -147,11 +147,33 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-fn session_cookie_header(value: &str, max_age: u64) -> HeaderValue {
+fn session_cookie_header(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     ))
     .expect("a session id is a header value")
+}
+
+/// Whether the request reached the admin listener over TLS, as the
+/// TLS-terminating proxy in front of it says (`X-Forwarded-Proto: https`
+/// or `Forwarded: …proto=https`): cookies are then `Secure`. (A client
+/// that claims it falsely only keeps its own cookie from coming back over
+/// plain HTTP.)
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
+    let says_https = |value: &str| value.trim().eq_ignore_ascii_case("https");
+    headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(says_https))
+        || headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(name, value)| name.eq_ignore_ascii_case("proto") && says_https(value))
 }
 
 fn now_unix() -> i64 {
@@ -608,6 +630,7 @@ pub async fn login(
     State(api): State<AdminApi>,
     Extension(passwords): Extension<Arc<Passwords>>,
     addr: Option<Extension<ClientAddr>>,
+    request_headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ip = addr.map_or(
@@ -676,11 +699,12 @@ pub async fn login(
     let store = api.store.clone();
     let user_id = user.id;
     store_call(move || store.create_session(user_id, &hash, expires_at)).await?;
+    let secure = forwarded_https(&request_headers);
     let mut response = Json(shown(&user)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::SET_COOKIE,
-        session_cookie_header(&session, SESSION_TTL.as_secs()),
+        session_cookie_header(&session, SESSION_TTL.as_secs(), secure),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -722,9 +746,10 @@ pub async fn logout(
         }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, session_cookie_header("", 0));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie_header("", 0, forwarded_https(&headers)),
+    );
     Ok(response)
 }
 

@@ -1353,3 +1353,61 @@ async fn deprecating_sets_the_sunset_and_successor() {
     })
     .await;
 }
+
+/// Behind a TLS-terminating proxy (`X-Forwarded-Proto: https`), the
+/// console's cookies are `Secure`; over plain HTTP they are not (a browser
+/// would not send them back).
+#[tokio::test]
+async fn cookies_are_secure_behind_a_tls_proxy() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "alice",
+        json!([{ "team": "*", "role": "super_admin" }]),
+    )
+    .await;
+    let admin = gw.admin_url();
+    let client = reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("{admin}/console/login"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let csrf_cookie = page.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csrf_cookie.ends_with("; Secure"), "{csrf_cookie}");
+    let csrf = csrf_cookie.split(';').next().unwrap().to_string();
+    let token = csrf_of(&page.text().await.unwrap());
+    let res = client
+        .post(format!("{admin}/console/login"))
+        .header("x-forwarded-proto", "https")
+        .header(header::COOKIE, &csrf)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", "alice"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let session = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        session.starts_with("tollgate_session=") && session.ends_with("; Secure"),
+        "{session}"
+    );
+
+    let plain = client
+        .get(format!("{admin}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = plain.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}

@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
+};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::Router;
@@ -200,6 +202,15 @@ impl Console {
         if let Some(cookie) = browser.get(header::COOKIE) {
             request = request.header(header::COOKIE, cookie);
         }
+        // Whether the browser came over TLS: the API's cookies follow.
+        for name in [
+            header::FORWARDED,
+            HeaderName::from_static("x-forwarded-proto"),
+        ] {
+            for value in browser.get_all(&name) {
+                request = request.header(&name, value);
+            }
+        }
         // A browser's own Authorization header is never passed on: only
         // `call_with_token`'s.
         // (A token that is no header value is not sent: the API answers
@@ -359,6 +370,21 @@ pub(super) async fn viewer(
     })
 }
 
+/// Only the headers that say how the browser reached us (TLS or not), for
+/// an API call made without its cookies (a sign-in).
+fn forwarding(headers: &HeaderMap) -> HeaderMap {
+    let mut forwarding = HeaderMap::new();
+    for name in [
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-proto"),
+    ] {
+        for value in headers.get_all(&name) {
+            forwarding.append(name.clone(), value.clone());
+        }
+    }
+    forwarding
+}
+
 /// The value of cookie `name` in the request.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -379,8 +405,13 @@ fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     let token: String = (0..32)
         .map(|_| char::from(b"0123456789abcdef"[fastrand::usize(..16)]))
         .collect();
+    let secure = if crate::users::forwarded_https(headers) {
+        "; Secure"
+    } else {
+        ""
+    };
     let header = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console"
+        "{CSRF_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console{secure}"
     ))
     .expect("hex is a header value");
     (token, Some(header))
@@ -493,7 +524,7 @@ async fn login(
         .call(
             Method::POST,
             crate::users::LOGIN_ROUTE,
-            &HeaderMap::new(),
+            &forwarding(&headers),
             peer.map(|axum::Extension(p)| p),
             Some(credentials),
         )
@@ -573,7 +604,7 @@ async fn setup(
         .call(
             Method::POST,
             crate::users::LOGIN_ROUTE,
-            &HeaderMap::new(),
+            &forwarding(&headers),
             peer.map(|axum::Extension(p)| p),
             Some(serde_json::json!({ "name": name, "password": password })),
         )
