@@ -1411,3 +1411,57 @@ async fn cookies_are_secure_behind_a_tls_proxy() {
     let cookie = plain.headers()[header::SET_COOKIE].to_str().unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
 }
+
+/// A team admin's dashboard shows one of its team's services at a time
+/// (what the analytics API lets it read), with a picker; the range links
+/// keep the service.
+#[tokio::test]
+async fn a_team_admin_sees_its_services_dashboard() {
+    let (gw, _up) = gateway().await;
+    create_user(
+        &gw,
+        "tom",
+        json!([{ "team": "shop", "role": "team_admin" }]),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            gw.client()
+                .get(gw.url("/orders"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    gw.wait_for_records(2, std::time::Duration::from_secs(5))
+        .await;
+    let client = browser();
+    let admin = gw.admin_url();
+    assert_eq!(
+        sign_in(&gw, &client, "tom", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let res = client.get(format!("{admin}/console/?range=15m")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("<h1>Dashboard</h1>") && page.contains(r#"id="services-picker""#),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"class="error""#),
+        "the analytics answered: {page}"
+    );
+    assert!(page.contains("orders-v1"), "its API's traffic: {page}");
+    assert!(
+        page.contains(r#"href="/console/?range=1h&amp;service=orders""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<a href="/console/">Dashboard</a>"#)
+            || page.contains(r#"aria-current="page"><strong>Dashboard"#),
+        "{page}"
+    );
+}

@@ -649,6 +649,8 @@ const RANGES: [(&str, i64, &str); 5] = [
 #[derive(serde::Deserialize)]
 struct DashboardQuery {
     range: Option<String>,
+    /// A team admin's dashboard is one of its team's services at a time.
+    service: Option<String>,
 }
 
 async fn dashboard(
@@ -660,23 +662,52 @@ async fn dashboard(
         Ok(viewer) => viewer,
         Err(response) => return response,
     };
-    // The dashboard reads every team's traffic: team members start at the
-    // portal.
-    if !viewer.reads_everything() {
+    // Super_admins and auditors see every team's traffic; a team admin one
+    // of its team's services at a time (what the analytics API lets it
+    // read); developers start at the portal.
+    let (scope, services) = if viewer.reads_everything() {
+        (None, Vec::new())
+    } else if viewer.manages() {
+        let listed = console
+            .call(Method::GET, "/admin/v1/services", &headers, None, None)
+            .await;
+        let services: Vec<String> = listed.body["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chosen = query
+            .service
+            .clone()
+            .filter(|s| services.contains(s))
+            .or_else(|| services.first().cloned());
+        match chosen {
+            Some(service) => (Some(service), services),
+            None => return Redirect::to("/console/portal").into_response(),
+        }
+    } else {
         return Redirect::to("/console/portal").into_response();
-    }
+    };
     let range = RANGES
         .iter()
         .find(|(label, _, _)| Some(*label) == query.range.as_deref())
         .copied()
         .unwrap_or(RANGES[1]);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let path = format!(
+    let mut path = format!(
         "/admin/v1/analytics?from={}&to={}&bucket={}&top=100",
         now - range.1,
         now + 1,
         range.2
     );
+    if let Some(service) = &scope {
+        path.push_str("&service=");
+        path.push_str(&manage::encode(service));
+    }
     let analytics = console.call(Method::GET, &path, &headers, None, None).await;
     let consumers = console
         .call(Method::GET, "/admin/v1/consumers", &headers, None, None)
@@ -704,6 +735,8 @@ async fn dashboard(
                 nodes: &nodes.body,
                 teams: &teams,
                 upstreams: &upstreams.body,
+                service: scope.as_deref(),
+                services: &services,
             },
         ),
         set,

@@ -12,13 +12,15 @@ use super::chart;
 enum Audience {
     /// Super_admins and auditors.
     Global,
+    /// Those who read a dashboard: super_admins, auditors, team admins.
+    Dashboards,
     /// Everyone signed in.
     Everyone,
 }
 
 /// The console's sections, in the top bar.
 const NAV: [(&str, &str, Audience); 12] = [
-    ("/console/", "Dashboard", Audience::Global),
+    ("/console/", "Dashboard", Audience::Dashboards),
     ("/console/portal", "Portal", Audience::Everyone),
     ("/console/services", "Services", Audience::Everyone),
     ("/console/apis", "APIs", Audience::Everyone),
@@ -60,6 +62,7 @@ pub(super) fn layout(
                     nav {
                         @for (href, label, audience) in NAV {
                             @if matches!(audience, Audience::Global) && !viewer.reads_everything() {
+                            } @else if matches!(audience, Audience::Dashboards) && !(viewer.reads_everything() || viewer.manages()) {
                             } @else if href == current {
                                 a href=(href) aria-current="page" { strong { (label) } }
                             } @else {
@@ -207,6 +210,10 @@ pub struct Report<'a> {
     pub teams: &'a [TeamSpend],
     /// `GET /admin/v1/upstreams`.
     pub upstreams: &'a Value,
+    /// The service a team admin's dashboard shows, if scoped, and the
+    /// services it may pick from.
+    pub service: Option<&'a str>,
+    pub services: &'a [String],
 }
 
 /// The dashboard: totals, traffic and latency over time, top APIs and
@@ -224,7 +231,17 @@ pub fn dashboard(
         nodes,
         teams,
         upstreams,
+        service,
+        services,
     } = *report;
+    // The range links keep the service a team admin looks at.
+    let scoped = |range: &str| match service {
+        Some(service) => format!(
+            "/console/?range={range}&service={}",
+            form_urlencoded::byte_serialize(service.as_bytes()).collect::<String>()
+        ),
+        None => format!("/console/?range={range}"),
+    };
     let totals = &analytics["totals"];
     let requests = number(&totals["requests"]);
     let buckets = every_bucket(analytics);
@@ -248,12 +265,23 @@ pub fn dashboard(
         viewer,
         html! {
             h1 { "Dashboard" }
+            @if let Some(current) = service {
+                nav.ranges id="services-picker" aria-label="Service" {
+                    @for s in services {
+                        @let href = format!(
+                            "/console/?range={range}&service={}",
+                            form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                        );
+                        a class=(if s == current { "current" } else { "" }) href=(href) { (s) }
+                    }
+                }
+            }
             nav.ranges aria-label="Time range" {
                 @for label in ranges {
                     @if *label == range {
-                        a.current href=(format!("/console/?range={label}")) { (label) }
+                        a.current href=(scoped(label)) { (label) }
                     } @else {
-                        a href=(format!("/console/?range={label}")) { (label) }
+                        a href=(scoped(label)) { (label) }
                     }
                 }
             }
