@@ -353,25 +353,6 @@ fn resolve(req: &AiRequest<'_>, name: &str) -> Result<Arc<ModelRuntime>, AiError
     })
 }
 
-/// The most a call with these token bounds can cost on `model`: at its
-/// dearest target or fallback (0 where no price is known).
-fn cost_bound(req: &AiRequest<'_>, model: &ModelRuntime, input: u64, output: u64) -> u64 {
-    let usage = Usage {
-        input,
-        output,
-        cached_input: 0,
-        reasoning: 0,
-    };
-    model
-        .targets
-        .iter()
-        .chain(&model.fallbacks)
-        .filter_map(|target| req.runtime.price(&target.provider, &target.model))
-        .map(|price| tollgate_ai::prices::cost_micro_usd(&price, &usage))
-        .max()
-        .unwrap_or(0)
-}
-
 /// The limits and budget before a call: reserve tokens, and reserve the
 /// call's cost bound (`budget_reserve`, micro-USD) against the spend.
 async fn admit(
@@ -454,7 +435,7 @@ async fn chat(
             let prompt = tollgate_ai::tokens::prompt_upper_bound(&request);
             let output = request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
             let budget_reserve = match p.ai_budget {
-                Some(_) => cost_bound(req, &model, prompt, output),
+                Some(_) => model.cost_bound(prompt, output),
                 None => 0,
             };
             (prompt + output, budget_reserve)
@@ -504,7 +485,7 @@ async fn chat(
         }
     };
     let target = success.target;
-    accounting.served_by(req.runtime, &target, success.attempts, &mut fin.record);
+    accounting.served_by(&target, success.attempts, &mut fin.record);
     let headers = answer_headers(&target.answer_headers, accounting.cache_status);
     match success.answer {
         Answer::Whole(bytes) => {
@@ -568,7 +549,7 @@ async fn embeddings(
                 .map(|i| (i.len() as u64).div_ceil(3))
                 .sum();
             let budget_reserve = match p.ai_budget {
-                Some(_) => cost_bound(req, &model, bound, 0),
+                Some(_) => model.cost_bound(bound, 0),
                 None => 0,
             };
             (bound, budget_reserve)
@@ -588,7 +569,7 @@ async fn embeddings(
         }
     };
     let target = success.target;
-    accounting.served_by(req.runtime, &target, success.attempts, &mut fin.record);
+    accounting.served_by(&target, success.attempts, &mut fin.record);
     let Answer::Whole(bytes) = success.answer else {
         return Err(AiError::new(
             StatusCode::BAD_GATEWAY,
@@ -824,13 +805,12 @@ impl Accounting {
     /// and headers, and the record's upstream fields.
     fn served_by(
         &mut self,
-        runtime: &AiRuntime,
         target: &AiTargetRuntime,
         attempts: Vec<AiAttempt>,
         record: &mut AccessRecord,
     ) {
         self.attempts = attempts;
-        self.price = runtime.price(&target.provider, &target.model);
+        self.price = target.price;
         self.provider = Some(target.provider.name.clone());
         self.model = Some(target.model.clone());
         self.answer_headers = target.answer_headers.clone();

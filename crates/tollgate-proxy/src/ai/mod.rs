@@ -144,10 +144,18 @@ pub struct AiTargetRuntime {
     pub weight: u32,
     /// `X-Tollgate-Provider` and `X-Tollgate-Model` for its answers, made once.
     pub answer_headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// What its tokens cost (the configuration's price, else the built-in
+    /// table's), looked up once per snapshot rather than per call.
+    pub price: Option<Price>,
 }
 
 impl AiTargetRuntime {
-    fn new(provider: Arc<ProviderRuntime>, model: &str, weight: u32) -> AiTargetRuntime {
+    fn new(
+        provider: Arc<ProviderRuntime>,
+        model: &str,
+        weight: u32,
+        price: Option<Price>,
+    ) -> AiTargetRuntime {
         let answer_headers = [
             (&handler::X_TOLLGATE_PROVIDER, &*provider.name),
             (&handler::X_TOLLGATE_MODEL, model),
@@ -160,6 +168,7 @@ impl AiTargetRuntime {
             model: model.into(),
             weight,
             answer_headers,
+            price,
         }
     }
 }
@@ -175,16 +184,15 @@ pub struct ModelRuntime {
 }
 
 impl ModelRuntime {
-    fn compile(
-        model: &tollgate_config::AiModel,
-        providers: &HashMap<String, Arc<ProviderRuntime>>,
-    ) -> Option<ModelRuntime> {
+    /// `model` over `runtime`'s providers and prices.
+    fn compile(model: &tollgate_config::AiModel, runtime: &AiRuntime) -> Option<ModelRuntime> {
         let resolve = |targets: &[tollgate_config::AiTarget]| -> Option<Vec<AiTargetRuntime>> {
             targets
                 .iter()
                 .map(|t| {
-                    let provider = providers.get(&t.provider)?.clone();
-                    Some(AiTargetRuntime::new(provider, &t.model, t.weight))
+                    let provider = runtime.providers.get(&t.provider)?.clone();
+                    let price = runtime.price(&provider, &t.model);
+                    Some(AiTargetRuntime::new(provider, &t.model, t.weight, price))
                 })
                 .collect()
         };
@@ -197,12 +205,36 @@ impl ModelRuntime {
         ))
     }
 
+    /// The most a call with these token bounds can cost (micro-USD): at
+    /// its dearest target or fallback, 0 where no price is known. What an
+    /// `ai_budget` holds before the call.
+    pub fn cost_bound(&self, input: u64, output: u64) -> u64 {
+        let usage = tollgate_ai::Usage {
+            input,
+            output,
+            cached_input: 0,
+            reasoning: 0,
+        };
+        self.targets
+            .iter()
+            .chain(&self.fallbacks)
+            .filter_map(|target| target.price.as_ref())
+            .map(|price| tollgate_ai::prices::cost_micro_usd(price, &usage))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// A model named `provider/model` directly: that one target, with the
     /// default retry policy and timeout.
-    fn direct(name: &str, provider: Arc<ProviderRuntime>, model: &str) -> ModelRuntime {
+    fn direct(
+        name: &str,
+        provider: Arc<ProviderRuntime>,
+        model: &str,
+        price: Option<Price>,
+    ) -> ModelRuntime {
         ModelRuntime::new(
             name,
-            vec![AiTargetRuntime::new(provider, model, 1)],
+            vec![AiTargetRuntime::new(provider, model, 1, price)],
             Vec::new(),
             &tollgate_config::AiRetry::default(),
             Duration::from_secs(60),
@@ -297,13 +329,6 @@ impl AiRuntime {
                 }),
             );
         }
-        for model in &config.ai.models {
-            if let Some(compiled) = ModelRuntime::compile(model, &runtime.providers) {
-                runtime
-                    .models
-                    .insert(model.name.clone(), Arc::new(compiled));
-            }
-        }
         for price in &config.ai.prices {
             runtime.prices.insert(
                 (price.provider.clone(), price.model.clone()),
@@ -315,6 +340,14 @@ impl AiRuntime {
                 },
             );
         }
+        // After the prices: each target's is looked up here, once.
+        for model in &config.ai.models {
+            if let Some(compiled) = ModelRuntime::compile(model, &runtime) {
+                runtime
+                    .models
+                    .insert(model.name.clone(), Arc::new(compiled));
+            }
+        }
         runtime
     }
 
@@ -325,12 +358,15 @@ impl AiRuntime {
         }
         let (provider, model) = name.split_once('/')?;
         let provider = self.providers.get(provider)?;
-        (!model.is_empty()).then(|| Arc::new(ModelRuntime::direct(name, provider.clone(), model)))
+        (!model.is_empty()).then(|| {
+            let price = self.price(provider, model);
+            Arc::new(ModelRuntime::direct(name, provider.clone(), model, price))
+        })
     }
 
     /// The price of `model` at `provider`: the configuration's, else the
     /// built-in table's; `None` when unknown.
-    pub fn price(&self, provider: &ProviderRuntime, model: &str) -> Option<Price> {
+    fn price(&self, provider: &ProviderRuntime, model: &str) -> Option<Price> {
         self.prices
             .get(&(provider.name.to_string(), model.to_string()))
             .copied()
