@@ -11,9 +11,9 @@ use bytes::Bytes;
 use maud::{html, Markup};
 use serde_json::{json, Value};
 
-use super::manage::{encode, expired, list, text};
+use super::manage::{encode, list, text};
 use super::pages::{layout, refused};
-use super::{csrf_ok, csrf_token, field, form, page, viewer, Console, Viewer};
+use super::{csrf_token, expired, field, page, posted, viewer, Console, Viewer};
 
 /// The page for `name`, with `editor` as the text area's content and
 /// `errors` (field path, message) under it when a change was refused.
@@ -182,10 +182,9 @@ pub async fn save_policies(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let viewer = match viewer(&console, &headers).await {
         Ok(viewer) => viewer,
         Err(response) => return response,
@@ -361,10 +360,9 @@ pub async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let (viewer, services) = match list(&console, &headers, "/admin/v1/services").await {
         Ok(answer) => answer,
         Err(response) => return response,
@@ -478,10 +476,9 @@ pub async fn save(
     if !EDITABLE.contains(&kind.as_str()) {
         return (StatusCode::NOT_FOUND, "not an editable kind").into_response();
     }
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let viewer = match viewer(&console, &headers).await {
         Ok(viewer) => viewer,
         Err(response) => return response,

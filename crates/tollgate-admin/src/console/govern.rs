@@ -10,9 +10,9 @@ use bytes::Bytes;
 use maud::{html, Markup};
 use serde_json::{json, Value};
 
-use super::manage::{back, expired, flash, list, text, Flash};
+use super::manage::{back, flash, list, text, Flash};
 use super::pages::{layout, refused};
-use super::{csrf_ok, csrf_token, field, form, page, Console};
+use super::{csrf_token, expired, field, page, posted, Console};
 
 fn items(body: &Value) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
@@ -115,10 +115,9 @@ pub async fn create_provider(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let mut provider = json!({
         "name": name,
@@ -217,10 +216,9 @@ pub async fn create_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let role = field(&fields, "role").unwrap_or("developer");
     let team = field(&fields, "team")
@@ -242,10 +240,9 @@ pub async fn create_team(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let answer = console
         .call(
@@ -380,10 +377,9 @@ pub async fn create_block(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     if field(&fields, "confirm") != Some("yes") {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("error", "Tick confirm to block.")
@@ -418,8 +414,7 @@ pub async fn lift_block(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    if posted(&headers, &body).is_none() {
         return expired();
     }
     let path = format!("/admin/v1/blocks/{}", super::manage::encode(&id));

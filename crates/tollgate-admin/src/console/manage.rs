@@ -13,7 +13,9 @@ use maud::{html, Markup};
 use serde_json::{json, Value};
 
 use super::pages::{layout, refused};
-use super::{csrf_ok, csrf_token, field, form, page, to_login, viewer, ApiAnswer, Console, Viewer};
+use super::{
+    csrf_token, expired, field, page, posted, to_login, viewer, ApiAnswer, Console, Viewer,
+};
 
 /// A notice or an error carried to the page a form redirects to.
 #[derive(serde::Deserialize, Default)]
@@ -50,10 +52,6 @@ pub(super) fn back(to: &str, answer: &ApiAnswer, done: &str) -> Response<Body> {
         .append_pair(key, &message)
         .finish();
     Redirect::to(&format!("{to}?{query}")).into_response()
-}
-
-pub(super) fn expired() -> Response<Body> {
-    (StatusCode::FORBIDDEN, "the form expired: reload the page").into_response()
 }
 
 /// A signed-in list page: the viewer and the admin API's `path`, or the
@@ -148,10 +146,9 @@ pub async fn create_service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let mut service = json!({
         "name": name,
@@ -264,10 +261,9 @@ pub async fn create_api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let mut api = json!({
         "name": name,
@@ -293,10 +289,9 @@ pub async fn change_lifecycle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     if field(&fields, "confirm") != Some("yes") {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("error", "Tick confirm to change an API's lifecycle.")
@@ -405,10 +400,9 @@ pub async fn create_consumer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let name = field(&fields, "name").unwrap_or_default();
     let mut consumer = json!({ "name": name });
     if let Some(team) = field(&fields, "team").filter(|t| !t.is_empty()) {
@@ -437,10 +431,9 @@ pub async fn issue_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let mut request = json!({});
     if let Some(day) = field(&fields, "expires").filter(|d| !d.is_empty()) {
         request["expires"] = json!(format!("{day}T00:00:00Z"));
@@ -456,8 +449,7 @@ pub async fn rotate_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    if posted(&headers, &body).is_none() {
         return expired();
     }
     new_key(&console, &headers, &name, json!({}), Some(&id)).await
@@ -527,8 +519,7 @@ pub async fn revoke_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    if posted(&headers, &body).is_none() {
         return expired();
     }
     let path = format!("/admin/v1/consumers/{}/keys/{}", encode(&name), encode(&id));
@@ -645,10 +636,9 @@ pub async fn request_subscription(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let subscription = json!({
         "consumer": field(&fields, "consumer").unwrap_or_default(),
         "service": field(&fields, "service").unwrap_or_default(),
@@ -677,10 +667,9 @@ pub async fn decide_subscription(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
+    let Some(fields) = posted(&headers, &body) else {
         return expired();
-    }
+    };
     let action = match field(&fields, "action") {
         Some("approve") => "approve",
         Some("reject") => "reject",

@@ -385,21 +385,9 @@ fn forwarding(headers: &HeaderMap) -> HeaderMap {
     forwarding
 }
 
-/// The value of cookie `name` in the request.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, v)| *n == name && !v.is_empty())
-        .map(|(_, v)| v.to_string())
-}
-
 /// The browser's CSRF token, or a new one (with the cookie to set).
 fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
-    if let Some(token) = cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 32) {
+    if let Some(token) = crate::users::cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 32) {
         return (token, None);
     }
     let token: String = (0..32)
@@ -429,9 +417,24 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A posted form's fields, if its CSRF token matches the browser's
+/// cookie (else answer [`expired`]).
+pub(super) fn posted(headers: &HeaderMap, body: &Bytes) -> Option<Vec<(String, String)>> {
+    let fields = form(body);
+    csrf_ok(headers, &fields).then_some(fields)
+}
+
+/// What a console form whose CSRF token does not match answers.
+pub(super) fn expired() -> Response<Body> {
+    (StatusCode::FORBIDDEN, "the form expired: reload the page").into_response()
+}
+
 /// Whether a posted form's CSRF token matches the browser's cookie.
 fn csrf_ok(headers: &HeaderMap, fields: &[(String, String)]) -> bool {
-    match (cookie(headers, CSRF_COOKIE), field(fields, "csrf")) {
+    match (
+        crate::users::cookie(headers, CSRF_COOKIE),
+        field(fields, "csrf"),
+    ) {
         (Some(expected), Some(given)) => {
             expected.len() == 32 && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
         }
@@ -619,10 +622,9 @@ async fn setup(
 }
 
 async fn logout(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Response<Body> {
-    let fields = form(&body);
-    if !csrf_ok(&headers, &fields) {
-        return (StatusCode::FORBIDDEN, "the form expired").into_response();
-    }
+    let Some(fields) = posted(&headers, &body) else {
+        return expired();
+    };
     let path = match field(&fields, "everywhere") {
         Some("true") => "/admin/v1/logout?everywhere=true",
         _ => "/admin/v1/logout",
