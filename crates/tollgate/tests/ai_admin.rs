@@ -14,19 +14,7 @@ const APP_KEY: &str = "tg_app_key_ai_admin_0123456789abcdef";
 const PROVIDER_KEY: &str = "sk-provider-key-never-shown-0123456789";
 
 async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = tollgate_testkit::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = gw
-        .client()
-        .request(method, format!("{}{path}", gw.admin_url()))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let res = request.send().await.unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    let body = tollgate_testkit::serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
+    common::admin_call(gw, ADMIN_TOKEN, method, path, body).await
 }
 
 #[tokio::test]

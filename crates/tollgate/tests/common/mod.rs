@@ -41,3 +41,28 @@ pub fn pg_server(url: &str) -> std::net::SocketAddr {
     };
     host.to_socket_addrs().unwrap().next().unwrap()
 }
+
+/// `method path` on `gw`'s admin API with the admin `token` (and `body` as
+/// JSON): the status and the body (JSON, or the text as a JSON string).
+pub async fn admin_call(
+    gw: &Gateway,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<tollgate_testkit::serde_json::Value>,
+) -> (u16, tollgate_testkit::serde_json::Value) {
+    use tollgate_testkit::serde_json::Value;
+    let method = tollgate_testkit::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = gw
+        .client()
+        .request(method, format!("{}{path}", gw.admin_url()))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let body = tollgate_testkit::serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
