@@ -270,6 +270,37 @@ impl Browser {
             .unwrap_or_else(|e| panic!("the text of `{css}`: {e}"))
     }
 
+    /// The visible text of the first element matching `css` that contains
+    /// `needle`, waited for: after a click that loads a new page, the old
+    /// page's element may still match (or go stale while it is read), so a
+    /// test that expects the new page's message waits for that message.
+    pub async fn text_containing(&self, css: &str, needle: &str) -> String {
+        let until = Instant::now() + WAIT_DEADLINE;
+        loop {
+            let elements = self
+                .client
+                .find_all(Locator::Css(css))
+                .await
+                .unwrap_or_default();
+            for element in elements {
+                // A stale element belongs to a page that is going away.
+                if let Ok(text) = element.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                }
+            }
+            if Instant::now() >= until {
+                panic!(
+                    "no `{css}` containing {needle:?} within {WAIT_DEADLINE:?} at {}:\n{}",
+                    self.current_url().await,
+                    self.source().await
+                );
+            }
+            tokio::time::sleep(POLL_PERIOD).await;
+        }
+    }
+
     /// Replaces the value of the field matching `css` by `text`, typed.
     pub async fn fill(&self, css: &str, text: &str) {
         let field = self.wait_for(css).await;

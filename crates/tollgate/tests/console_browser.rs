@@ -161,10 +161,9 @@ async fn the_console_walkthrough_in_a_browser() {
         ],
     )
     .await;
-    assert!(browser
-        .text(".notice")
-        .await
-        .contains("Service pay created"));
+    browser
+        .text_containing(".notice", "Service pay created")
+        .await;
     browser.screenshot("services").await;
 
     browser.goto(&format!("{admin}/console/apis")).await;
@@ -180,7 +179,9 @@ async fn the_console_walkthrough_in_a_browser() {
         ],
     )
     .await;
-    assert!(browser.text(".notice").await.contains("API pay-v1 created"));
+    browser
+        .text_containing(".notice", "API pay-v1 created")
+        .await;
     browser.screenshot("apis").await;
 
     browser.goto(&format!("{admin}/console/consumers")).await;
@@ -252,7 +253,7 @@ async fn the_console_walkthrough_in_a_browser() {
     browser
         .click(r#"tr[data-subscription="shop-app:pay"] button[value=approve]"#)
         .await;
-    assert!(browser.text(".notice").await.contains("approved"));
+    browser.text_containing(".notice", "approved").await;
     tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
         call().await == 200
     })
@@ -290,7 +291,7 @@ async fn the_console_walkthrough_in_a_browser() {
         .unwrap();
     browser.click(&format!("{row} input[name=confirm]")).await;
     browser.click(&format!("{row} button[type=submit]")).await;
-    assert!(browser.text(".notice").await.contains("retired"));
+    browser.text_containing(".notice", "retired").await;
     browser.screenshot("apis-retired").await;
     tollgate_testkit::eventually(std::time::Duration::from_secs(5), || async {
         call().await == 410
@@ -327,7 +328,7 @@ async fn the_console_walkthrough_in_a_browser() {
     );
     browser.screenshot("developer-portal").await;
     browser.goto(&format!("{admin}/console/audit")).await;
-    assert!(browser.text(".error").await.contains("403"));
+    browser.text_containing(".error", "403").await;
     browser.goto(&format!("{admin}/console/")).await;
     browser.wait_for_path("/console/portal").await;
 
