@@ -3,9 +3,12 @@
 //! differ); Azure OpenAI reuses it with its own URLs and key header
 //! ([`super::azure`]).
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method};
 use serde_json::{json, Map, Value};
 
+use super::openai_wire;
 use super::{
     bad_response, json_body, json_content_type, parse_json, provider_error, secret_header,
     status_for_kind, unix_now, Provider, StreamDecoder, UpstreamRequest,
@@ -245,6 +248,15 @@ fn arguments_text(arguments: &Value) -> String {
 }
 
 pub(crate) fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    match openai_wire::completion(body).and_then(typed_chat_response) {
+        Some(response) => Ok(response),
+        None => parse_chat_response_general(body),
+    }
+}
+
+/// [`parse_chat_response`] through a `Value`: any answer the typed view
+/// does not fit, and the reason one is refused.
+fn parse_chat_response_general(body: &[u8]) -> Result<ChatResponse, ProviderError> {
     let root = parse_json(body, "the chat completion")?;
     let choice = root["choices"]
         .get(0)
@@ -293,6 +305,58 @@ pub(crate) fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderE
         },
         finish: finish_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
         usage: parse_usage(&root["usage"]),
+    })
+}
+
+/// [`parse_chat_response`] from the typed view; `None` when it has no
+/// choice (the general reading says why).
+fn typed_chat_response(root: openai_wire::Completion<'_>) -> Option<ChatResponse> {
+    let choice = root.choices?.into_iter().next()?;
+    let (mut text, refusal, calls) = match choice.message {
+        Some(turn) => (
+            turn.content.map(|c| c.text()).unwrap_or_default(),
+            turn.refusal,
+            turn.tool_calls.unwrap_or_default(),
+        ),
+        None => (String::new(), None, Vec::new()),
+    };
+    if text.is_empty() {
+        if let Some(refusal) = refusal {
+            text = refusal.into_owned();
+        }
+    }
+    let tool_calls = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let (name, arguments) = match call.function {
+                Some(f) => (f.name, f.arguments),
+                None => (None, None),
+            };
+            ToolCall {
+                id: call.id.map_or_else(|| format!("call_{i}"), Cow::into_owned),
+                name: name.map(Cow::into_owned).unwrap_or_default(),
+                arguments: arguments.map(Cow::into_owned).unwrap_or_default(),
+            }
+        })
+        .collect();
+    Some(ChatResponse {
+        id: root.id.map(Cow::into_owned).unwrap_or_default(),
+        model: root.model.map(Cow::into_owned).unwrap_or_default(),
+        created: root.created.unwrap_or_else(unix_now),
+        message: Message {
+            role: Role::Assistant,
+            content: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Text(text)]
+            },
+            tool_calls,
+            tool_call_id: None,
+            name: None,
+        },
+        finish: finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
+        usage: root.usage.map(|u| u.usage()),
     })
 }
 
@@ -379,6 +443,12 @@ impl OpenAiStreamDecoder {
             self.flush_usage(out);
             return Ok(());
         }
+        if let Some(chunk) = openai_wire::completion(data.as_bytes()) {
+            if chunk.error.is_none() {
+                self.typed_chunk(chunk, out);
+                return Ok(());
+            }
+        }
         let chunk: Value = serde_json::from_str(data)
             .map_err(|e| bad_response(format!("a stream chunk is not valid JSON: {e}")))?;
         if chunk["error"].is_object() {
@@ -425,26 +495,82 @@ impl OpenAiStreamDecoder {
         Ok(())
     }
 
+    /// [`Self::data`] for a chunk that fits the typed view.
+    fn typed_chunk(&mut self, chunk: openai_wire::Completion<'_>, out: &mut Vec<StreamEvent>) {
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.id.map(Cow::into_owned).unwrap_or_default(),
+                model: chunk.model.map(Cow::into_owned).unwrap_or_default(),
+            });
+        }
+        // One choice is asked for; any other is ignored.
+        let choice = chunk
+            .choices
+            .and_then(|choices| choices.into_iter().find(|c| c.index.unwrap_or(0) == 0));
+        if let Some(choice) = choice {
+            if let Some(delta) = choice.delta {
+                let text = delta.content.map(|c| c.text()).unwrap_or_default();
+                if !text.is_empty() {
+                    out.push(StreamEvent::Text(text));
+                }
+                for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
+                {
+                    let upstream = call.index.unwrap_or(position as u64);
+                    let (name, arguments) = match call.function {
+                        Some(f) => (f.name, f.arguments),
+                        None => (None, None),
+                    };
+                    let index = self.tool_index(upstream, out, || {
+                        (call.id.map(Cow::into_owned), name.map(Cow::into_owned))
+                    });
+                    if let Some(fragment) = arguments.filter(|a| !a.is_empty()) {
+                        out.push(StreamEvent::ToolCallArgs {
+                            index,
+                            fragment: fragment.into_owned(),
+                        });
+                    }
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                out.push(StreamEvent::Finish(finish_reason(&reason)));
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage.usage());
+        }
+    }
+
+    /// The canonical index of upstream tool call `upstream`; the first time
+    /// it is seen, a start event with its id and name (from `begin`).
+    fn tool_index(
+        &mut self,
+        upstream: u64,
+        out: &mut Vec<StreamEvent>,
+        begin: impl FnOnce() -> (Option<String>, Option<String>),
+    ) -> usize {
+        if let Some((_, index)) = self.tools.iter().find(|(u, _)| *u == upstream) {
+            return *index;
+        }
+        let index = self.tools.len();
+        self.tools.push((upstream, index));
+        let (id, name) = begin();
+        out.push(StreamEvent::ToolCallStart {
+            index,
+            id: id.unwrap_or_else(|| format!("call_{index}")),
+            name: name.unwrap_or_default(),
+        });
+        index
+    }
+
     fn tool_call(&mut self, call: &Value, position: usize, out: &mut Vec<StreamEvent>) {
         let upstream = call["index"].as_u64().unwrap_or(position as u64);
-        let index = match self.tools.iter().find(|(u, _)| *u == upstream) {
-            Some((_, index)) => *index,
-            None => {
-                let index = self.tools.len();
-                self.tools.push((upstream, index));
-                out.push(StreamEvent::ToolCallStart {
-                    index,
-                    id: call["id"]
-                        .as_str()
-                        .map_or_else(|| format!("call_{index}"), str::to_owned),
-                    name: call["function"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                });
-                index
-            }
-        };
+        let index = self.tool_index(upstream, out, || {
+            (
+                call["id"].as_str().map(str::to_owned),
+                call["function"]["name"].as_str().map(str::to_owned),
+            )
+        });
         let fragment = arguments_text(&call["function"]["arguments"]);
         if !fragment.is_empty() {
             out.push(StreamEvent::ToolCallArgs { index, fragment });
@@ -618,6 +744,43 @@ mod tests {
                 "user": "u-42"
             })
         );
+    }
+
+    /// The typed reading and the general one agree on every answer the
+    /// typed view fits, and the general one takes the others.
+    #[test]
+    fn typed_and_general_readings_agree() {
+        let fitting = [
+            r#"{"id":"c1","model":"gpt-4o","created":1700000000,"choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\""},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            r#"{"id":"c2","model":"m","created":1,"choices":[{"message":{"content":null,"refusal":"no","tool_calls":[{"id":"t1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}},{"function":{"name":"g"}}]},"finish_reason":"tool_calls"}]}"#,
+            r#"{"id":"c3","created":2,"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}]},"finish_reason":null}],"usage":{"prompt_tokens":5,"prompt_cache_hit_tokens":2}}"#,
+            r#"{"created":3,"choices":[{"message":{"content":"x"},"finish_reason":"length"}],"usage":{"prompt_tokens_details":{"cached_tokens":null},"prompt_cache_hit_tokens":7}}"#,
+            r#"{"created":4,"choices":[{"message":{"content":"x"}}],"usage":null,"extra":{"deep":[1,2,{"x":"y"}]}}"#,
+        ];
+        for body in fitting {
+            let typed = openai_wire::completion(body.as_bytes())
+                .and_then(typed_chat_response)
+                .unwrap_or_else(|| panic!("the typed view fits {body}"));
+            assert_eq!(
+                typed,
+                parse_chat_response_general(body.as_bytes()).unwrap(),
+                "{body}"
+            );
+        }
+        let odd = [
+            r#"{"created":5,"choices":[{"message":{"content":"x","tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]}}]}"#,
+            r#"{"created":6,"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1.5}}"#,
+        ];
+        for body in odd {
+            assert!(openai_wire::completion(body.as_bytes())
+                .and_then(typed_chat_response)
+                .is_none());
+            assert_eq!(
+                parse_chat_response(body.as_bytes()).unwrap(),
+                parse_chat_response_general(body.as_bytes()).unwrap()
+            );
+        }
+        assert!(parse_chat_response(br#"{"choices":[]}"#).is_err());
     }
 
     #[test]

@@ -16,11 +16,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tollgate_ai::providers::{StreamDecoder, UpstreamRequest};
 use tollgate_ai::{ErrorKind, FormatError, ProviderError, StreamEvent};
 use tollgate_telemetry::AiAttempt;
 
+use super::provider_conn::{ProviderBody, SendError};
 use super::{now_ms, AiTargetRuntime, KeyState, ModelRuntime, ProviderRuntime};
 use crate::body::RequestBody;
 
@@ -47,7 +47,7 @@ pub(crate) enum Answer {
     Stream {
         first: Vec<StreamEvent>,
         decoder: Box<dyn StreamDecoder>,
-        body: Incoming,
+        body: ProviderBody,
     },
 }
 
@@ -350,25 +350,35 @@ fn broken(message: String) -> ProviderError {
 async fn send(
     provider: &ProviderRuntime,
     upstream: UpstreamRequest,
-) -> Result<hyper::Response<Incoming>, Outcome> {
-    let mut request = Request::new(RequestBody::full(upstream.body));
-    *request.method_mut() = upstream.method;
-    *request.uri_mut() = upstream
+) -> Result<hyper::Response<ProviderBody>, Outcome> {
+    let uri: http::Uri = upstream
         .url
         .parse()
         .map_err(|_| Outcome::Connect("the provider's URL is not valid".into()))?;
+    if let (Some(pool), Some(path)) = (&provider.plain, uri.path_and_query()) {
+        return pool
+            .send(&upstream, path.as_str())
+            .await
+            .map_err(|error| match error {
+                SendError::Connect(message) => Outcome::Connect(message),
+                SendError::Broken(message) => Outcome::Provider(broken(message)),
+            });
+    }
+    let mut request = Request::new(RequestBody::full(upstream.body));
+    *request.method_mut() = upstream.method;
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
     for (name, value) in upstream.headers {
         headers.insert(name, value);
     }
     match provider.client.request(request).await {
-        Ok(response) => Ok(response),
+        Ok(response) => Ok(response.map(ProviderBody::from)),
         Err(error) if error.is_connect() => Err(Outcome::Connect(error.to_string())),
         Err(error) => Err(Outcome::Provider(broken(error.to_string()))),
     }
 }
 
-pub(crate) async fn read_bounded(body: Incoming, limit: usize) -> Result<Bytes, String> {
+pub(crate) async fn read_bounded(body: ProviderBody, limit: usize) -> Result<Bytes, String> {
     let mut body = body;
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {

@@ -495,12 +495,9 @@ async fn chat(
                     AiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.message)
                 })?;
             let text = response.message.joined_text();
-            let usage = accounting.settle(
-                response.usage,
-                &text,
-                Some(response.clone()),
-                &mut fin.record,
-            );
+            // A copy for the cache only when the API caches.
+            let whole = accounting.cache.is_some().then(|| response.clone());
+            let usage = accounting.settle(response.usage, &text, whole, &mut fin.record);
             let cost = fin.record.ai.as_ref().and_then(|ai| ai.cost_usd);
             let body = match endpoint {
                 Endpoint::Chat(Format::Anthropic) => anthropic::render_messages(&response),

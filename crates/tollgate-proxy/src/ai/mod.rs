@@ -10,6 +10,7 @@ pub(crate) mod attempts;
 pub(crate) mod cache;
 pub(crate) mod handler;
 pub(crate) mod prompt;
+pub(crate) mod provider_conn;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct AiRegistry {
     keys: Mutex<HashMap<KeyId, Arc<KeyState>>>,
     /// By API name.
     caches: Mutex<HashMap<String, Arc<cache::ResponseCache>>>,
+    /// Kept-alive connections to plain-HTTP providers, by `host:port`.
+    plain_pools: Mutex<HashMap<String, Arc<provider_conn::ProviderPool>>>,
 }
 
 impl AiRegistry {
@@ -66,6 +69,23 @@ impl AiRegistry {
             *state = moved.clone();
             moved
         }
+    }
+
+    /// The lean client's pool for a provider at `base_url`, when it is
+    /// plain `http://` (TLS providers go through hyper's client).
+    fn plain_pool(&self, base_url: &str) -> Option<Arc<provider_conn::ProviderPool>> {
+        let uri: http::Uri = base_url.parse().ok()?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return None;
+        }
+        let authority = format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80));
+        let mut pools = self.plain_pools.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            pools
+                .entry(authority.clone())
+                .or_insert_with(|| Arc::new(provider_conn::ProviderPool::new(authority)))
+                .clone(),
+        )
     }
 
     fn cache(&self, api: &str, ttl: Duration, max_entries: usize) -> Arc<cache::ResponseCache> {
@@ -134,6 +154,8 @@ pub struct ProviderRuntime {
     /// Empty for a keyless local server.
     pub keys: Vec<Arc<KeyState>>,
     pub client: UpstreamClient,
+    /// For a plain-HTTP provider: the lean client, used instead of `client`.
+    pub(crate) plain: Option<Arc<provider_conn::ProviderPool>>,
 }
 
 /// Where a model is served: one provider's model.
@@ -326,6 +348,7 @@ impl AiRuntime {
                     adapter: providers::adapter(kind, base_url),
                     keys,
                     client,
+                    plain: registry.plain_pool(base_url),
                 }),
             );
         }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
-use hyper::body::Incoming;
 use tollgate_ai::formats::{anthropic, openai};
 use tollgate_ai::providers::StreamDecoder;
 use tollgate_ai::{ChatResponse, FinishReason, Message, Part, Role, StreamEvent, ToolCall, Usage};
@@ -17,6 +16,7 @@ use tollgate_telemetry::AccessRecord;
 
 use super::handler::Accounting;
 use super::prompt::PromptStreamRenderer;
+use super::provider_conn::ProviderBody;
 use crate::body::ProducedBody;
 
 /// The client's stream format.
@@ -129,7 +129,7 @@ const MAX_COALESCED: usize = 64 * 1024;
 pub(crate) struct TranslatedStream {
     pending: VecDeque<StreamEvent>,
     decoder: Box<dyn StreamDecoder>,
-    body: Option<Incoming>,
+    body: Option<ProviderBody>,
     renderer: Renderer,
     collector: Collector,
     accounting: Option<Accounting>,
@@ -146,7 +146,7 @@ impl TranslatedStream {
     pub fn new(
         first: Vec<StreamEvent>,
         decoder: Box<dyn StreamDecoder>,
-        body: Option<Incoming>,
+        body: Option<ProviderBody>,
         renderer: Renderer,
         accounting: Accounting,
         idle: Duration,

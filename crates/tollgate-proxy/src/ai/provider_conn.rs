@@ -1,0 +1,799 @@
+//! A lean HTTP/1.1 client for providers on plain `http://` (local model
+//! servers, sidecars, the plain hop of a mesh): the exchange runs in the
+//! calling task.
+//!
+//! hyper's client drives each connection in a task of its own and hands the
+//! answer over one frame at a time, each after the reader asks for it. A
+//! stream whose events all arrived in one read therefore still left the
+//! gateway in one write per event: between two frames the reader found the
+//! channel empty and sent what it had. Here the call's task reads the socket
+//! itself, so whatever arrived together is decoded, translated and written
+//! together, and nothing waits for more. It also saves the task hops of
+//! every exchange.
+//!
+//! Requests are small and whole (JSON bodies), so a request is one write.
+//! Answers are framed by `Content-Length`, chunked encoding or the end of
+//! the connection; heads are parsed by `httparse`, chunk sizes too.
+//!
+//! A kept-alive connection can be closed by the server just as a request
+//! goes out. A reused connection that fails before any byte of an answer
+//! arrived is therefore tried once more on a new connection; the server
+//! cannot have answered, and (closing an idle connection) did not read the
+//! request. Idle connections are dropped after [`IDLE_TIMEOUT`], and one the
+//! server closed (or sent bytes on) while idle is never reused.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tollgate_ai::providers::UpstreamRequest;
+
+/// How long an idle connection is kept for the next call.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per provider address.
+const MAX_IDLE: usize = 256;
+/// How long a new connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer head (status line and headers) read.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers an answer may carry.
+const MAX_HEADERS: usize = 128;
+/// How much is read at once.
+const READ_SIZE: usize = 16 * 1024;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle connections to one provider address (`host:port`).
+#[derive(Debug)]
+pub(crate) struct ProviderPool {
+    authority: String,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+/// Why an exchange failed: before the provider was reached, or after.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    Connect(String),
+    Broken(String),
+}
+
+impl ProviderPool {
+    pub fn new(authority: String) -> ProviderPool {
+        ProviderPool {
+            authority,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection the server has not closed, if any.
+    fn take_idle(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            // Idle means silent: end of stream or stray bytes rule it out.
+            // The readiness tokio has seen answers this without a syscall.
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<TcpStream, SendError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| {
+                SendError::Connect(format!("connect timed out after {CONNECT_TIMEOUT:?}"))
+            })?
+            .map_err(|e| SendError::Connect(format!("connect failed: {e}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        Ok(stream)
+    }
+
+    /// Sends `request` (whose URL is on this pool's address) and reads the
+    /// answer's head; the body follows as it is read.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: &UpstreamRequest,
+        path_and_query: &str,
+    ) -> Result<Response<ProviderBody>, SendError> {
+        let bytes = self.encode(request, path_and_query);
+        if let Some(stream) = self.take_idle() {
+            match self.exchange(stream, &bytes).await {
+                Err(Exchange::Unanswered(_)) => {}
+                Err(Exchange::Failed(error)) => return Err(error),
+                Ok(response) => return Ok(response),
+            }
+        }
+        let stream = self.connect().await?;
+        match self.exchange(stream, &bytes).await {
+            Ok(response) => Ok(response),
+            Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => Err(error),
+        }
+    }
+
+    fn encode(&self, request: &UpstreamRequest, path_and_query: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + request.body.len());
+        out.extend_from_slice(request.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path_and_query.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(self.authority.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(request.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &request.headers {
+            if is_framing(name) {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&request.body);
+        out
+    }
+
+    async fn exchange(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        request: &[u8],
+    ) -> Result<Response<ProviderBody>, Exchange> {
+        let broken =
+            |e: io::Error| SendError::Broken(format!("the provider connection failed: {e}"));
+        if let Err(error) = stream.write_all(request).await {
+            return Err(Exchange::Unanswered(broken(error)));
+        }
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        loop {
+            let read = match read_more(&mut stream, &mut buf).await {
+                Ok(read) => read,
+                Err(error) if buf.is_empty() => return Err(Exchange::Unanswered(broken(error))),
+                Err(error) => return Err(Exchange::Failed(broken(error))),
+            };
+            if read == 0 {
+                let error =
+                    SendError::Broken("the provider closed the connection before answering".into());
+                return Err(if buf.is_empty() {
+                    Exchange::Unanswered(error)
+                } else {
+                    Exchange::Failed(error)
+                });
+            }
+            match parse_head(&buf).map_err(Exchange::Failed)? {
+                None if buf.len() > MAX_HEAD => {
+                    return Err(Exchange::Failed(SendError::Broken(
+                        "the provider's answer head is too large".into(),
+                    )))
+                }
+                None => continue,
+                Some(head) if head.status.is_informational() => {
+                    buf.advance(head.length);
+                    // What followed the 1xx head may already be the answer.
+                    if let Some(head) = parse_head(&buf).map_err(Exchange::Failed)? {
+                        return Ok(self.respond(stream, buf, head));
+                    }
+                }
+                Some(head) => return Ok(self.respond(stream, buf, head)),
+            }
+        }
+    }
+
+    fn respond(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        mut buf: BytesMut,
+        head: Head,
+    ) -> Response<ProviderBody> {
+        buf.advance(head.length);
+        let mut response = Response::new(ProviderBody(Inner::Lean(LeanBody {
+            stream: Some(stream),
+            buf,
+            framing: head.framing,
+            reusable: head.reusable,
+            pool: self.clone(),
+            done: false,
+        })));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        response
+    }
+}
+
+enum Exchange {
+    /// Nothing of an answer arrived: a reused connection may be replaced.
+    Unanswered(SendError),
+    Failed(SendError),
+}
+
+/// Headers the client writes itself.
+fn is_framing(name: &HeaderName) -> bool {
+    name == http::header::HOST
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRANSFER_ENCODING
+        || name == http::header::CONNECTION
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    buf.reserve(READ_SIZE);
+    stream.read_buf(buf).await
+}
+
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+    /// Bytes of the head, blank line included.
+    length: usize,
+}
+
+/// The answer's head once `buf` holds all of it.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, SendError> {
+    let bad =
+        |why: String| SendError::Broken(format!("the provider's answer is not HTTP/1.1: {why}"));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let length = match response.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(bad(error.to_string())),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| bad("no status".into()))?;
+    let mut map = HeaderMap::with_capacity(response.headers.len());
+    let mut reusable = response.version == Some(1);
+    let mut chunked = false;
+    let mut content_length = None;
+    for header in response.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| bad(format!("a bad header name {:?}", header.name)))?;
+        let value = HeaderValue::from_bytes(header.value)
+            .map_err(|_| bad(format!("a bad value for {name}")))?;
+        if name == http::header::TRANSFER_ENCODING {
+            chunked = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == http::header::CONTENT_LENGTH {
+            let length = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("a bad Content-Length".into()))?;
+            if content_length.is_some_and(|l| l != length) {
+                return Err(bad("two different Content-Length".into()));
+            }
+            content_length = Some(length);
+        } else if name == http::header::CONNECTION
+            && value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        {
+            reusable = false;
+        }
+        map.append(name, value);
+    }
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if chunked {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+        reusable &= content_length.is_none();
+        Framing::Chunked(Chunk::Size)
+    } else if let Some(length) = content_length {
+        Framing::Length(length)
+    } else {
+        reusable = false;
+        Framing::Close
+    };
+    Ok(Some(Head {
+        status,
+        headers: map,
+        framing,
+        reusable,
+        length,
+    }))
+}
+
+#[derive(Debug)]
+enum Framing {
+    /// Bytes of body left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the provider closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left of the current chunk's data.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines, up to an empty line.
+    Trailers,
+}
+
+/// A provider's answer body: hyper's (TLS, HTTP/2) or the lean client's.
+pub(crate) struct ProviderBody(Inner);
+
+enum Inner {
+    Hyper(Incoming),
+    Lean(LeanBody),
+}
+
+impl From<Incoming> for ProviderBody {
+    fn from(body: Incoming) -> ProviderBody {
+        ProviderBody(Inner::Hyper(body))
+    }
+}
+
+struct LeanBody {
+    stream: Option<TcpStream>,
+    /// Read but not yet decoded.
+    buf: BytesMut,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<ProviderPool>,
+    done: bool,
+}
+
+impl LeanBody {
+    /// Decodes what `buf` holds: the body bytes in it (all of them, across
+    /// chunks) and whether the body ended.
+    fn decode(&mut self) -> Result<(Option<Bytes>, bool), BoxError> {
+        match &mut self.framing {
+            Framing::Length(left) => {
+                let take = (*left).min(self.buf.len() as u64) as usize;
+                *left -= take as u64;
+                let data = (take > 0).then(|| self.buf.split_to(take).freeze());
+                Ok((data, *left == 0))
+            }
+            Framing::Close => {
+                let data = (!self.buf.is_empty()).then(|| self.buf.split().freeze());
+                Ok((data, false))
+            }
+            Framing::Chunked(state) => {
+                let mut out = BytesMut::new();
+                let mut ended = false;
+                loop {
+                    match *state {
+                        Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                            Ok(httparse::Status::Complete((used, 0))) => {
+                                self.buf.advance(used);
+                                *state = Chunk::Trailers;
+                            }
+                            Ok(httparse::Status::Complete((used, size))) => {
+                                self.buf.advance(used);
+                                *state = Chunk::Data(size);
+                            }
+                            Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                                return Err("a chunk-size line is too long".into())
+                            }
+                            Ok(httparse::Status::Partial) => break,
+                            Err(_) => return Err("a bad chunk-size line".into()),
+                        },
+                        Chunk::Data(left) => {
+                            let take = left.min(self.buf.len() as u64) as usize;
+                            if take == 0 {
+                                break;
+                            }
+                            if out.is_empty() {
+                                out = self.buf.split_to(take);
+                            } else {
+                                out.extend_from_slice(&self.buf.split_to(take));
+                            }
+                            *state = match left - take as u64 {
+                                0 => Chunk::DataEnd,
+                                left => Chunk::Data(left),
+                            };
+                        }
+                        Chunk::DataEnd => {
+                            if self.buf.len() < 2 {
+                                break;
+                            }
+                            if &self.buf[..2] != b"\r\n" {
+                                return Err("a chunk's data is not followed by CRLF".into());
+                            }
+                            self.buf.advance(2);
+                            *state = Chunk::Size;
+                        }
+                        Chunk::Trailers => {
+                            let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                                if self.buf.len() > MAX_HEAD {
+                                    return Err("the trailers are too long".into());
+                                }
+                                break;
+                            };
+                            self.buf.advance(end + 2);
+                            if end == 0 {
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(((!out.is_empty()).then(|| out.freeze()), ended))
+            }
+        }
+    }
+
+    /// The body ended: its connection serves the next call, unless the
+    /// provider said otherwise or sent more than the answer.
+    fn release(&mut self) {
+        self.done = true;
+        if let Some(stream) = self.stream.take() {
+            if self.reusable && self.buf.is_empty() {
+                self.pool.checkin(stream);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let (data, ended) = match self.decode() {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    self.done = true;
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            if ended {
+                self.release();
+            }
+            if let Some(data) = data {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if ended {
+                return Poll::Ready(None);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            self.buf.reserve(READ_SIZE);
+            match stream.try_read_buf(&mut self.buf) {
+                Ok(0) if matches!(self.framing, Framing::Close) => {
+                    self.done = true;
+                    self.stream = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.done = true;
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(
+                        "the provider closed the connection mid-answer".into()
+                    )));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(error) = ready!(stream.poll_read_ready(cx)) {
+                        self.done = true;
+                        self.stream = None;
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                }
+                Err(error) => {
+                    self.done = true;
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+    }
+}
+
+impl Body for ProviderBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Inner::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::Lean(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::Lean(body) => body.done || matches!(body.framing, Framing::Length(0)),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::Lean(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Method;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// How the test server answers each request on a connection.
+    #[derive(Clone)]
+    struct Script {
+        /// The answer, written piece by piece with a pause between pieces.
+        pieces: Vec<&'static [u8]>,
+        /// Close the connection after each answer.
+        close: bool,
+    }
+
+    /// A server answering every request with `script`; counts connections.
+    async fn server(script: Script) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: a head, then its Content-Length body.
+                        let mut chunk = [0u8; 4096];
+                        let end = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + length {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + length);
+                        for piece in &script.pieces {
+                            stream.write_all(piece).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if script.close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(addr: &str) -> UpstreamRequest {
+        UpstreamRequest {
+            method: Method::POST,
+            url: format!("http://{addr}/v1/chat/completions"),
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body: Bytes::from_static(b"{\"model\":\"m\"}"),
+        }
+    }
+
+    async fn call(pool: &Arc<ProviderPool>, addr: &str) -> Result<(u16, Bytes), String> {
+        let response = pool
+            .send(&request(addr), "/v1/chat/completions")
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_split_anywhere_with_extensions_and_trailers() {
+        let (addr, accepted) = server(Script {
+            pieces: vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Enc",
+                b"oding: chunked\r\n\r\n5;ext=1\r",
+                b"\nhel",
+                b"lo\r\n6\r\n world\r",
+                b"\n0\r\nX-Trailer: t\r\n",
+                b"\r\n",
+            ],
+            close: false,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        for _ in 0..3 {
+            assert_eq!(
+                call(&pool, &addr).await.unwrap(),
+                (200, Bytes::from("hello world"))
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one kept-alive connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn events_that_arrive_together_are_read_as_one_frame() {
+        let (addr, _) = server(Script {
+            pieces: vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n3\r\ncd\n\r\n0\r\n\r\n"],
+            close: false,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        let response = pool
+            .send(&request(&addr), "/v1/chat/completions")
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, Bytes::from("ab\ncd\n"));
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn content_length_and_close_delimited_answers() {
+        let (addr, accepted) = server(Script {
+            pieces: vec![
+                b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nab",
+                b"cd",
+            ],
+            close: false,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        assert_eq!(
+            call(&pool, &addr).await.unwrap(),
+            (201, Bytes::from("abcd"))
+        );
+        assert_eq!(
+            call(&pool, &addr).await.unwrap(),
+            (201, Bytes::from("abcd"))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        let (addr, accepted) = server(Script {
+            pieces: vec![b"HTTP/1.1 200 OK\r\n\r\nuntil", b" the end"],
+            close: true,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        assert_eq!(
+            call(&pool, &addr).await.unwrap(),
+            (200, Bytes::from("until the end"))
+        );
+        assert_eq!(
+            call(&pool, &addr).await.unwrap(),
+            (200, Bytes::from("until the end"))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "never reused");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
+        let (addr, accepted) = server(Script {
+            pieces: vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            close: true,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        for _ in 0..3 {
+            assert_eq!(call(&pool, &addr).await.unwrap(), (200, Bytes::from("ok")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_informational_head_is_skipped() {
+        let (addr, _) = server(Script {
+            pieces: vec![
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            close: false,
+        })
+        .await;
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        assert_eq!(call(&pool, &addr).await.unwrap(), (200, Bytes::from("ok")));
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_errors() {
+        for pieces in [
+            vec![&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..]],
+            vec![&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc"[..]],
+            vec![&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"[..]],
+        ] {
+            let (addr, _) = server(Script {
+                pieces,
+                close: true,
+            })
+            .await;
+            let pool = Arc::new(ProviderPool::new(addr.clone()));
+            assert!(call(&pool, &addr).await.is_err());
+        }
+        for pieces in [
+            vec![&b"NOT HTTP\r\n\r\n"[..]],
+            vec![&b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..]],
+        ] {
+            let (addr, _) = server(Script {
+                pieces,
+                close: true,
+            })
+            .await;
+            let pool = Arc::new(ProviderPool::new(addr.clone()));
+            assert!(matches!(
+                pool.send(&request(&addr), "/").await,
+                Err(SendError::Broken(_))
+            ));
+        }
+        // Nobody listening: a connect error, which the attempt chain fails over.
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let pool = Arc::new(ProviderPool::new(addr.clone()));
+        assert!(matches!(
+            pool.send(&request(&addr), "/").await,
+            Err(SendError::Connect(_))
+        ));
+    }
+}
