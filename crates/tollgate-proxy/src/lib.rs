@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod forwarding;
 pub mod framing;
+mod h1_client;
 pub mod health;
 pub mod lifecycle;
 pub mod normalize;

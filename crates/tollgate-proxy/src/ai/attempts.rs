@@ -20,12 +20,18 @@ use tollgate_ai::providers::{StreamDecoder, UpstreamRequest};
 use tollgate_ai::{ErrorKind, FormatError, ProviderError, StreamEvent};
 use tollgate_telemetry::AiAttempt;
 
-use super::provider_conn::{ProviderBody, SendError};
 use super::{now_ms, AiTargetRuntime, KeyState, ModelRuntime, ProviderRuntime};
 use crate::body::RequestBody;
+use crate::h1_client::{SendError, Timeouts, UpstreamBody};
 
 /// Largest whole answer read from a provider.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Connecting to a plain-HTTP provider, and keeping its idle connections
+/// (as for hyper's client of TLS providers).
+const PROVIDER_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    idle: Duration::from_secs(30),
+};
 /// How long a key waits after a 429 without `Retry-After`.
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
 
@@ -47,7 +53,7 @@ pub(crate) enum Answer {
     Stream {
         first: Vec<StreamEvent>,
         decoder: Box<dyn StreamDecoder>,
-        body: ProviderBody,
+        body: UpstreamBody,
     },
 }
 
@@ -350,14 +356,14 @@ fn broken(message: String) -> ProviderError {
 async fn send(
     provider: &ProviderRuntime,
     upstream: UpstreamRequest,
-) -> Result<hyper::Response<ProviderBody>, Outcome> {
+) -> Result<hyper::Response<UpstreamBody>, Outcome> {
     let uri: http::Uri = upstream
         .url
         .parse()
         .map_err(|_| Outcome::Connect("the provider's URL is not valid".into()))?;
     if let (Some(pool), Some(path)) = (&provider.plain, uri.path_and_query()) {
         return pool
-            .send(&upstream, path.as_str())
+            .send_call(&upstream, path.as_str(), PROVIDER_TIMEOUTS)
             .await
             .map_err(|error| match error {
                 SendError::Connect(message) => Outcome::Connect(message),
@@ -372,13 +378,13 @@ async fn send(
         headers.insert(name, value);
     }
     match provider.client.request(request).await {
-        Ok(response) => Ok(response.map(ProviderBody::from)),
+        Ok(response) => Ok(response.map(UpstreamBody::from)),
         Err(error) if error.is_connect() => Err(Outcome::Connect(error.to_string())),
         Err(error) => Err(Outcome::Provider(broken(error.to_string()))),
     }
 }
 
-pub(crate) async fn read_bounded(body: ProviderBody, limit: usize) -> Result<Bytes, String> {
+pub(crate) async fn read_bounded(body: UpstreamBody, limit: usize) -> Result<Bytes, String> {
     let mut body = body;
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {

@@ -10,7 +10,6 @@ pub(crate) mod attempts;
 pub(crate) mod cache;
 pub(crate) mod handler;
 pub(crate) mod prompt;
-pub(crate) mod provider_conn;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -26,6 +25,7 @@ use tollgate_ai::providers::{self, Provider, ProviderKind};
 use tollgate_config::{AiEndpoint, AiProviderKind, Api, Config, ConfigError, RetryOn};
 
 use crate::client::{ClientKey, ClientRegistry, UpstreamClient};
+use crate::h1_client::H1Pool;
 
 /// A provider key's identity across snapshots: the provider's name and the
 /// key's SHA-256.
@@ -39,7 +39,7 @@ pub struct AiRegistry {
     /// By API name.
     caches: Mutex<HashMap<String, Arc<cache::ResponseCache>>>,
     /// Kept-alive connections to plain-HTTP providers, by `host:port`.
-    plain_pools: Mutex<HashMap<String, Arc<provider_conn::ProviderPool>>>,
+    plain_pools: Mutex<HashMap<String, Arc<H1Pool>>>,
 }
 
 impl AiRegistry {
@@ -73,7 +73,7 @@ impl AiRegistry {
 
     /// The lean client's pool for a provider at `base_url`, when it is
     /// plain `http://` (TLS providers go through hyper's client).
-    fn plain_pool(&self, base_url: &str) -> Option<Arc<provider_conn::ProviderPool>> {
+    fn plain_pool(&self, base_url: &str) -> Option<Arc<H1Pool>> {
         let uri: http::Uri = base_url.parse().ok()?;
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
             return None;
@@ -83,7 +83,7 @@ impl AiRegistry {
         Some(
             pools
                 .entry(authority.clone())
-                .or_insert_with(|| Arc::new(provider_conn::ProviderPool::new(authority)))
+                .or_insert_with(|| Arc::new(H1Pool::new(authority)))
                 .clone(),
         )
     }
@@ -155,7 +155,7 @@ pub struct ProviderRuntime {
     pub keys: Vec<Arc<KeyState>>,
     pub client: UpstreamClient,
     /// For a plain-HTTP provider: the lean client, used instead of `client`.
-    pub(crate) plain: Option<Arc<provider_conn::ProviderPool>>,
+    pub(crate) plain: Option<Arc<H1Pool>>,
 }
 
 /// Where a model is served: one provider's model.

@@ -16,8 +16,8 @@ use tollgate_telemetry::AccessRecord;
 
 use super::handler::Accounting;
 use super::prompt::PromptStreamRenderer;
-use super::provider_conn::ProviderBody;
 use crate::body::ProducedBody;
+use crate::h1_client::UpstreamBody;
 
 /// The client's stream format.
 pub(crate) enum Renderer {
@@ -129,7 +129,7 @@ const MAX_COALESCED: usize = 64 * 1024;
 pub(crate) struct TranslatedStream {
     pending: VecDeque<StreamEvent>,
     decoder: Box<dyn StreamDecoder>,
-    body: Option<ProviderBody>,
+    body: Option<UpstreamBody>,
     renderer: Renderer,
     collector: Collector,
     accounting: Option<Accounting>,
@@ -146,7 +146,7 @@ impl TranslatedStream {
     pub fn new(
         first: Vec<StreamEvent>,
         decoder: Box<dyn StreamDecoder>,
-        body: Option<ProviderBody>,
+        body: Option<UpstreamBody>,
         renderer: Renderer,
         accounting: Accounting,
         idle: Duration,
