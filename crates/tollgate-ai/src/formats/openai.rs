@@ -1031,7 +1031,12 @@ pub(super) fn optional_str<'a>(
 ) -> Result<Option<&'a str>, FormatError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => string(value, &field_path(path, key)).map(Some),
+        // The path is spelled out only for an error: this runs for every
+        // field of every message.
+        Some(value) => value
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| expected(field_path(path, key), "a string")),
     }
 }
 
