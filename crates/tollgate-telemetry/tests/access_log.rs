@@ -279,3 +279,48 @@ async fn clones_share_the_thread_and_counters() {
     log.flush().await;
     assert_eq!(sink.request_ids().len(), 50);
 }
+
+/// The writer thread runs at a lower priority than the proxy (10 nicer, at
+/// most 19), so a batch being written does not delay the requests that wake
+/// meanwhile.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_writer_thread_yields_to_the_proxy() {
+    let _log = AccessLog::start(16, vec![Box::new(MemorySink::default())]);
+    // Thread names are cut to 15 bytes: the writer and its ticker both show
+    // as `tollgate-access`; the ticker keeps the default priority.
+    let nice_values = || -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == "tollgate-access")
+            })
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // The fields after the command's closing parenthesis; nice is stat's 19th.
+                let after = &stat[stat.rfind(')')? + 2..];
+                after.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    let own: i32 = {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(16).unwrap().parse().unwrap()
+    };
+    let expected = (own + 10).min(19);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let nice = nice_values();
+        if nice.contains(&expected) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log thread at nice {expected}: {nice:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
