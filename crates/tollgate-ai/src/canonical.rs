@@ -52,6 +52,22 @@ impl Message {
         }
     }
 
+    /// A provider's answer turn: its text (no part when empty) and the
+    /// tool calls it asks for.
+    pub fn assistant(text: String, tool_calls: Vec<ToolCall>) -> Message {
+        Message {
+            role: Role::Assistant,
+            content: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Text(text)]
+            },
+            tool_calls,
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
     /// The text parts joined, images left out.
     pub fn joined_text(&self) -> String {
         let mut text = String::new();

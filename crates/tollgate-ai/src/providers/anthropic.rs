@@ -12,7 +12,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
-    FormatError, Message, Part, ProviderError, Role, StreamEvent, ToolCall, Usage,
+    FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
 use crate::formats::anthropic::messages_body;
 use crate::sse::SseParser;
@@ -182,17 +182,7 @@ fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
         id: root["id"].as_str().unwrap_or_default().to_owned(),
         model: root["model"].as_str().unwrap_or_default().to_owned(),
         created: unix_now(),
-        message: Message {
-            role: Role::Assistant,
-            content: if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![Part::Text(text)]
-            },
-            tool_calls,
-            tool_call_id: None,
-            name: None,
-        },
+        message: Message::assistant(text, tool_calls),
         finish: finish_reason(root["stop_reason"].as_str().unwrap_or("end_turn")),
         usage: has_usage.then(|| usage.canonical()),
     })
@@ -342,6 +332,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::canonical::{Part, Role};
     use crate::formats::openai::parse_chat;
     use crate::formats::openai::tests::CLIENT_CHAT;
     use crate::providers::testing::decode_every_split;

@@ -90,17 +90,7 @@ impl Provider for Gemini {
             id: root["responseId"].as_str().unwrap_or_default().to_owned(),
             model: root["modelVersion"].as_str().unwrap_or_default().to_owned(),
             created: unix_now(),
-            message: Message {
-                role: Role::Assistant,
-                content: if read.text.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Part::Text(read.text)]
-                },
-                tool_calls: read.tool_calls,
-                tool_call_id: None,
-                name: None,
-            },
+            message: Message::assistant(read.text, read.tool_calls),
             finish,
             usage: parse_usage(&root["usageMetadata"]),
         })

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
-    FormatError, Message, Part, ProviderError, Role, StreamEvent, ToolCall, Usage,
+    FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
 use crate::formats::openai::{chat_body, embeddings_body};
 use crate::sse::SseParser;
@@ -292,17 +292,7 @@ fn parse_chat_response_general(body: &[u8]) -> Result<ChatResponse, ProviderErro
         id: root["id"].as_str().unwrap_or_default().to_owned(),
         model: root["model"].as_str().unwrap_or_default().to_owned(),
         created: root["created"].as_i64().unwrap_or_else(unix_now),
-        message: Message {
-            role: Role::Assistant,
-            content: if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![Part::Text(text)]
-            },
-            tool_calls,
-            tool_call_id: None,
-            name: None,
-        },
+        message: Message::assistant(text, tool_calls),
         finish: finish_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
         usage: parse_usage(&root["usage"]),
     })
@@ -344,17 +334,7 @@ fn typed_chat_response(root: openai_wire::Completion<'_>) -> Option<ChatResponse
         id: root.id.map(Cow::into_owned).unwrap_or_default(),
         model: root.model.map(Cow::into_owned).unwrap_or_default(),
         created: root.created.unwrap_or_else(unix_now),
-        message: Message {
-            role: Role::Assistant,
-            content: if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![Part::Text(text)]
-            },
-            tool_calls,
-            tool_call_id: None,
-            name: None,
-        },
+        message: Message::assistant(text, tool_calls),
         finish: finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
         usage: root.usage.map(|u| u.usage()),
     })
@@ -613,6 +593,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use crate::canonical::Role;
     use crate::formats::anthropic::tests::CLIENT_MESSAGES;
     use crate::formats::openai::tests::client_chat_expected;
     use crate::providers::testing::decode_every_split;
