@@ -122,27 +122,26 @@ impl H1Pool {
         timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let bytes = self.encode(request, path_and_query);
-        self.send(&bytes, false, timeouts).await
+        self.send(&bytes, timeouts).await
     }
 
-    /// Sends `request` (head and whole body, as written) and reads the
-    /// answer's head; the body follows as it is read. `head_request`: the
-    /// answer has no body whatever its head says.
-    pub async fn send(
+    /// Sends `request` (head and whole body, as written; not a `HEAD`
+    /// request, whose answer would have no body whatever its head says) and
+    /// reads the answer's head; the body follows as it is read.
+    async fn send(
         self: &Arc<Self>,
         request: &[u8],
-        head_request: bool,
         timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody>, SendError> {
         if let Some(stream) = self.take_idle(timeouts.idle) {
-            match self.exchange(stream, request, head_request).await {
+            match self.exchange(stream, request).await {
                 Err(Exchange::Unanswered(_)) => {}
                 Err(Exchange::Failed(error)) => return Err(error),
                 Ok(response) => return Ok(response),
             }
         }
         let stream = self.connect(timeouts.connect).await?;
-        match self.exchange(stream, request, head_request).await {
+        match self.exchange(stream, request).await {
             Ok(response) => Ok(response),
             Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => Err(error),
         }
@@ -176,7 +175,6 @@ impl H1Pool {
         self: &Arc<Self>,
         mut stream: TcpStream,
         request: &[u8],
-        head_request: bool,
     ) -> Result<Response<UpstreamBody>, Exchange> {
         let broken =
             |e: io::Error| SendError::Broken(format!("the provider connection failed: {e}"));
@@ -210,10 +208,10 @@ impl H1Pool {
                     buf.advance(head.length);
                     // What followed the 1xx head may already be the answer.
                     if let Some(head) = parse_head(&buf).map_err(Exchange::Failed)? {
-                        return self.respond(stream, buf, head, head_request);
+                        return self.respond(stream, buf, head);
                     }
                 }
-                Some(head) => return self.respond(stream, buf, head, head_request),
+                Some(head) => return self.respond(stream, buf, head),
             }
         }
     }
@@ -222,17 +220,13 @@ impl H1Pool {
         self: &Arc<Self>,
         stream: TcpStream,
         mut buf: BytesMut,
-        mut head: Head,
-        head_request: bool,
+        head: Head,
     ) -> Result<Response<UpstreamBody>, Exchange> {
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
             // Upgrades go through hyper; a 101 here answers nothing asked.
             return Err(Exchange::Failed(SendError::Broken(
                 "the upstream switched protocols unasked".into(),
             )));
-        }
-        if head_request {
-            head.framing = Framing::Length(0);
         }
         buf.advance(head.length);
         let mut response = Response::new(UpstreamBody(Inner::Lean(LeanBody {
