@@ -12,11 +12,7 @@ use serde_json::{json, Value};
 
 use super::manage::{back, flash, list, text, Flash};
 use super::pages::{layout, refused};
-use super::{csrf_token, expired, field, page, posted, Console};
-
-fn items(body: &Value) -> Vec<Value> {
-    body["items"].as_array().cloned().unwrap_or_default()
-}
+use super::{csrf_token, expired, field, filled, items, page, posted, Console};
 
 fn hidden_csrf(csrf: &str) -> Markup {
     html! { input type="hidden" name="csrf" value=(csrf); }
@@ -48,8 +44,8 @@ pub async fn ai(
                 tbody {
                     @for p in items(&providers.body) {
                         tr {
-                            td { (text(&p, "name")) }
-                            td { (text(&p, "kind")) }
+                            td { (text(p, "name")) }
+                            td { (text(p, "kind")) }
                             td { (p["base_url"].as_str().unwrap_or("default")) }
                             // Never the key: the API redacts it, and the page
                             // shows only how many there are.
@@ -66,7 +62,7 @@ pub async fn ai(
                 tbody {
                     @for m in items(&models.body) {
                         tr {
-                            td { (text(&m, "name")) }
+                            td { (text(m, "name")) }
                             td { (targets(&m["targets"])) }
                             td { (targets(&m["fallbacks"])) }
                         }
@@ -124,7 +120,7 @@ pub async fn create_provider(
         "kind": field(&fields, "kind").unwrap_or_default(),
         "keys": [field(&fields, "key").unwrap_or_default()],
     });
-    if let Some(url) = field(&fields, "base_url").filter(|u| !u.is_empty()) {
+    if let Some(url) = filled(&fields, "base_url") {
         provider["base_url"] = json!(url);
     }
     let answer = console
@@ -165,7 +161,7 @@ pub async fn users(
                 tbody {
                     @for u in items(&users.body) {
                         tr {
-                            td { (text(&u, "name")) }
+                            td { (text(u, "name")) }
                             td {
                                 @for m in u["memberships"].as_array().cloned().unwrap_or_default() {
                                     span.membership { (m["role"].as_str().unwrap_or("")) " in " (m["team"].as_str().unwrap_or("*")) } " "
@@ -178,7 +174,7 @@ pub async fn users(
         }
         section.panel {
             h2 { "Teams" }
-            ul id="teams" { @for t in items(&teams.body) { li { (text(&t, "name")) } } }
+            ul id="teams" { @for t in items(&teams.body) { li { (text(t, "name")) } } }
         }
         @if viewer.manages() {
             section.panel {
@@ -330,7 +326,7 @@ pub async fn blocks(
                 thead { tr { th { "Id" } th { "Consumer" } th { "Key" } th { "Address" } th { "Reason" } th { "Until" } th { "" } } }
                 tbody {
                     @for b in items(&answer.body) {
-                        @let id = text(&b, "id");
+                        @let id = text(b, "id");
                         tr {
                             td { (id) }
                             td { (b["consumer"].as_str().unwrap_or("")) }
@@ -390,10 +386,10 @@ pub async fn create_block(
     }
     let id = field(&fields, "id").unwrap_or_default();
     let mut block = json!({ "id": id, "reason": field(&fields, "reason").unwrap_or_default() });
-    if let Some(consumer) = field(&fields, "consumer").filter(|c| !c.is_empty()) {
+    if let Some(consumer) = filled(&fields, "consumer") {
         block["consumer"] = json!(consumer);
     }
-    if let Some(ip) = field(&fields, "ip").filter(|c| !c.is_empty()) {
+    if let Some(ip) = filled(&fields, "ip") {
         block["ip"] = json!(ip);
     }
     let answer = console

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use super::pages::{layout, refused};
 use super::{
-    csrf_token, expired, field, page, posted, to_login, viewer, ApiAnswer, Console, Viewer,
+    csrf_token, expired, field, filled, items, page, posted, to_login, viewer, ApiAnswer, Console,
+    Viewer,
 };
 
 /// A notice or an error carried to the page a form redirects to.
@@ -69,10 +70,6 @@ pub(super) async fn list(
     Ok((viewer, answer))
 }
 
-fn items(answer: &ApiAnswer) -> Vec<Value> {
-    answer.body["items"].as_array().cloned().unwrap_or_default()
-}
-
 pub(super) fn text<'a>(value: &'a Value, key: &str) -> &'a str {
     value[key].as_str().unwrap_or("–")
 }
@@ -101,12 +98,12 @@ pub async fn services(
             table id="services" {
                 thead { tr { th { "Name" } th { "Team" } th { "Targets" } th { "Subscription" } } }
                 tbody {
-                    @for s in items(&answer) {
+                    @for s in items(&answer.body) {
                         tr {
                             td {
-                                (text(&s, "name"))
+                                (text(s, "name"))
                                 @if viewer.manages() {
-                                    " " a.small href=(format!("/console/edit/services/{}", text(&s, "name"))) { "edit" }
+                                    " " a.small href=(format!("/console/edit/services/{}", text(s, "name"))) { "edit" }
                                 }
                             }
                             td { (s["team"].as_str().unwrap_or("")) }
@@ -154,7 +151,7 @@ pub async fn create_service(
         "name": name,
         "upstream": { "targets": [{ "url": field(&fields, "url").unwrap_or_default() }] },
     });
-    if let Some(team) = field(&fields, "team").filter(|t| !t.is_empty()) {
+    if let Some(team) = filled(&fields, "team") {
         service["team"] = json!(team);
     }
     if field(&fields, "approval") == Some("yes") {
@@ -196,19 +193,19 @@ pub async fn apis(
         }
         @if !answer.status.is_success() {
             (refused(answer.status, &answer.body))
-        } @else if items(&answer).is_empty() {
+        } @else if items(&answer.body).is_empty() {
             p.muted { "No APIs yet." }
         } @else {
             section.panel {
                 table id="apis" {
                     thead { tr { th { "Name" } th { "Service" } th { "Paths" } th { "Version" } th { "Lifecycle" } th { "Change" } } }
                     tbody {
-                        @for api in items(&answer) {
-                            @let name = text(&api, "name");
+                        @for api in items(&answer.body) {
+                            @let name = text(api, "name");
                             @let lifecycle = api["lifecycle"].as_str().unwrap_or("published");
                             tr data-api=(name) {
                                 td { a href=(format!("/console/apis/{name}")) { (name) } }
-                                td { (text(&api, "service")) }
+                                td { (text(api, "service")) }
                                 td {
                                     @for path in api["match"]["paths"].as_array().cloned().unwrap_or_default() {
                                         code { (path.as_str().unwrap_or("")) } " "
@@ -270,7 +267,7 @@ pub async fn create_api(
         "service": field(&fields, "service").unwrap_or_default(),
         "match": { "paths": [field(&fields, "path").unwrap_or_default()] },
     });
-    if let Some(version) = field(&fields, "version").filter(|v| !v.is_empty()) {
+    if let Some(version) = filled(&fields, "version") {
         api["version"] = json!(version);
     }
     if field(&fields, "key") == Some("yes") {
@@ -300,10 +297,10 @@ pub async fn change_lifecycle(
     }
     let lifecycle = field(&fields, "lifecycle").unwrap_or_default();
     let mut patch = json!({ "lifecycle": lifecycle });
-    if let Some(successor) = field(&fields, "successor").filter(|s| !s.is_empty()) {
+    if let Some(successor) = filled(&fields, "successor") {
         patch["successor"] = json!(successor);
     }
-    if let Some(day) = field(&fields, "sunset").filter(|s| !s.is_empty()) {
+    if let Some(day) = filled(&fields, "sunset") {
         patch["sunset"] = json!(format!("{day}T00:00:00Z"));
     }
     let path = format!("/admin/v1/apis/{}", encode(&name));
@@ -343,8 +340,8 @@ pub async fn consumers(
             table id="consumers" {
                 thead { tr { th { "Name" } th { "Team" } th { "Keys" } th { "" } } }
                 tbody {
-                    @for c in items(&answer) {
-                        @let name = text(&c, "name");
+                    @for c in items(&answer.body) {
+                        @let name = text(c, "name");
                         tr data-consumer=(name) {
                             td { (name) }
                             td { (c["team"].as_str().unwrap_or("")) }
@@ -405,7 +402,7 @@ pub async fn create_consumer(
     };
     let name = field(&fields, "name").unwrap_or_default();
     let mut consumer = json!({ "name": name });
-    if let Some(team) = field(&fields, "team").filter(|t| !t.is_empty()) {
+    if let Some(team) = filled(&fields, "team") {
         consumer["team"] = json!(team);
     }
     let answer = console
@@ -435,7 +432,7 @@ pub async fn issue_key(
         return expired();
     };
     let mut request = json!({});
-    if let Some(day) = field(&fields, "expires").filter(|d| !d.is_empty()) {
+    if let Some(day) = filled(&fields, "expires") {
         request["expires"] = json!(format!("{day}T00:00:00Z"));
     }
     new_key(&console, &headers, &name, request, None).await
@@ -545,7 +542,7 @@ pub async fn subscriptions(
         Err(response) => return response,
     };
     let (csrf, set) = csrf_token(&headers);
-    let all = items(&answer);
+    let all = items(&answer.body);
     let pending: Vec<&Value> = all.iter().filter(|s| s["status"] == "pending").collect();
     let body = html! {
         h1 { "Subscriptions" }
@@ -588,7 +585,7 @@ pub async fn subscriptions(
             table id="subscriptions" {
                 thead { tr { th { "Consumer" } th { "Service" } th { "Status" } th { "Comment" } } }
                 tbody {
-                    @for s in &all {
+                    @for s in all {
                         tr {
                             td { (text(s, "consumer")) }
                             td { (text(s, "service")) }
@@ -676,7 +673,7 @@ pub async fn decide_subscription(
         _ => "revoke",
     };
     let mut decision = json!({});
-    if let Some(comment) = field(&fields, "comment").filter(|c| !c.is_empty()) {
+    if let Some(comment) = filled(&fields, "comment") {
         decision["comment"] = json!(comment);
     }
     let path = format!("/admin/v1/subscriptions/{}/{action}", encode(&id));
@@ -708,13 +705,13 @@ pub async fn audit(State(console): State<Console>, headers: HeaderMap) -> Respon
                 table id="audit" {
                     thead { tr { th { "Time" } th { "Actor" } th { "Action" } th { "Kind" } th { "Name" } th { "Revision" } } }
                     tbody {
-                        @for e in items(&answer) {
+                        @for e in items(&answer.body) {
                             tr {
-                                td { (text(&e, "at")) }
-                                td { (text(&e, "actor")) }
-                                td { (text(&e, "action")) }
-                                td { (text(&e, "kind")) }
-                                td { (text(&e, "name")) }
+                                td { (text(e, "at")) }
+                                td { (text(e, "actor")) }
+                                td { (text(e, "action")) }
+                                td { (text(e, "kind")) }
+                                td { (text(e, "name")) }
                                 td { (e["revision"].as_i64().map(|r| r.to_string()).unwrap_or_default()) }
                             }
                         }
@@ -794,15 +791,15 @@ pub async fn logs(
                 table id="logs" {
                     thead { tr { th { "Time" } th { "Method" } th { "Path" } th { "API" } th { "Consumer" } th { "Status" } th { "Outcome" } th { "ms" } } }
                     tbody {
-                        @for r in items(&answer) {
+                        @for r in items(&answer.body) {
                             tr {
-                                td { a href=(format!("/console/logs/{}", text(&r, "request_id"))) { (text(&r, "ts")) } }
-                                td { (text(&r, "method")) }
-                                td { code { (text(&r, "path")) } }
+                                td { a href=(format!("/console/logs/{}", text(r, "request_id"))) { (text(r, "ts")) } }
+                                td { (text(r, "method")) }
+                                td { code { (text(r, "path")) } }
                                 td { (r["api"].as_str().unwrap_or("")) }
                                 td { (r["consumer"].as_str().unwrap_or("")) }
                                 td { (r["status"].as_u64().unwrap_or(0)) }
-                                td { (text(&r, "outcome")) (r["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()) }
+                                td { (text(r, "outcome")) (r["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()) }
                                 td { (format!("{:.1}", r["latency_ms"].as_f64().unwrap_or(0.0))) }
                             }
                         }
@@ -847,7 +844,7 @@ pub async fn log_detail(
     let body = html! {
         h1 { "Request " code { (request_id) } }
         @if !answer.status.is_success() { (refused(answer.status, &answer.body)) }
-        @for r in items(&answer) {
+        @for r in items(&answer.body) {
             section.panel {
                 table.fields {
                     tbody {
@@ -893,7 +890,7 @@ pub async fn export_logs(
     if !answer.status.is_success() {
         return (answer.status, answer.body.to_string()).into_response();
     }
-    let records = items(&answer);
+    let records = items(&answer.body);
     let (content_type, file, body) = if csv {
         const COLUMNS: [&str; 10] = [
             "ts",
@@ -909,7 +906,7 @@ pub async fn export_logs(
         ];
         let mut out = COLUMNS.join(",");
         out.push('\n');
-        for r in &records {
+        for r in records {
             let cells: Vec<String> = COLUMNS
                 .iter()
                 .map(|c| match &r[*c] {
@@ -924,7 +921,7 @@ pub async fn export_logs(
         ("text/csv; charset=utf-8", "logs.csv", out)
     } else {
         let mut out = String::new();
-        for r in &records {
+        for r in records {
             out.push_str(&r.to_string());
             out.push('\n');
         }

@@ -417,6 +417,16 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `items` of an admin API list answer (none when it has none).
+fn items(body: &Value) -> &[Value] {
+    body["items"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// A field the user filled in: an input left empty means "not given".
+fn filled<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    field(fields, name).filter(|value| !value.is_empty())
+}
+
 /// A posted form's fields, if its CSRF token matches the browser's
 /// cookie (else answer [`expired`]).
 pub(super) fn posted(headers: &HeaderMap, body: &Bytes) -> Option<Vec<(String, String)>> {

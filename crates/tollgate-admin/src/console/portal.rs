@@ -13,7 +13,7 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::pages::{layout, refused};
-use super::{csrf_token, page, viewer, Console};
+use super::{csrf_token, items, page, viewer, Console};
 
 #[derive(serde::Deserialize, Default)]
 pub struct PortalQuery {
@@ -21,10 +21,6 @@ pub struct PortalQuery {
     team: Option<String>,
     /// Only the APIs with this tag.
     tag: Option<String>,
-}
-
-fn items(body: &Value) -> Vec<Value> {
-    body["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// What an API asks of a caller, in words.
@@ -143,13 +139,18 @@ pub async fn portal(
         .call(Method::GET, "/admin/v1/consumers", &headers, None, None)
         .await;
     let services: BTreeMap<String, Value> = items(&services.body)
-        .into_iter()
-        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s))
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s.clone(),
+            )
+        })
         .collect();
     // Published and deprecated APIs, by their service's team.
     let mut catalogue: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut tags: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    for api in items(&apis.body) {
+    for api in items(&apis.body).iter().cloned() {
         let state = api["lifecycle"].as_str().unwrap_or("published");
         if state != "published" && state != "deprecated" {
             continue;
@@ -189,7 +190,7 @@ pub async fn portal(
         let answer = console.call(Method::GET, &path, &headers, None, None).await;
         openapi.insert(name, answer.body);
     }
-    let mine = items(&consumers.body);
+    let mine = items(&consumers.body).to_vec();
     let usage = usage_of(&console, &headers, &viewer, &mine, &services).await;
     let (csrf, set) = csrf_token(&headers);
     let body = html! {
