@@ -235,7 +235,6 @@ impl H1Pool {
             framing: head.framing,
             reusable: head.reusable,
             pool: self.clone(),
-            done: false,
         })));
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
@@ -387,7 +386,6 @@ struct LeanBody {
     framing: Framing,
     reusable: bool,
     pool: Arc<H1Pool>,
-    done: bool,
 }
 
 impl LeanBody {
@@ -473,7 +471,6 @@ impl LeanBody {
     /// The body ended: its connection serves the next call, unless the
     /// provider said otherwise or sent more than the answer.
     fn release(&mut self) {
-        self.done = true;
         if let Some(stream) = self.stream.take() {
             if self.reusable && self.buf.is_empty() {
                 self.pool.checkin(stream);
@@ -483,13 +480,13 @@ impl LeanBody {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            if self.done {
+            // The body ended (or failed) once its connection is gone.
+            if self.stream.is_none() {
                 return Poll::Ready(None);
             }
             let (data, ended) = match self.decode() {
                 Ok(decoded) => decoded,
                 Err(error) => {
-                    self.done = true;
                     self.stream = None;
                     return Poll::Ready(Some(Err(error)));
                 }
@@ -509,12 +506,10 @@ impl LeanBody {
             self.buf.reserve(READ_SIZE);
             match stream.try_read_buf(&mut self.buf) {
                 Ok(0) if matches!(self.framing, Framing::Close) => {
-                    self.done = true;
                     self.stream = None;
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    self.done = true;
                     self.stream = None;
                     return Poll::Ready(Some(Err(
                         "the provider closed the connection mid-answer".into()
@@ -523,13 +518,11 @@ impl LeanBody {
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(error) = ready!(stream.poll_read_ready(cx)) {
-                        self.done = true;
                         self.stream = None;
                         return Poll::Ready(Some(Err(error.into())));
                     }
                 }
                 Err(error) => {
-                    self.done = true;
                     self.stream = None;
                     return Poll::Ready(Some(Err(error.into())));
                 }
@@ -555,7 +548,9 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Inner::Hyper(body) => body.is_end_stream(),
-            Inner::Lean(body) => body.done || matches!(body.framing, Framing::Length(0)),
+            Inner::Lean(body) => {
+                body.stream.is_none() || matches!(body.framing, Framing::Length(0))
+            }
         }
     }
 
