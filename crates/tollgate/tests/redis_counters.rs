@@ -272,27 +272,10 @@ async fn two_nodes_count_in_a_redis_cluster() {
         return;
     };
     let up = upstream::echo("orders");
-    let yaml = format!(
-        r#"
-storage: {{ redis: '{}' }}
-consumers:
-  - name: app
-    keys: [{{ value: env:APP_KEY }}]
-services:
-  - name: orders
-    upstream: {{ targets: [{{ url: "{}" }}] }}
-apis:
-  - name: orders
-    service: orders
-    match: {{ paths: [/orders] }}
-    policies:
-      auth: {{ methods: [key] }}
-      rate_limit:
-        - {{ limit: 20, window: 1m, by: consumer }}
-        - {{ limit: 500, window: 1m, by: api }}
-"#,
-        cluster.url(),
-        up.url()
+    let yaml = common::limited_orders(
+        &format!("storage: {{ redis: '{}' }}", cluster.url()),
+        &up.url(),
+        "{ limit: 20, window: 1m, by: consumer }, { limit: 500, window: 1m, by: api }",
     );
     let start = |yaml: String| async move {
         common::gateway()
@@ -344,25 +327,10 @@ async fn a_limit_counts_in_a_redis_reached_over_tls() {
         return;
     };
     let up = upstream::echo("orders");
-    let yaml = format!(
-        r#"
-storage: {{ redis: '{}' }}
-consumers:
-  - name: app
-    keys: [{{ value: env:APP_KEY }}]
-services:
-  - name: orders
-    upstream: {{ targets: [{{ url: "{}" }}] }}
-apis:
-  - name: orders
-    service: orders
-    match: {{ paths: [/orders] }}
-    policies:
-      auth: {{ methods: [key] }}
-      rate_limit: [{{ limit: 3, window: 1m, by: consumer, on_store_failure: deny }}]
-"#,
-        redis.tls_url(),
-        up.url()
+    let yaml = common::limited_orders(
+        &format!("storage: {{ redis: '{}' }}", redis.tls_url()),
+        &up.url(),
+        "{ limit: 3, window: 1m, by: consumer, on_store_failure: deny }",
     );
     let gateway = common::gateway()
         .config(&yaml)

@@ -21,29 +21,6 @@ const APP_KEY: &str = "tg_redis_failover_app_key_0123456789abcdef";
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// `head` (`storage`, `node`) plus the `app` consumer and an `orders` API
-/// limited by `limit`.
-fn yaml(head: &str, upstream: &str, limit: &str) -> String {
-    format!(
-        r#"
-{head}
-consumers:
-  - name: app
-    keys: [{{ value: env:APP_KEY }}]
-services:
-  - name: orders
-    upstream: {{ targets: [{{ url: "{upstream}" }}] }}
-apis:
-  - name: orders
-    service: orders
-    match: {{ paths: [/orders] }}
-    policies:
-      auth: {{ methods: [key] }}
-      rate_limit: [{limit}]
-"#
-    )
-}
-
 async fn start(yaml: &str) -> Gateway {
     common::gateway()
         .config(yaml)
@@ -102,7 +79,7 @@ async fn deny_refuses_with_503_while_redis_is_down_and_enforces_again_after() {
         return;
     };
     let up = upstream::echo("orders");
-    let gateway = start(&yaml(
+    let gateway = start(&common::limited_orders(
         &format!("storage: {{ redis: '{}' }}", redis.url()),
         &up.url(),
         "{ limit: 3, window: 1m, by: consumer, on_store_failure: deny }",
@@ -153,7 +130,7 @@ async fn local_admits_the_limit_on_a_single_node_while_redis_is_down() {
         return;
     };
     let up = upstream::echo("orders");
-    let gateway = start(&yaml(
+    let gateway = start(&common::limited_orders(
         &format!("storage: {{ redis: '{}' }}", redis.url()),
         &up.url(),
         "{ limit: 3, window: 1m, by: consumer }",
@@ -190,8 +167,8 @@ async fn local_divides_the_limit_by_the_live_nodes_while_redis_is_down() {
         )
     };
     let limit = "{ limit: 10, window: 1m, by: consumer, on_store_failure: local }";
-    let a = start(&yaml(&storage("a"), &up.url(), limit)).await;
-    let b = start(&yaml(&storage("b"), &up.url(), limit)).await;
+    let a = start(&common::limited_orders(&storage("a"), &up.url(), limit)).await;
+    let b = start(&common::limited_orders(&storage("b"), &up.url(), limit)).await;
     // Both nodes have seen both heartbeats.
     for node in [&a, &b] {
         eventually(Duration::from_secs(10), || async {

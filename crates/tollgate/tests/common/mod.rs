@@ -66,3 +66,26 @@ pub async fn admin_call(
     let body = tollgate_testkit::serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
 }
+
+/// `head` (`storage`, `node`) plus the `app` consumer and an `orders` API
+/// limited by `limit` (a `rate_limit` list's entries), behind key auth.
+pub fn limited_orders(head: &str, upstream: &str, limit: &str) -> String {
+    format!(
+        r#"
+{head}
+consumers:
+  - name: app
+    keys: [{{ value: env:APP_KEY }}]
+services:
+  - name: orders
+    upstream: {{ targets: [{{ url: "{upstream}" }}] }}
+apis:
+  - name: orders
+    service: orders
+    match: {{ paths: [/orders] }}
+    policies:
+      auth: {{ methods: [key] }}
+      rate_limit: [{limit}]
+"#
+    )
+}
