@@ -693,6 +693,13 @@ mod tests {
             1,
             "one kept-alive connection"
         );
+        // Issue 5: TCP_NODELAY on every socket, so no event waits for Nagle.
+        let idle = pool.idle.lock().unwrap();
+        assert_eq!(idle.len(), 1);
+        assert!(
+            idle[0].0.nodelay().unwrap(),
+            "TCP_NODELAY on the provider socket"
+        );
     }
 
     #[tokio::test]
