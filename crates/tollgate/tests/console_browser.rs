@@ -205,8 +205,9 @@ async fn the_console_walkthrough_in_a_browser() {
         .expect("the key's value");
     assert!(key.len() > 20, "{key}");
     browser.click("#copy-key").await;
+    // The label changes once the clipboard write settles: wait for it.
     assert_eq!(
-        browser.text("#copy-key").await,
+        browser.text_containing("#copy-key", "Copied").await,
         "Copied",
         "the copy button ran"
     );
