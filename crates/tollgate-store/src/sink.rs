@@ -44,6 +44,7 @@ impl SqliteRecordSink {
             let mut insert = tx.prepare_cached(INSERT)?;
             let mut previous: Option<&AccessRecord> = None;
             for r in records {
+                tollgate_telemetry::access_log::pace();
                 bind(&mut insert, r, previous)?;
                 insert.raw_execute()?;
                 previous = Some(r);

@@ -7,6 +7,7 @@
 //! once per [`ERROR_LOG_INTERVAL`]) and counted; it never stops the thread or
 //! the other sinks.
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,6 +34,38 @@ pub const LINGER: Duration = Duration::from_millis(10);
 
 /// How often the gathering thread looks at the channel while it lingers.
 const GATHER_TICK: Duration = Duration::from_millis(5);
+
+/// How many records a sink writes between two calls to [`pace`] that yield
+/// the core: 32 records are about 80 µs of SQLite work.
+pub const RECORDS_PER_YIELD: u32 = 32;
+
+thread_local! {
+    static SINCE_YIELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Called by a sink once per record it writes. Every [`RECORDS_PER_YIELD`]
+/// records the writer thread yields its core to any runnable thread.
+///
+/// Why: the writer shares a core with the proxy, and the kernel (no
+/// preemption, 250 Hz ticks) lets a running thread keep the core until it
+/// blocks or a tick comes. A batch of 500 records written in one go held
+/// the proxy's requests back for over a millisecond, every batch: measured
+/// at -c64, p99 5.4 ms with whole batches against 2.5 ms yielding every 32
+/// to 64 records, for 5–8 % more throughput. Yielding inside the sink keeps
+/// the batch one transaction (a transaction per 64 records costs ~45 % more
+/// CPU per record in SQLite). When nothing else wants the core, a yield
+/// returns at once.
+pub fn pace() {
+    SINCE_YIELD.with(|since| {
+        let n = since.get() + 1;
+        if n >= RECORDS_PER_YIELD {
+            since.set(0);
+            std::thread::yield_now();
+        } else {
+            since.set(n);
+        }
+    });
+}
 
 /// A failing sink is logged at most once per this interval; the failures in
 /// between are counted and reported with the next log line.
@@ -363,6 +396,7 @@ impl RecordSink for FileSink {
     fn write_batch(&mut self, records: &[AccessRecord]) -> io::Result<()> {
         self.buf.clear();
         for record in records {
+            pace();
             record.write_json(&mut self.buf)?;
             self.buf.push(b'\n');
             if self.buf.len() >= Self::WRITE_CHUNK {
@@ -373,5 +407,28 @@ impl RecordSink for FileSink {
         self.file.write_all(&self.buf)?;
         self.buf.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_yields_once_every_records_per_yield_records() {
+        // Runs on a thread of its own, so the count starts at zero.
+        std::thread::spawn(|| {
+            let since = || SINCE_YIELD.with(Cell::get);
+            for round in 0..3 {
+                for n in 1..RECORDS_PER_YIELD {
+                    pace();
+                    assert_eq!(since(), n, "round {round}");
+                }
+                pace();
+                assert_eq!(since(), 0, "round {round}: the yield resets the count");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn copy_statement() -> String {
 pub(crate) fn encode(records: &[AccessRecord], out: &mut Vec<u8>) -> (i64, i64) {
     let mut range = (i64::MAX, i64::MIN);
     for record in records {
+        tollgate_telemetry::access_log::pace();
         let ts = encode_one(record, out);
         range = (range.0.min(ts), range.1.max(ts));
     }
