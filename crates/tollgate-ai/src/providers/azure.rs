@@ -8,7 +8,7 @@
 use http::{HeaderMap, Method};
 
 use super::openai::{
-    chat_request_body, embeddings_request_body, parse_chat_response, parse_embeddings_response,
+    chat_request_json, embeddings_request_body, parse_chat_response, parse_embeddings_response,
     parse_error, Dialect, OpenAiStreamDecoder,
 };
 use super::{
@@ -74,7 +74,7 @@ impl Provider for AzureOpenAi {
         model: &str,
         key: Option<&str>,
     ) -> Result<UpstreamRequest, FormatError> {
-        let body = json_body(chat_request_body(request, model, Dialect::Azure));
+        let body = chat_request_json(request, model, Dialect::Azure);
         self.request(model, "chat/completions", key, body)
     }
 

@@ -20,6 +20,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod openai;
+mod openai_body;
 mod openai_wire;
 
 /// The provider kinds a configuration may name.

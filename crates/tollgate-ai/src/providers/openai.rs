@@ -5,9 +5,12 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, Method};
-use serde_json::{json, Map, Value};
+use bytes::Bytes;
 
+use http::{HeaderMap, Method};
+use serde_json::{Map, Value};
+
+use super::openai_body::ChatBody;
 use super::openai_wire;
 use super::{
     bad_response, json_body, json_content_type, parse_json, provider_error, secret_header,
@@ -17,7 +20,7 @@ use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
     FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
-use crate::formats::openai::{chat_body, embeddings_body};
+use crate::formats::openai::embeddings_body;
 use crate::sse::SseParser;
 
 /// Where OpenAI-style servers disagree on the wire.
@@ -60,7 +63,7 @@ impl Provider for OpenAi {
         model: &str,
         key: Option<&str>,
     ) -> Result<UpstreamRequest, FormatError> {
-        let body = chat_request_body(request, model, self.dialect);
+        let body = chat_request_json(request, model, self.dialect);
         let mut headers = vec![json_content_type()];
         if let Some(key) = key {
             headers.push(secret_header("authorization", &format!("Bearer {key}"))?);
@@ -69,7 +72,7 @@ impl Provider for OpenAi {
             method: Method::POST,
             url: format!("{}/chat/completions", self.base_url),
             headers,
-            body: json_body(body),
+            body,
         })
     }
 
@@ -108,13 +111,25 @@ impl Provider for OpenAi {
     }
 }
 
-/// The chat body for `dialect`, naming `model`.
+/// The chat body for `dialect`, naming `model`, as JSON.
+pub(crate) fn chat_request_json(request: &ChatRequest, model: &str, dialect: Dialect) -> Bytes {
+    let body = ChatBody {
+        request,
+        model,
+        dialect,
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("a chat body serialises"))
+}
+
+/// The chat body for `dialect`, naming `model`, built as a `Value` tree:
+/// the reference that [`chat_request_json`] is tested against.
+#[cfg(test)]
 pub(crate) fn chat_request_body(
     request: &ChatRequest,
     model: &str,
     dialect: Dialect,
 ) -> Map<String, Value> {
-    let mut body = chat_body(request);
+    let mut body = crate::formats::openai::chat_body(request);
     body.insert("model".into(), model.into());
     match dialect {
         Dialect::OpenAi => {
@@ -136,13 +151,17 @@ pub(crate) fn chat_request_body(
         }
     }
     if request.stream && dialect != Dialect::Mistral {
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
     }
     body
 }
 
 /// Mistral refuses tool call ids other than nine letters and digits; others
 /// are replaced by a digest, the same for a call and its answer.
+#[cfg(test)]
 fn rewrite_ids_for_mistral(message: &mut Value) {
     if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
         for call in calls {
@@ -156,7 +175,7 @@ fn rewrite_ids_for_mistral(message: &mut Value) {
     }
 }
 
-fn mistral_call_id(id: &str) -> String {
+pub(super) fn mistral_call_id(id: &str) -> String {
     if id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return id.to_owned();
     }
@@ -592,6 +611,8 @@ impl StreamDecoder for OpenAiStreamDecoder {
 mod tests {
     use http::HeaderValue;
 
+    use serde_json::json;
+
     use super::*;
     use crate::canonical::Role;
     use crate::formats::anthropic::tests::CLIENT_MESSAGES;
@@ -601,6 +622,91 @@ mod tests {
 
     fn body_of(request: &UpstreamRequest) -> Value {
         serde_json::from_slice(&request.body).unwrap()
+    }
+
+    /// The bodies a provider call sends are the `Value`-tree bodies the
+    /// adapters built before, field for field, in every dialect.
+    #[test]
+    fn the_borrowing_chat_body_writes_what_the_value_tree_did() {
+        use crate::canonical::{Image, Part, ToolChoice};
+        let full = client_chat_expected();
+        let mut minimal = Message::text(Role::User, "hi");
+        minimal.name = Some("ana".into());
+        let mut requests = vec![
+            full.clone(),
+            crate::formats::anthropic::parse_messages(CLIENT_MESSAGES.as_bytes()).unwrap(),
+            ChatRequest {
+                messages: vec![minimal],
+                stream: false,
+                tools: Vec::new(),
+                tool_choice: Some(ToolChoice::Tool("get_weather".into())),
+                seed: None,
+                user: None,
+                max_tokens: None,
+                ..full.clone()
+            },
+        ];
+        // An assistant turn with text and calls, one with empty text and
+        // calls, images with and without detail, an empty content, other
+        // tool choices, and a client field the body also writes itself.
+        let mut odd = full.clone();
+        odd.messages.push(Message::assistant(
+            "let me look".into(),
+            vec![ToolCall {
+                id: "abcdefghi".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
+        ));
+        odd.messages.push(Message::assistant(
+            String::new(),
+            vec![ToolCall {
+                id: "call_\u{e9}\"quoted\"".into(),
+                name: "g".into(),
+                arguments: "{\"a\":[1,2]}".into(),
+            }],
+        ));
+        odd.messages.push(Message {
+            role: Role::User,
+            content: vec![Part::Image(Image {
+                url: "https://x/y.png".into(),
+                detail: None,
+            })],
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        });
+        odd.messages.push(Message {
+            role: Role::System,
+            content: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        });
+        odd.extra.insert("random_seed".into(), json!(7));
+        odd.extra.insert("max_completion_tokens".into(), json!(9));
+        odd.temperature = Some(f64::NAN);
+        for choice in [ToolChoice::None, ToolChoice::Required] {
+            requests.push(ChatRequest {
+                tool_choice: Some(choice),
+                ..odd.clone()
+            });
+        }
+        requests.push(odd);
+        for (i, request) in requests.iter().enumerate() {
+            for dialect in [
+                Dialect::OpenAi,
+                Dialect::Azure,
+                Dialect::Compatible,
+                Dialect::Mistral,
+            ] {
+                let written: Value =
+                    serde_json::from_slice(&chat_request_json(request, "the-model", dialect))
+                        .unwrap();
+                let reference = Value::Object(chat_request_body(request, "the-model", dialect));
+                assert_eq!(written, reference, "request {i}, {dialect:?}");
+            }
+        }
     }
 
     fn header_of<'a>(request: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
