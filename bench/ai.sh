@@ -25,6 +25,12 @@ for _ in $(seq 50); do
 done
 kill -0 $PID 2>/dev/null || { cat /tmp/tollgate-bench-ai/stderr.log >&2; exit 1; }
 
+# Access records dropped because the writer fell behind (the metric).
+dropped() {
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^tollgate_access_log_dropped_total/ { n = $2 } END { print n + 0 }'
+}
+
 "$SHARED/ai_bench.sh" tollgate=http://127.0.0.1:18102/v1/chat/completions "$@"
-echo "access records written: $(wc -l < /tmp/tollgate-bench-ai/access.log)"
+echo "access records written: $(wc -l < /tmp/tollgate-bench-ai/access.log)," \
+  "dropped: $(dropped 18104) (a figure measured while records were dropped is not comparable)"
 tail -n 1 /tmp/tollgate-bench-ai/access.log

@@ -39,23 +39,34 @@ const GATHER_TICK: Duration = Duration::from_millis(5);
 /// the core: 32 records are about 80 µs of SQLite work.
 pub const RECORDS_PER_YIELD: u32 = 32;
 
+/// The writer yields only while fewer records than this wait in the
+/// channel. A yield can keep the writer off the core for a whole scheduler
+/// tick, so a writer yielding whatever its backlog fell behind a saturated
+/// proxy and dropped most records; past this backlog it writes without
+/// yielding until it has caught up. Far below any sane channel size.
+pub const YIELD_BACKLOG: usize = 1024;
+
 thread_local! {
     static SINCE_YIELD: Cell<u32> = const { Cell::new(0) };
+    /// Whether [`pace`] may yield: set by the writer for each batch, false
+    /// on every other thread.
+    static MAY_YIELD: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called by a sink once per record it writes. Every [`RECORDS_PER_YIELD`]
-/// records the writer thread yields its core to any runnable thread.
+/// Called by a sink once per record it writes. On the writer thread, while
+/// its backlog is short, every [`RECORDS_PER_YIELD`] records it yields its
+/// core to any runnable thread.
 ///
 /// Why: the writer shares a core with the proxy, and the kernel (no
-/// preemption, 250 Hz ticks) lets a running thread keep the core until it
-/// blocks or a tick comes. A batch of 500 records written in one go held
-/// the proxy's requests back for over a millisecond, every batch: measured
-/// at -c64, p99 5.4 ms with whole batches against 2.5 ms yielding every 32
-/// to 64 records, for 5–8 % more throughput. Yielding inside the sink keeps
-/// the batch one transaction (a transaction per 64 records costs ~45 % more
-/// CPU per record in SQLite). When nothing else wants the core, a yield
-/// returns at once.
+/// preemption, 250 Hz ticks here) may let it keep the core through a whole
+/// batch. A request that arrives meanwhile waits for the batch. Yielding
+/// inside the sink keeps the batch one transaction (a transaction per 64
+/// records costs ~45 % more CPU per record in SQLite); when nothing else
+/// wants the core, a yield returns at once.
 pub fn pace() {
+    if !MAY_YIELD.get() {
+        return;
+    }
     SINCE_YIELD.with(|since| {
         let n = since.get() + 1;
         if n >= RECORDS_PER_YIELD {
@@ -199,14 +210,16 @@ struct Writer {
     counters: Arc<Counters>,
 }
 
-/// How much nicer than the process the writer thread runs. On a core it shares with the proxy, a
-/// batch written at the proxy's own priority delays whichever request wakes
-/// during it; at one connection on one core that was most of the p99
-/// (0.83–1.15 ms at nice 0, 0.54–0.69 ms at nice 10, AI bench path). At
-/// nice 10 the writer still gets about a tenth of a saturated core, and its
-/// batches grow when it falls behind: at full load no record was dropped.
+/// How much nicer than the process the writer thread runs. On a core it
+/// shares with the proxy, a batch written at the proxy's own priority delays
+/// whichever request wakes during it: at one connection that was most of the
+/// p99 (AI bench path: 0.60–1.28 ms at nice 0; 0.50–0.59 ms at nice 5 and
+/// 0.47–0.55 ms at nice 10, both with [`pace`]). Not nicer than 5: at nice
+/// 10 the writer gets too small a share of a saturated core to keep up with
+/// the proxy, and records were dropped (measured at -c64: 10 % of them on
+/// the plain proxy, 28 % on the AI path; none at nice 5 or 0).
 #[cfg(target_os = "linux")]
-const WRITER_NICENESS: i32 = 10;
+pub const WRITER_NICENESS: i32 = 5;
 
 /// Lowers the calling thread's priority by [`WRITER_NICENESS`] (on Linux,
 /// nice values belong to threads). Failing to is harmless and only logged.
@@ -255,6 +268,7 @@ impl Writer {
                 std::thread::sleep(GATHER_TICK);
             }
             if !batch.is_empty() {
+                MAY_YIELD.set(self.rx.len() < YIELD_BACKLOG);
                 for slot in &mut self.sinks {
                     slot.write(&batch, &self.counters);
                 }
@@ -419,6 +433,12 @@ mod tests {
         // Runs on a thread of its own, so the count starts at zero.
         std::thread::spawn(|| {
             let since = || SINCE_YIELD.with(Cell::get);
+            // Off the writer thread (and on it, behind a long backlog) it never counts.
+            for _ in 0..2 * RECORDS_PER_YIELD {
+                pace();
+            }
+            assert_eq!(since(), 0);
+            MAY_YIELD.set(true);
             for round in 0..3 {
                 for n in 1..RECORDS_PER_YIELD {
                     pace();

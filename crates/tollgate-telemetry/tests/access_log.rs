@@ -280,8 +280,8 @@ async fn clones_share_the_thread_and_counters() {
     assert_eq!(sink.request_ids().len(), 50);
 }
 
-/// The writer thread runs at a lower priority than the proxy (10 nicer, at
-/// most 19), so a batch being written does not delay the requests that wake
+/// The writer thread runs at a lower priority than the proxy
+/// (`WRITER_NICENESS` nicer, at most 19), so a batch being written does not delay the requests that wake
 /// meanwhile.
 #[cfg(target_os = "linux")]
 #[test]
@@ -310,7 +310,7 @@ fn the_writer_thread_yields_to_the_proxy() {
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         after.split(' ').nth(16).unwrap().parse().unwrap()
     };
-    let expected = (own + 10).min(19);
+    let expected = (own + tollgate_telemetry::access_log::WRITER_NICENESS).min(19);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let nice = nice_values();
