@@ -4,3 +4,4 @@
 
 pub mod anthropic;
 pub mod openai;
+mod openai_plain;

@@ -42,6 +42,16 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, FormatError> {
 /// A client's chat completions body, and its `stream_options` (which are
 /// not kept in [`ChatRequest::extra`]).
 pub fn parse_chat_with_options(body: &[u8]) -> Result<(ChatRequest, StreamOptions), FormatError> {
+    // The common shape, without a `Value` tree; it never decides an error.
+    if let Some(parsed) = super::openai_plain::parse(body) {
+        return Ok(parsed);
+    }
+    parse_chat_general(body)
+}
+
+/// Reads any chat body through a `Value` tree, naming the field at fault
+/// in an error.
+fn parse_chat_general(body: &[u8]) -> Result<(ChatRequest, StreamOptions), FormatError> {
     let root = parse_object(body)?;
     let mut request = ChatRequest {
         model: String::new(),
@@ -1052,6 +1062,11 @@ pub(super) fn required_str<'a>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The general reader alone, for comparing the plain one against it.
+    pub(crate) fn parse_general(body: &[u8]) -> Result<(ChatRequest, StreamOptions), FormatError> {
+        parse_chat_general(body)
+    }
 
     /// A client's streamed request: a system prompt, an image, a tool call
     /// and its answer, tools, and fields the canonical model does not know.
