@@ -252,14 +252,23 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
         headers.remove(&TRACEPARENT);
         headers.remove(HeaderName::from_static("tracestate"));
     }
-    let value = format!(
-        "00-{:032x}-{:016x}-01",
-        fastrand::u128(1..),
-        fastrand::u64(1..)
-    );
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(TRACEPARENT.clone(), value);
+    headers.insert(TRACEPARENT.clone(), new_traceparent());
+}
+
+/// `00-<trace id>-<parent id>-01` with random non-zero ids, written into a
+/// stack buffer (one per request without a trace: `format!` cost more).
+fn new_traceparent() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let trace = fastrand::u128(1..);
+    for (i, digit) in text[3..35].iter_mut().enumerate() {
+        *digit = HEX[((trace >> ((31 - i) * 4)) & 0xf) as usize];
     }
+    let parent = fastrand::u64(1..);
+    for (i, digit) in text[36..52].iter_mut().enumerate() {
+        *digit = HEX[((parent >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits and dashes make a header value")
 }
 
 fn valid_traceparent(value: &[u8]) -> bool {
@@ -347,6 +356,27 @@ mod tests {
         };
         set_forwarded_headers(&mut h, &info);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.1");
+    }
+
+    #[test]
+    fn new_traceparents_are_valid_and_random() {
+        let first = new_traceparent();
+        let second = new_traceparent();
+        for value in [&first, &second] {
+            assert!(valid_traceparent(value.as_bytes()), "{value:?}");
+            assert_eq!(value.len(), 55);
+        }
+        assert_ne!(first.as_bytes()[3..52], second.as_bytes()[3..52]);
+        // Every digit position takes more than one value: the ids fill the
+        // whole field, not only its low digits.
+        let values: Vec<HeaderValue> = (0..64).map(|_| new_traceparent()).collect();
+        for position in (3..35).chain(36..52) {
+            let first = values[0].as_bytes()[position];
+            assert!(
+                values.iter().any(|v| v.as_bytes()[position] != first),
+                "position {position} never changes"
+            );
+        }
     }
 
     #[test]

@@ -90,8 +90,14 @@ impl TargetState {
     }
 
     /// Healthy and not ejected.
-    pub fn available(&self, now: u64) -> bool {
-        self.is_healthy() && self.ejected_until_ms.load(Ordering::Relaxed) <= now
+    /// Healthy and not ejected. The clock is read only for a target that
+    /// has been ejected once: every pick asks, and most never were.
+    pub fn available(&self) -> bool {
+        if !self.is_healthy() {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
     }
 
     /// A connect failure or timeout: after `passive.failures` in a row the
@@ -226,8 +232,7 @@ impl Balancer {
         input: &PickInput<'_>,
         tried: u64,
     ) -> Option<usize> {
-        let now = now_ms();
-        let usable = |i: usize| tried & (1u64 << (i % 64)) == 0 && targets[i].available(now);
+        let usable = |i: usize| tried & (1u64 << (i % 64)) == 0 && targets[i].available();
         match self {
             Balancer::RoundRobin { schedule, cursor } => {
                 let start = cursor.fetch_add(1, Ordering::Relaxed);
@@ -413,8 +418,8 @@ mod tests {
             cooldown: tollgate_config::Duration::from_secs(60),
         };
         t[0].record_failure(&passive);
-        assert!(t[0].available(now_ms()));
+        assert!(t[0].available());
         t[0].record_failure(&passive);
-        assert!(!t[0].available(now_ms()));
+        assert!(!t[0].available());
     }
 }
