@@ -89,7 +89,6 @@ impl TargetState {
         .set(if healthy { 1.0 } else { 0.0 });
     }
 
-    /// Healthy and not ejected.
     /// Healthy and not ejected. The clock is read only for a target that
     /// has been ejected once: every pick asks, and most never were.
     pub fn available(&self) -> bool {

@@ -216,8 +216,8 @@ struct Writer {
 /// p99 (AI bench path: 0.60–1.28 ms at nice 0; 0.50–0.59 ms at nice 5 and
 /// 0.47–0.55 ms at nice 10, both with [`pace`]). Not nicer than 5: at nice
 /// 10 the writer gets too small a share of a saturated core to keep up with
-/// the proxy, and records were dropped (measured at -c64: 10 % of them on
-/// the plain proxy, 28 % on the AI path; none at nice 5 or 0).
+/// the proxy, and records were dropped (measured at -c64: 12 % of them on
+/// the plain proxy, 3.5 % on the AI path; none at nice 5 or 0).
 #[cfg(target_os = "linux")]
 pub const WRITER_NICENESS: i32 = 5;
 
