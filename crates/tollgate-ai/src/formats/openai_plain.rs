@@ -3,8 +3,8 @@
 //! Nearly every request is text messages and a few sampling fields. The
 //! general reader ([`super::openai::parse_chat_with_options`]) builds a
 //! `serde_json::Value` tree first, so that it can name the field at fault in
-//! any error; for the common shape that tree and its copies cost more than
-//! the rest of reading the request. This reader covers that shape only and
+//! any error, and a map and a string per field (reading the request was ~5 %
+//! of the AI path's CPU in `perf`). This reader covers that shape only and
 //! never decides an error: anything else (parts, images, tools, tool turns,
 //! unknown fields, a repeated key, a wrong type, a missing model) makes it
 //! give up, and the general reader reads the body as before. A test holds

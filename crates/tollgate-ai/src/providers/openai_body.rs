@@ -3,10 +3,10 @@
 //!
 //! Every call renders one, so it borrows: no `serde_json::Value` tree is
 //! built and no message text is copied before it is written out (the tree
-//! built by [`crate::formats::openai::chat_body`] cloned every string, and
-//! cost more than the rest of the provider call's rendering together). It
-//! writes the same fields as that function, with the [`Dialect`]'s changes;
-//! a test holds the two to the same JSON.
+//! built by [`crate::formats::openai::chat_body`] cloned every string and
+//! allocated a map per message; building it was ~3.5 % of the AI path's
+//! CPU in `perf`). It writes the same fields as that function, with the
+//! [`Dialect`]'s changes; a test holds the two to the same JSON.
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
