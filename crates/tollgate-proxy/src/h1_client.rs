@@ -26,9 +26,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -38,8 +38,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tollgate_ai::providers::UpstreamRequest;
 
-/// Idle connections kept per provider address.
-const MAX_IDLE: usize = 256;
+use crate::pool::IdleStack;
+
 /// The largest answer head (status line and headers) read.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers an answer may carry.
@@ -60,7 +60,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub struct H1Pool {
     authority: String,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: IdleStack<TcpStream>,
 }
 
 /// Why an exchange failed: before the provider was reached, or after.
@@ -74,17 +74,13 @@ impl H1Pool {
     pub fn new(authority: String) -> H1Pool {
         H1Pool {
             authority,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleStack::default(),
         }
     }
 
     /// An idle connection the server has not closed, if any.
     fn take_idle(&self, idle_timeout: Duration) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() >= idle_timeout {
-                continue;
-            }
+        while let Some(stream) = self.idle.pop_fresh(idle_timeout) {
             // Idle means silent: end of stream or stray bytes rule it out.
             // The readiness tokio has seen answers this without a syscall.
             match stream.try_read(&mut [0u8; 1]) {
@@ -93,13 +89,6 @@ impl H1Pool {
             }
         }
         None
-    }
-
-    fn checkin(&self, stream: TcpStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((stream, Instant::now()));
-        }
     }
 
     async fn connect(&self, timeout: Duration) -> Result<TcpStream, SendError> {
@@ -473,7 +462,7 @@ impl LeanBody {
     fn release(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.reusable && self.buf.is_empty() {
-                self.pool.checkin(stream);
+                self.pool.idle.push(stream);
             }
         }
     }
@@ -694,10 +683,13 @@ mod tests {
             "one kept-alive connection"
         );
         // Issue 5: TCP_NODELAY on every socket, so no event waits for Nagle.
-        let idle = pool.idle.lock().unwrap();
-        assert_eq!(idle.len(), 1);
+        let idle = pool
+            .idle
+            .pop_fresh(Duration::MAX)
+            .expect("one idle connection");
+        assert!(pool.idle.pop_fresh(Duration::MAX).is_none(), "only one");
         assert!(
-            idle[0].0.nodelay().unwrap(),
+            idle.nodelay().unwrap(),
             "TCP_NODELAY on the provider socket"
         );
     }

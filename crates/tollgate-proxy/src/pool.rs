@@ -25,15 +25,48 @@ pub type Sender = http1::SendRequest<RequestBody>;
 /// Idle connections kept per target, beyond which finished ones are closed.
 const MAX_IDLE: usize = 256;
 
-#[derive(Debug, Default)]
-pub struct Http1Pool {
-    idle: Mutex<Vec<IdleConnection>>,
+/// A LIFO stack of idle keep-alive connections to one target, each with
+/// the time it went idle: the most recently used is reused first, and at
+/// most [`MAX_IDLE`] are kept. Shared by this pool and the AI providers'
+/// lean client ([`crate::h1_client`]).
+#[derive(Debug)]
+pub(crate) struct IdleStack<C> {
+    idle: Mutex<Vec<(C, Instant)>>,
 }
 
-#[derive(Debug)]
-struct IdleConnection {
-    sender: Sender,
-    since: Instant,
+impl<C> Default for IdleStack<C> {
+    fn default() -> Self {
+        IdleStack {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<C> IdleStack<C> {
+    /// The most recently returned connection idle for less than
+    /// `idle_timeout`; the older ones it finds on the way are dropped.
+    pub(crate) fn pop_fresh(&self, idle_timeout: Duration) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse, unless [`MAX_IDLE`] are kept already.
+    pub(crate) fn push(&self, conn: C) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Http1Pool {
+    idle: IdleStack<Sender>,
 }
 
 /// Why no connection could be had.
@@ -56,14 +89,14 @@ impl Http1Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<(Sender, bool), ConnectError> {
-        while let Some(mut idle) = self.pop() {
-            if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
+        while let Some(mut sender) = self.idle.pop_fresh(idle_timeout) {
+            if sender.is_closed() {
                 continue;
             }
             // The response body that freed it has ended, so the connection
             // becomes ready as soon as its task has run; an error means it closed.
-            if idle.sender.ready().await.is_ok() {
-                return Ok((idle.sender, true));
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
             }
         }
         Ok((connect(authority, connect_timeout).await?, false))
@@ -71,20 +104,9 @@ impl Http1Pool {
 
     /// Returns a connection whose exchange completed cleanly.
     pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
+        if !sender.is_closed() {
+            self.idle.push(sender);
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(IdleConnection {
-                sender,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    fn pop(&self) -> Option<IdleConnection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 }
 
