@@ -19,18 +19,23 @@ use tollgate_testkit::{eventually, futures_util, upstream, FakeKind, FakeLlm, Ga
 
 const APP_KEY: &str = "tg_redis_counters_app_key_0123456789abcdef";
 
-/// A node of the pair: `yaml` plus the shared Redis and the `app` consumer.
-async fn node(redis: &RedisServer, yaml: &str) -> Gateway {
-    let yaml = format!(
-        "storage: {{ redis: '{}' }}\n\
-         consumers:\n  - name: app\n    keys: [{{ value: env:APP_KEY }}]\n{yaml}",
-        redis.url()
-    );
+/// A gateway running `yaml` as written, with the `app` key in its environment.
+async fn start(yaml: &str) -> Gateway {
     common::gateway()
-        .config(&yaml)
+        .config(yaml)
         .env("APP_KEY", APP_KEY)
         .start()
         .await
+}
+
+/// A node of the pair: `yaml` plus the shared Redis and the `app` consumer.
+async fn node(redis: &RedisServer, yaml: &str) -> Gateway {
+    start(&format!(
+        "storage: {{ redis: '{}' }}\n\
+         consumers:\n  - name: app\n    keys: [{{ value: env:APP_KEY }}]\n{yaml}",
+        redis.url()
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -40,22 +45,12 @@ async fn a_rate_limit_admits_exactly_its_limit_across_two_nodes() {
         return;
     };
     let up = upstream::echo("orders");
-    let yaml = format!(
-        r#"
-services:
-  - name: orders
-    upstream: {{ targets: [{{ url: "{}" }}] }}
-apis:
-  - name: orders
-    service: orders
-    match: {{ paths: [/orders] }}
-    policies:
-      auth: {{ methods: [key] }}
-      rate_limit: [{{ limit: 30, window: 1m, by: consumer }}]
-"#,
-        up.url()
+    let yaml = common::limited_orders(
+        &format!("storage: {{ redis: '{}' }}", redis.url()),
+        &up.url(),
+        "{ limit: 30, window: 1m, by: consumer }",
     );
-    let nodes = [node(&redis, &yaml).await, node(&redis, &yaml).await];
+    let nodes = [start(&yaml).await, start(&yaml).await];
 
     // Separate clients, half on each node, released together.
     let start = Arc::new(tokio::sync::Barrier::new(REQUESTS));
@@ -277,14 +272,7 @@ async fn two_nodes_count_in_a_redis_cluster() {
         &up.url(),
         "{ limit: 20, window: 1m, by: consumer }, { limit: 500, window: 1m, by: api }",
     );
-    let start = |yaml: String| async move {
-        common::gateway()
-            .config(&yaml)
-            .env("APP_KEY", APP_KEY)
-            .start()
-            .await
-    };
-    let nodes = [start(yaml.clone()).await, start(yaml).await];
+    let nodes = [start(&yaml).await, start(&yaml).await];
     let calls = (0..60).map(|i| {
         let node = &nodes[i % 2];
         node.client()
