@@ -104,6 +104,40 @@ impl RecordSink for BlockingSink {
     }
 }
 
+#[test]
+fn a_batch_longer_than_a_write_chunk_reaches_the_file_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.jsonl");
+    let mut sink = FileSink::open(&path).unwrap();
+    // Records of ~1 KiB: a batch of 200 spans several write chunks.
+    let records: Vec<AccessRecord> = (0..200)
+        .map(|n| {
+            let mut r = record(n);
+            r.path = format!("/orders/{n}/{}", "x".repeat(900));
+            r
+        })
+        .collect();
+    let bytes: usize = records.iter().map(|r| r.path.len()).sum();
+    assert!(
+        bytes > 4 * FileSink::WRITE_CHUNK,
+        "the batch spans several chunks"
+    );
+    sink.write_batch(&records).unwrap();
+    sink.write_batch(&records[..3]).unwrap();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n'));
+    let ids: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..200).chain(0..3).map(|n| format!("req-{n}")).collect();
+    assert_eq!(ids, expected);
+}
+
 #[tokio::test]
 async fn records_reach_a_file_sink_as_json_lines() {
     let dir = tempfile::tempdir().unwrap();
