@@ -230,17 +230,7 @@ pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> String {
 
 /// 128 random bits as 32 lower-case hex digits.
 pub fn new_id() -> String {
-    let mut out = String::with_capacity(32);
-    push_hex(&mut out, fastrand::u128(..), 32);
-    out
-}
-
-/// Appends the low `digits` hex digits of `value`, zero-padded, lower case.
-fn push_hex(out: &mut String, value: u128, digits: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((value >> (i * 4)) & 0xf) as usize] as char);
-    }
+    hex::encode(fastrand::u128(..).to_be_bytes())
 }
 
 /// Keeps a valid W3C `traceparent`; starts a new trace when there is none or it is malformed.
@@ -258,16 +248,11 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
 /// `00-<trace id>-<parent id>-01` with random non-zero ids, written into a
 /// stack buffer (one per request without a trace: `format!` cost more).
 fn new_traceparent() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let trace = fastrand::u128(1..);
-    for (i, digit) in text[3..35].iter_mut().enumerate() {
-        *digit = HEX[((trace >> ((31 - i) * 4)) & 0xf) as usize];
-    }
-    let parent = fastrand::u64(1..);
-    for (i, digit) in text[36..52].iter_mut().enumerate() {
-        *digit = HEX[((parent >> ((15 - i) * 4)) & 0xf) as usize];
-    }
+    let trace = fastrand::u128(1..).to_be_bytes();
+    let parent = fastrand::u64(1..).to_be_bytes();
+    hex::encode_to_slice(trace, &mut text[3..35]).expect("32 digits for 16 bytes");
+    hex::encode_to_slice(parent, &mut text[36..52]).expect("16 digits for 8 bytes");
     HeaderValue::from_bytes(&text).expect("hex digits and dashes make a header value")
 }
 
