@@ -12,11 +12,7 @@ const ROOT: &str = "test-admin-token-0123456789abcdef";
 const PASSWORD: &str = "correct horse battery staple";
 
 async fn start(yaml: &str) -> Gateway {
-    common::gateway()
-        .config(yaml)
-        .env("TOLLGATE_ADMIN_TOKEN", ROOT)
-        .start()
-        .await
+    common::start_with_env(yaml, "TOLLGATE_ADMIN_TOKEN", ROOT).await
 }
 
 /// How a request authenticates.

@@ -11,11 +11,7 @@ use tollgate_testkit::{upstream, Gateway};
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 async fn start(yaml: &str) -> Gateway {
-    common::gateway()
-        .config(yaml)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .start()
-        .await
+    common::start_with_env(yaml, "TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN).await
 }
 
 struct Answer {

@@ -13,11 +13,7 @@ use tollgate_testkit::{upstream, Gateway};
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 async fn start(yaml: &str) -> Gateway {
-    common::gateway()
-        .config(yaml)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .start()
-        .await
+    common::start_with_env(yaml, "TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN).await
 }
 
 /// Runs the `tollgate` binary with `args` against `gw`'s admin API.

@@ -21,11 +21,7 @@ const APP_KEY: &str = "tg_redis_counters_app_key_0123456789abcdef";
 
 /// A gateway running `yaml` as written, with the `app` key in its environment.
 async fn start(yaml: &str) -> Gateway {
-    common::gateway()
-        .config(yaml)
-        .env("APP_KEY", APP_KEY)
-        .start()
-        .await
+    common::start_with_env(yaml, "APP_KEY", APP_KEY).await
 }
 
 /// A node of the pair: `yaml` plus the shared Redis and the `app` consumer.

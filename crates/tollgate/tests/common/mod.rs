@@ -7,6 +7,12 @@ pub fn gateway() -> GatewayBuilder {
     Gateway::builder(env!("CARGO_BIN_EXE_tollgate"))
 }
 
+/// A gateway running `yaml` as written, with one variable in its
+/// environment (the admin token, an app's key).
+pub async fn start_with_env(yaml: &str, name: &str, value: &str) -> Gateway {
+    gateway().config(yaml).env(name, value).start().await
+}
+
 /// A one-service, one-API configuration in front of `urls`.
 pub fn simple(urls: &[String], api_extra: &str, upstream_extra: &str) -> String {
     let targets: Vec<String> = urls.iter().map(|u| format!("{{ url: '{u}' }}")).collect();
