@@ -30,6 +30,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+/// The maps behind the counters, keyed by strings such as
+/// `rl|<scope>|<subject>`. Hashed with foldhash, seeded at random per
+/// process, instead of the standard SipHash: every limited request hashes
+/// its keys several times (measured: SipHash ~2,000 instructions per AI
+/// call), and foldhash is several times cheaper on short keys.
+pub(crate) type CounterMap<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 /// Why a counter store could not answer. Each limit then follows its
 /// `on_store_failure` ([`crate::counters_cluster`]): by default it counts in
 /// the node's memory, so that a store outage does not take every API down
@@ -460,17 +467,17 @@ struct QuotaEntry {
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
     /// Rate-limited key → TAT (Unix microseconds).
-    rates: DashMap<Box<str>, AtomicU64>,
+    rates: CounterMap<AtomicU64>,
     /// The latest time a hit was judged at. Judging each hit at no earlier
     /// time than the hits stored before it keeps concurrent callers, who read
     /// the clock before racing to the counter, from seeing the same
     /// `remaining` twice.
     clock: AtomicU64,
-    quotas: DashMap<Box<str>, QuotaEntry>,
+    quotas: CounterMap<QuotaEntry>,
     /// Budget key → the cost bounds held by AI calls in flight
     /// ([`CounterStore::hold_spend`]); never persisted: a restart ends
     /// every call.
-    holds: DashMap<Box<str>, AtomicU64>,
+    holds: CounterMap<AtomicU64>,
 }
 
 impl MemoryCounters {

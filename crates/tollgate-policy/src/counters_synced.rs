@@ -30,9 +30,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-
-use crate::counters::{CounterError, CounterStore, Rate, RateHit};
+use crate::counters::{CounterError, CounterMap, CounterStore, Rate, RateHit};
 
 /// How often the sync task looks for keys due.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -44,7 +42,7 @@ const IDLE: Duration = Duration::from_secs(2);
 /// The per-key views of one node.
 #[derive(Debug, Default)]
 pub struct SyncedRates {
-    entries: DashMap<Box<str>, Mutex<View>>,
+    entries: CounterMap<Mutex<View>>,
 }
 
 #[derive(Debug)]

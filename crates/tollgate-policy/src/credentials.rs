@@ -70,7 +70,8 @@ pub struct KeyBlock {
 #[derive(Default)]
 pub struct KeyIndex {
     /// By the digest's first 8 bytes; the full digest is compared in constant time.
-    buckets: HashMap<u64, Vec<KeyEntry>>,
+    /// Those bytes are already uniform: foldhash mixes them far cheaper than SipHash.
+    buckets: HashMap<u64, Vec<KeyEntry>, foldhash::fast::RandomState>,
 }
 
 impl KeyIndex {

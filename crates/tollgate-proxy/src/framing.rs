@@ -309,7 +309,7 @@ impl Framer {
                 State::RequestLine | State::Headers => {
                     let from = pos + searched;
                     searched = 0;
-                    let Some(lf) = bytes[from..].iter().position(|&b| b == b'\n') else {
+                    let Some(lf) = memchr::memchr(b'\n', &bytes[from..]) else {
                         let unfinished = bytes.len() - pos;
                         if unfinished > self.max_line {
                             // hyper refuses a head this large.
@@ -362,8 +362,8 @@ impl Framer {
         if line.is_empty() {
             return;
         }
-        let first = line.iter().position(|&b| b == b' ');
-        let last = line.iter().rposition(|&b| b == b' ');
+        let first = memchr::memchr(b' ', line);
+        let last = memchr::memrchr(b' ', line);
         let (Some(first), Some(last)) = (first, last) else {
             return self.stop();
         };
@@ -394,7 +394,7 @@ impl Framer {
         if first == b' ' || first == b'\t' {
             return self.stop();
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return self.stop();
         };
         let (name, value) = line.split_at_mut(colon);

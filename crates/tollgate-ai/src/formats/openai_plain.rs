@@ -73,7 +73,7 @@ enum PlainRole {
 /// `body` read as a plain chat request, or `None` when the general reader
 /// must read it.
 pub(super) fn parse(body: &[u8]) -> Option<(ChatRequest, StreamOptions)> {
-    let plain: PlainChat<'_> = serde_json::from_slice(body).ok()?;
+    let plain: PlainChat<'_> = crate::from_json_bytes(body)?;
     if plain.model.is_empty() || plain.messages.is_empty() {
         return None;
     }

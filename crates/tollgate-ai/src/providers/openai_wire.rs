@@ -198,5 +198,5 @@ impl WireUsage {
 /// The typed view of `body`, or `None` when it does not fit (the caller
 /// then reads it as a `Value`).
 pub(crate) fn completion(body: &[u8]) -> Option<Completion<'_>> {
-    serde_json::from_slice(body).ok()
+    crate::from_json_bytes(body)
 }
