@@ -118,7 +118,11 @@ pub(crate) fn chat_request_json(request: &ChatRequest, model: &str, dialect: Dia
         model,
         dialect,
     };
-    Bytes::from(serde_json::to_vec(&body).expect("a chat body serialises"))
+    // Room for a short conversation: starting at `to_vec`'s 128 grew it
+    // twice or more on every call.
+    let mut json = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut json, &body).expect("a chat body serialises");
+    Bytes::from(json)
 }
 
 /// The chat body for `dialect`, naming `model`, built as a `Value` tree:
