@@ -78,6 +78,11 @@ impl H1Pool {
         }
     }
 
+    /// The `host:port` it connects to.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     /// An idle connection the server has not closed, if any.
     fn take_idle(&self, idle_timeout: Duration) -> Option<TcpStream> {
         while let Some(stream) = self.idle.pop_fresh(idle_timeout) {

@@ -160,11 +160,15 @@ impl AccessRecord {
         field(out, b",\"outcome\":", self.outcome)?;
         field(out, b",\"reason\":", self.reason)?;
         if let Some(ai) = &self.ai {
-            // Rare and varied: the derived form, its braces dropped.
-            let fields = serde_json::to_vec(ai)?;
-            if fields.len() > 2 {
-                out.push(b',');
-                out.extend_from_slice(&fields[1..fields.len() - 1]);
+            // Varied: the derived form, written in place, its opening brace
+            // turned into a comma and its closing one dropped.
+            let start = out.len();
+            serde_json::to_writer(&mut *out, ai)?;
+            if out.len() - start > 2 {
+                out[start] = b',';
+                out.pop();
+            } else {
+                out.truncate(start);
             }
         }
         out.push(b'}');

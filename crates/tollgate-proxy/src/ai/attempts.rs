@@ -357,13 +357,24 @@ async fn send(
     provider: &ProviderRuntime,
     upstream: UpstreamRequest,
 ) -> Result<hyper::Response<UpstreamBody>, Outcome> {
-    let uri: http::Uri = upstream
-        .url
-        .parse()
-        .map_err(|_| Outcome::Connect("the provider's URL is not valid".into()))?;
-    if let (Some(pool), Some(path)) = (&provider.plain, uri.path_and_query()) {
+    // A plain provider's URL is read without a URI parse when it can be.
+    let plain_path = provider
+        .plain
+        .as_ref()
+        .and_then(|pool| origin_path(&upstream.url, pool.authority()));
+    let uri: Option<http::Uri> = match plain_path {
+        Some(_) => None,
+        None => Some(
+            upstream
+                .url
+                .parse()
+                .map_err(|_| Outcome::Connect("the provider's URL is not valid".into()))?,
+        ),
+    };
+    let path = plain_path.or_else(|| uri.as_ref()?.path_and_query().map(|p| p.as_str()));
+    if let (Some(pool), Some(path)) = (&provider.plain, path) {
         return pool
-            .send_call(&upstream, path.as_str(), PROVIDER_TIMEOUTS)
+            .send_call(&upstream, path, PROVIDER_TIMEOUTS)
             .await
             .map_err(|error| match error {
                 SendError::Connect(message) => Outcome::Connect(message),
@@ -372,7 +383,7 @@ async fn send(
     }
     let mut request = Request::new(RequestBody::full(upstream.body));
     *request.method_mut() = upstream.method;
-    *request.uri_mut() = uri;
+    *request.uri_mut() = uri.expect("parsed: only a plain provider's URL is not");
     let headers = request.headers_mut();
     for (name, value) in upstream.headers {
         headers.insert(name, value);
@@ -382,6 +393,17 @@ async fn send(
         Err(error) if error.is_connect() => Err(Outcome::Connect(error.to_string())),
         Err(error) => Err(Outcome::Provider(broken(error.to_string()))),
     }
+}
+
+/// The path and query of `url` when it is `http://{authority}` followed by
+/// a path of visible ASCII characters (no fragment): what a request line
+/// may carry as it is. A plain provider's URLs are its base URL and a path,
+/// so this reads the path off them without parsing a URI on every call
+/// (measured: ~900 instructions); any other URL is parsed.
+fn origin_path<'a>(url: &'a str, authority: &str) -> Option<&'a str> {
+    let path = url.strip_prefix("http://")?.strip_prefix(authority)?;
+    (path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic() && b != b'#'))
+        .then_some(path)
 }
 
 pub(crate) async fn read_bounded(body: UpstreamBody, limit: usize) -> Result<Bytes, String> {
@@ -441,4 +463,37 @@ fn key_order(provider: &ProviderRuntime) -> Vec<&Arc<KeyState>> {
         .chain(&usable[..start])
         .copied()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_path;
+
+    #[test]
+    fn origin_path_reads_only_plain_urls_of_the_pool() {
+        let pool = "127.0.0.1:11434";
+        let path = |url| origin_path(url, pool);
+        assert_eq!(
+            path("http://127.0.0.1:11434/v1/chat/completions"),
+            Some("/v1/chat/completions")
+        );
+        assert_eq!(
+            path("http://127.0.0.1:11434/openai/deployments/d/chat/completions?api-version=2024-10-21"),
+            Some("/openai/deployments/d/chat/completions?api-version=2024-10-21")
+        );
+        // Anything else is left to the URI parser.
+        for other in [
+            "https://127.0.0.1:11434/v1/chat/completions",
+            "http://127.0.0.1:1143/v1",
+            "http://127.0.0.1:114345/v1",
+            "http://127.0.0.1:11434",
+            "http://127.0.0.1:11434?q",
+            "http://127.0.0.1:11434/v1/models/a b",
+            "http://127.0.0.1:11434/v1/x\r\nHost: evil",
+            "http://127.0.0.1:11434/v1#fragment",
+            "http://127.0.0.1:11434/v1/caf\u{e9}",
+        ] {
+            assert_eq!(path(other), None, "{other}");
+        }
+    }
 }
