@@ -113,11 +113,12 @@ pub(crate) async fn run(model: &ModelRuntime, call: &dyn Call) -> Result<Success
             });
             continue;
         }
-        let key_slots: Vec<Option<&Arc<KeyState>>> = if keys.is_empty() {
-            vec![None]
-        } else {
-            keys.into_iter().map(Some).collect()
-        };
+        // Each usable key in turn, or once without a key for a provider that has none.
+        let key_slots = keys
+            .iter()
+            .copied()
+            .map(Some)
+            .chain(keys.is_empty().then_some(None));
         for key in key_slots {
             if !fallback && used >= model.attempts {
                 break;
@@ -424,6 +425,9 @@ pub(crate) async fn read_bounded(body: UpstreamBody, limit: usize) -> Result<Byt
 /// The targets in a weighted random order: each next one chosen by weight
 /// among those left (weight 0 only after the others).
 fn weighted_order(targets: &[AiTargetRuntime]) -> Vec<AiTargetRuntime> {
+    if let [only] = targets {
+        return vec![only.clone()];
+    }
     let mut left: Vec<&AiTargetRuntime> = targets.iter().collect();
     let mut order = Vec::with_capacity(targets.len());
     while !left.is_empty() {
@@ -458,6 +462,9 @@ fn key_order(provider: &ProviderRuntime) -> Vec<&Arc<KeyState>> {
         return usable;
     }
     let start = fastrand::usize(0..usable.len());
+    if start == 0 {
+        return usable;
+    }
     usable[start..]
         .iter()
         .chain(&usable[..start])
