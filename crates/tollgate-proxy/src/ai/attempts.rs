@@ -89,7 +89,7 @@ pub(crate) async fn run(model: &ModelRuntime, call: &dyn Call) -> Result<Success
     let mut attempts = Vec::new();
     let mut last_failure: Option<Failure> = None;
     let mut used = 0u32;
-    let mut targets = weighted_order(&model.targets);
+    let mut targets = weighted_order(&model.targets, |target| target.weight);
     targets.extend(model.fallbacks.iter().cloned());
     let primary = model.targets.len();
     for (position, target) in targets.iter().enumerate() {
@@ -422,33 +422,32 @@ pub(crate) async fn read_bounded(body: UpstreamBody, limit: usize) -> Result<Byt
     Ok(out.freeze())
 }
 
-/// The targets in a weighted random order: each next one chosen by weight
-/// among those left (weight 0 only after the others).
-fn weighted_order(targets: &[AiTargetRuntime]) -> Vec<AiTargetRuntime> {
-    if let [only] = targets {
-        return vec![only.clone()];
-    }
-    let mut left: Vec<&AiTargetRuntime> = targets.iter().collect();
-    let mut order = Vec::with_capacity(targets.len());
-    while !left.is_empty() {
-        let total: u64 = left.iter().map(|t| u64::from(t.weight)).sum();
-        let index = if total == 0 {
-            0
-        } else {
-            let mut pick = fastrand::u64(0..total);
-            left.iter()
-                .position(|t| {
-                    let w = u64::from(t.weight);
-                    if pick < w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0)
-        };
-        order.push(left.remove(index).clone());
+/// `items` in a weighted random order: each next one chosen by `weight`
+/// among those left; those of weight 0 come after the others, in their
+/// order. One allocation, whatever the number of items.
+fn weighted_order<T: Clone>(items: &[T], weight: impl Fn(&T) -> u32) -> Vec<T> {
+    let mut order = items.to_vec();
+    for start in 0..order.len() {
+        let left = &order[start..];
+        let total: u64 = left.iter().map(|item| u64::from(weight(item))).sum();
+        if total == 0 {
+            break;
+        }
+        let mut pick = fastrand::u64(0..total);
+        let chosen = left
+            .iter()
+            .position(|item| {
+                let w = u64::from(weight(item));
+                if pick < w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        // The chosen one to the front of those left, the others in their order.
+        order[start..=start + chosen].rotate_right(1);
     }
     order
 }
@@ -457,24 +456,42 @@ fn weighted_order(targets: &[AiTargetRuntime]) -> Vec<AiTargetRuntime> {
 /// the keys, and each call can fail over to all of them.
 fn key_order(provider: &ProviderRuntime) -> Vec<&Arc<KeyState>> {
     let now = now_ms();
-    let usable: Vec<&Arc<KeyState>> = provider.keys.iter().filter(|k| k.usable(now)).collect();
-    if usable.is_empty() {
-        return usable;
+    let mut usable: Vec<&Arc<KeyState>> = provider.keys.iter().filter(|k| k.usable(now)).collect();
+    if !usable.is_empty() {
+        let start = fastrand::usize(0..usable.len());
+        usable.rotate_left(start);
     }
-    let start = fastrand::usize(0..usable.len());
-    if start == 0 {
-        return usable;
-    }
-    usable[start..]
-        .iter()
-        .chain(&usable[..start])
-        .copied()
-        .collect()
+    usable
 }
 
 #[cfg(test)]
 mod tests {
-    use super::origin_path;
+    use super::{origin_path, weighted_order};
+
+    #[test]
+    fn weighted_order_follows_the_weights_and_puts_weight_zero_last() {
+        let weight = |item: &(char, u32)| item.1;
+        let items = [('a', 3), ('z', 0), ('b', 1), ('y', 0)];
+        let mut first_a = 0;
+        for _ in 0..4000 {
+            let order = weighted_order(&items, weight);
+            let names: String = order.iter().map(|item| item.0).collect();
+            assert!(names == "abzy" || names == "bazy", "{names}");
+            first_a += usize::from(names.starts_with('a'));
+        }
+        // 3 to 1: a comes first 3 times in 4 (the bounds are ~7 standard deviations away).
+        assert!(
+            (2800..3200).contains(&first_a),
+            "a first {first_a} times in 4000"
+        );
+
+        assert_eq!(
+            weighted_order(&[('x', 0), ('y', 0)], weight),
+            [('x', 0), ('y', 0)]
+        );
+        assert_eq!(weighted_order(&[('x', 5)], weight), [('x', 5)]);
+        assert!(weighted_order(&[] as &[(char, u32)], weight).is_empty());
+    }
 
     #[test]
     fn origin_path_reads_only_plain_urls_of_the_pool() {
