@@ -30,10 +30,12 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
-/// Bits of [`HOP_BY_HOP`] entries.
+/// Bits of [`HOP_BY_HOP`]'s first two entries.
 const CONNECTION_BIT: u16 = 1 << 0;
 const UPGRADE_BIT: u16 = 1 << 1;
-const TE_INDEX: usize = 4;
+
+/// The options of a `Connection` header that name no other header.
+const CONNECTION_OPTIONS: [&str; 3] = ["keep-alive", "close", "upgrade"];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names. With `keep_upgrade`, `Connection: upgrade` and
@@ -64,7 +66,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             continue;
         }
         // `TE: trailers` is meaningful end to end for gRPC; any other TE is hop-by-hop.
-        if index == TE_INDEX
+        if *name == header::TE
             && headers
                 .get(header::TE)
                 .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
@@ -101,22 +103,20 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     let Some(Ok(list)) = headers.get(header::CONNECTION).map(|c| c.to_str()) else {
         return;
     };
-    // What nearly every message says, naming no header.
-    if ["keep-alive", "close", "upgrade"]
-        .iter()
-        .any(|option| list.eq_ignore_ascii_case(option))
-    {
+    let is_option = |token: &str| {
+        CONNECTION_OPTIONS
+            .iter()
+            .any(|option| token.eq_ignore_ascii_case(option))
+    };
+    // What nearly every message says: one option, naming no header.
+    if is_option(list) {
         return;
     }
     let named: Vec<HeaderName> = list
         .split(',')
         .map(str::trim)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("upgrade")
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|token| !is_option(token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         if name != X_REQUEST_ID {
@@ -351,7 +351,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_options_name_no_header_and_the_request_id_is_never_named() {
+        for value in [
+            "Keep-Alive",
+            "close",
+            "UPGRADE",
+            "close, x-request-id, keep-alive",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, value.parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert(&X_REQUEST_ID, "abc".parse().unwrap());
+            h.insert(
+                "close",
+                "an end-to-end header that happens to be called so"
+                    .parse()
+                    .unwrap(),
+            );
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 2, "{value}: {h:?}");
+            assert!(
+                h.contains_key(&X_REQUEST_ID) && h.contains_key("close"),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
     fn hop_by_hop_index_finds_each_name_and_no_other() {
+        assert_eq!(
+            HOP_BY_HOP[CONNECTION_BIT.trailing_zeros() as usize],
+            header::CONNECTION
+        );
+        assert_eq!(
+            HOP_BY_HOP[UPGRADE_BIT.trailing_zeros() as usize],
+            header::UPGRADE
+        );
         for (index, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
             let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
