@@ -22,6 +22,10 @@
 //!
 //! It must never change a byte count, touch a body, or hand hyper part of an
 //! unfinished head line. Writes pass through untouched.
+//!
+//! Knowing where heads begin and end, the guard also keeps the connection's
+//! clocks ([`ConnectionTimeouts`]): every read and write goes through them,
+//! with the number of the head that is unfinished, if one is.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +33,8 @@ use std::task::{ready, Context, Poll};
 
 use http::{HeaderMap, HeaderName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::conn_timeouts::ConnectionTimeouts;
 
 /// The name a `Transfer-Encoding` header is renamed to when its head already
 /// has a `Content-Length`.
@@ -64,17 +70,42 @@ pub struct FramingGuard<S> {
     inner: S,
     framer: Framer,
     held: Held,
+    clocks: ConnectionTimeouts,
 }
 
 impl<S> FramingGuard<S> {
     /// `max_head` is the largest request head hyper accepts: a head line
     /// longer than that is passed through for hyper to refuse.
-    pub fn new(inner: S, max_head: usize) -> Self {
+    pub fn new(inner: S, max_head: usize, clocks: ConnectionTimeouts) -> Self {
         FramingGuard {
             inner,
             framer: Framer::new(max_head),
             held: Held::default(),
+            clocks,
         }
+    }
+
+    /// The number on this connection of the request head that has begun and
+    /// not ended, if one has. A new connection's first head counts from the
+    /// start: a client that connects and sends nothing is timed too.
+    fn unfinished_head(&self) -> Option<u64> {
+        let framer = &self.framer;
+        let begun = match framer.state {
+            State::Headers => true,
+            State::RequestLine => framer.heads == 0 || !self.held.is_empty(),
+            _ => false,
+        };
+        begun.then_some(framer.heads)
+    }
+
+    /// `polled`, an operation on the inner stream, through the clocks.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let head = self.unfinished_head();
+        self.clocks.track(cx, polled, head)
     }
 }
 
@@ -148,12 +179,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             }
             if this.held.is_empty() {
                 if this.framer.is_passthrough() {
-                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                    let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+                    return this.timed(cx, polled);
                 }
                 // The usual case: read straight into hyper's buffer and look
                 // at the new bytes there.
                 let before = buf.filled().len();
-                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+                ready!(this.timed(cx, polled))?;
                 let new = &mut buf.filled_mut()[before..];
                 let len = new.len();
                 let decided = this.framer.scan(new);
@@ -172,8 +205,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             let held = &mut this.held;
             held.make_room();
             let mut read = ReadBuf::new(&mut held.buf[held.end..]);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
             let n = read.filled().len();
+            ready!(this.timed(cx, polled))?;
+            let held = &mut this.held;
             if n == 0 {
                 // EOF in the middle of a head: hyper reports the incomplete request.
                 this.framer.stop();
@@ -193,7 +228,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -201,7 +237,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -274,6 +311,8 @@ enum Length {
 struct Framer {
     state: State,
     head: Head,
+    /// Request heads ended so far.
+    heads: u64,
     max_line: usize,
     /// How much of the unfinished head line `scan` last stopped at holds no LF.
     searched: usize,
@@ -284,6 +323,7 @@ impl Framer {
         Framer {
             state: State::RequestLine,
             head: Head::default(),
+            heads: 0,
             max_line,
             searched: 0,
         }
@@ -421,6 +461,7 @@ impl Framer {
     }
 
     fn end_of_head(&mut self) {
+        self.heads += 1;
         let head = self.head;
         self.state = if head.upgrade {
             // What follows may be another protocol.
@@ -521,6 +562,12 @@ mod tests {
 
     const MAX_HEAD: usize = 8192;
 
+    /// Clocks that never run out in a test.
+    fn untimed() -> ConnectionTimeouts {
+        let hour = std::time::Duration::from_secs(3600);
+        ConnectionTimeouts::new(hour, hour)
+    }
+
     /// Everything the guard hands on for `input` arriving split at `splits`,
     /// read `read_size` bytes at a time.
     async fn guard(input: &[u8], splits: &[usize], read_size: usize) -> Vec<u8> {
@@ -533,7 +580,7 @@ mod tests {
                 at = split;
             }
         }
-        let mut guard = FramingGuard::new(Chunks(chunks), MAX_HEAD);
+        let mut guard = FramingGuard::new(Chunks(chunks), MAX_HEAD, untimed());
         let mut out = Vec::new();
         let mut buf = vec![0; read_size];
         loop {
@@ -682,7 +729,11 @@ mod tests {
     #[tokio::test]
     async fn heads_that_fit_in_one_read_allocate_nothing() {
         let input = format!("GET / HTTP/1.1\r\nHost: x\r\n\r\n{CL_TE}");
-        let mut guard = FramingGuard::new(Chunks(VecDeque::from([input.into_bytes()])), MAX_HEAD);
+        let mut guard = FramingGuard::new(
+            Chunks(VecDeque::from([input.into_bytes()])),
+            MAX_HEAD,
+            untimed(),
+        );
         let mut buf = vec![0; 16 * 1024];
         let n = guard.read(&mut buf).await.unwrap();
         assert!(buf[..n].ends_with(CL_TE_MARKED.as_bytes()));
@@ -691,9 +742,38 @@ mod tests {
 
     #[tokio::test]
     async fn writes_pass_through() {
-        let mut guard = FramingGuard::new(Vec::new(), MAX_HEAD);
+        let mut guard = FramingGuard::new(Vec::new(), MAX_HEAD, untimed());
         guard.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         assert_eq!(guard.inner, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    /// What the head clock is told, read by read: the first head counts from
+    /// the connection's start; a later one from its first byte to its end;
+    /// bodies, the wait between requests and tunnels are not heads.
+    #[tokio::test]
+    async fn the_unfinished_head_is_numbered_from_its_first_byte_to_its_end() {
+        let reads: [&[u8]; 7] = [
+            b"POST /a HTTP/1.1\r\nContent-Le",
+            b"ngth: 4\r\n\r\n",
+            b"ab",
+            b"cd",
+            b"\r\nGET /b HT",
+            b"TP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"any bytes",
+        ];
+        let chunks = reads.iter().map(|read| read.to_vec()).collect();
+        let mut guard = FramingGuard::new(Chunks(chunks), MAX_HEAD, untimed());
+        let mut unfinished = vec![guard.unfinished_head()];
+        let mut buf = [0; 64];
+        while guard.read(&mut buf).await.unwrap() > 0 {
+            unfinished.push(guard.unfinished_head());
+        }
+        assert_eq!(
+            unfinished,
+            // Start; in the first head; its body; the body's end; a CRLF and
+            // part of the next request line (held); an upgrade's end.
+            [Some(0), Some(0), None, None, None, Some(1), None, None]
+        );
     }
 
     #[test]

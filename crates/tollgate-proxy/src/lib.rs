@@ -9,6 +9,7 @@
 pub mod ai;
 pub mod body;
 pub mod client;
+mod conn_timeouts;
 pub mod error;
 pub mod forwarding;
 pub mod framing;

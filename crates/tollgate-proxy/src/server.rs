@@ -2,25 +2,23 @@
 //! connection limits, idle timeouts and graceful drain.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tollgate_config::Limits;
 use tollgate_telemetry::{metrics as names, AccessRecord, Outcome};
 
+use crate::conn_timeouts::ConnectionTimeouts;
 use crate::framing::FramingGuard;
 use crate::proxy::{ConnInfo, Proxy};
 
@@ -118,8 +116,9 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // The guard times heads (see `conn_timeouts`): hyper's timer would
+        // be armed and removed again for every request.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_head_bytes())
         .max_headers(limits.max_headers)
         .keep_alive(true)
@@ -156,11 +155,8 @@ async fn serve_connection<S>(
             Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) })
         })
     };
-    // Outside the idle timeout, so that bytes the guard holds back still count as activity.
-    let io = TokioIo::new(FramingGuard::new(
-        IdleTimeout::new(stream, limits.idle_timeout),
-        limits.max_head_bytes(),
-    ));
+    let clocks = ConnectionTimeouts::new(limits.idle_timeout, limits.header_timeout);
+    let io = TokioIo::new(FramingGuard::new(stream, limits.max_head_bytes(), clocks));
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
@@ -195,117 +191,6 @@ fn record_connection_error(
     record.reason = Some(reason);
     proxy.access_log.record(record);
     crate::snapshot::ApiMetrics::observe_unrouted(status, Duration::ZERO);
-}
-
-/// Closes a connection on which nothing was read or written for `idle`.
-///
-/// Reads and writes only set a flag; a timer ticking every quarter of `idle`
-/// looks at it. So a busy connection pays no clock read per I/O, and a quiet
-/// one is closed after between `idle` and `1.25 × idle`.
-struct IdleTimeout<S> {
-    inner: S,
-    tick: Duration,
-    active: bool,
-    quiet_ticks: u8,
-    timer: Pin<Box<tokio::time::Sleep>>,
-}
-
-/// Quiet ticks (of `idle / 4`) after which the connection is idle.
-const QUIET_TICKS: u8 = 4;
-
-impl<S> IdleTimeout<S> {
-    fn new(inner: S, idle: Duration) -> Self {
-        let tick = (idle / u32::from(QUIET_TICKS)).max(Duration::from_millis(1));
-        IdleTimeout {
-            inner,
-            tick,
-            active: false,
-            quiet_ticks: 0,
-            timer: Box::pin(tokio::time::sleep(tick)),
-        }
-    }
-
-    /// Notes activity when the inner stream made progress; when it did not,
-    /// fails the operation once the connection has been idle too long.
-    fn track<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        match polled {
-            Poll::Ready(result) => {
-                self.active = true;
-                Poll::Ready(result)
-            }
-            Poll::Pending if self.poll_expired(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Whether the connection has been idle too long; re-arms the timer otherwise.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.timer.as_mut().poll(cx).is_ready() {
-            if std::mem::take(&mut self.active) {
-                self.quiet_ticks = 0;
-            } else {
-                self.quiet_ticks += 1;
-                if self.quiet_ticks >= QUIET_TICKS {
-                    return true;
-                }
-            }
-            let next = tokio::time::Instant::now() + self.tick;
-            self.timer.as_mut().reset(next);
-        }
-        false
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.track(cx, polled)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.track(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.track(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Binds a listener with `SO_REUSEADDR`, so a restart does not wait out TIME_WAIT.

@@ -420,6 +420,72 @@ async fn header_timeout_is_not_extended_by_a_dribbling_client() {
 }
 
 #[tokio::test]
+async fn header_timeout_closes_a_new_connection_that_sends_nothing() {
+    let up = upstream::echo("up");
+    let gw = common::gateway()
+        .config(&config(&up, "limits: { header_timeout: 1s }"))
+        .start()
+        .await;
+
+    let started = Instant::now();
+    let mut stream = raw::connect(gw.proxy_addr()).await;
+    let res = raw::read_until_close(&mut stream, Duration::from_secs(4)).await;
+    let elapsed = started.elapsed();
+    assert!(res.closed, "a silent connection is open after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after only {elapsed:?}"
+    );
+}
+
+/// Sends one request on `stream` and reads its whole answer (framed by
+/// `Content-Length`), leaving the connection open.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> raw::RawResponse {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(RAW_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        received.extend_from_slice(&buf[..read]);
+        let res = raw::RawResponse::parse(&received, read == 0);
+        let whole = res.status.is_some()
+            && res
+                .header("content-length")
+                .and_then(|len| len.parse::<usize>().ok())
+                .is_some_and(|len| res.body.len() >= len);
+        if whole || read == 0 {
+            return res;
+        }
+    }
+}
+
+/// The head clock times heads, not what follows them: neither an upstream
+/// slower than `header_timeout` nor a keep-alive wait longer than it closes
+/// the connection (the wait is `idle_timeout`'s to bound, as nginx's
+/// `keepalive_timeout` is).
+#[tokio::test]
+async fn header_timeout_times_only_the_head_not_the_answer_nor_the_keep_alive_wait() {
+    let up = upstream::slow(Duration::from_millis(1500));
+    let gw = common::gateway()
+        .config(&config(&up, "limits: { header_timeout: 1s }"))
+        .start()
+        .await;
+
+    let mut stream = raw::connect(gw.proxy_addr()).await;
+    let request = "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let first = exchange(&mut stream, request).await;
+    assert_eq!(first.status, Some(200), "{first:?}");
+    assert!(!first.closed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = exchange(&mut stream, request).await;
+    assert_eq!(second.status, Some(200), "{second:?}");
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
 async fn idle_timeout_closes_a_silent_keep_alive_connection() {
     let up = upstream::echo("up");
     // header_timeout stays at its default (10s), so only idle_timeout can close it in time.
