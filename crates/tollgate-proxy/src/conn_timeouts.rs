@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -42,6 +42,10 @@ pub struct ConnectionTimeouts {
     head: Option<u64>,
     head_seen: u32,
     timer: Pin<Box<Sleep>>,
+    /// The task the timer will wake, once polled. Until it fires, polling
+    /// it again from that task changes nothing, and a busy connection would
+    /// pay for it on every read and write that has to wait.
+    armed_for: Option<Waker>,
 }
 
 impl ConnectionTimeouts {
@@ -57,6 +61,7 @@ impl ConnectionTimeouts {
             head: None,
             head_seen: 0,
             timer: Box::pin(tokio::time::sleep(tick)),
+            armed_for: None,
         }
     }
 
@@ -84,6 +89,13 @@ impl ConnectionTimeouts {
 
     /// Counts the ticks due; the error of the first clock that ran out.
     fn poll_expired(&mut self, cx: &mut Context<'_>, head: Option<u64>) -> Option<io::Error> {
+        let armed = self
+            .armed_for
+            .as_ref()
+            .is_some_and(|task| task.will_wake(cx.waker()));
+        if armed && !self.timer.is_elapsed() {
+            return None;
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             if std::mem::take(&mut self.active) {
                 self.quiet = 0;
@@ -109,6 +121,9 @@ impl ConnectionTimeouts {
             }
             let next = Instant::now() + self.tick;
             self.timer.as_mut().reset(next);
+        }
+        if !armed {
+            self.armed_for = Some(cx.waker().clone());
         }
         None
     }
@@ -174,6 +189,26 @@ mod tests {
         assert!(after >= IDLE && after <= IDLE + HEADER / 4, "{after:?}");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(error.to_string(), "idle timeout");
+    }
+
+    /// Polled once, the timer is not polled again by the same task until it
+    /// fires; a connection handed to another task (an upgrade's tunnel) must
+    /// have it wake that task instead.
+    #[tokio::test(start_paused = true)]
+    async fn clocks_handed_to_another_task_wake_that_task() {
+        let start = Instant::now();
+        let mut clocks = ConnectionTimeouts::new(IDLE, HEADER);
+        assert!(
+            fails_after(&mut clocks, None, Duration::from_secs(1), start)
+                .await
+                .is_none()
+        );
+        let failed =
+            tokio::spawn(async move { fails_after(&mut clocks, None, IDLE * 2, start).await })
+                .await
+                .unwrap();
+        let (after, _) = failed.expect("the idle timeout fires in the new task");
+        assert!(after >= IDLE && after <= IDLE + HEADER / 4, "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
