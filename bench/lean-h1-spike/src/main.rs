@@ -1,0 +1,159 @@
+//! A lean HTTP/1.1 reverse proxy loop, without hyper, to measure what such a
+//! design costs per request on this host: each client connection's task
+//! reads a head (httparse), rewrites it (hop-by-hop headers out,
+//! X-Forwarded-*, a request id in), sends it on a kept-alive upstream
+//! connection taken from a stack, reads the answer framed by Content-Length
+//! and writes it back, all in the one task. Nothing else Tollgate does
+//! (routing, policies, the access log, chunked bodies, timeouts, errors) is
+//! here: it bounds from below what the proxy's own HTTP/1 path could cost.
+//! Listens on 127.0.0.1:18095; the upstream is the shared bench's nginx on
+//! 127.0.0.1:18080.
+use std::cell::RefCell;
+use std::rc::Rc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+type Pool = Rc<RefCell<Vec<TcpStream>>>;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = TcpListener::bind("127.0.0.1:18095").await.unwrap();
+        let pool: Pool = Rc::new(RefCell::new(Vec::new()));
+        loop {
+            let (sock, peer) = listener.accept().await.unwrap();
+            sock.set_nodelay(true).unwrap();
+            let pool = pool.clone();
+            tokio::task::spawn_local(async move {
+                let _ = serve(sock, peer, pool).await;
+            });
+        }
+    });
+}
+
+async fn serve(mut client: TcpStream, peer: std::net::SocketAddr, pool: Pool) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(8192);
+    let mut out = Vec::with_capacity(4096);
+    let mut ubuf = Vec::with_capacity(16384);
+    let peer_ip = peer.ip().to_string();
+    loop {
+        // Read a whole head.
+        let head_len = loop {
+            if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = read_more(&mut client, &mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let status = req.parse(&buf[..head_len]).map_err(std::io::Error::other)?;
+        assert!(status.is_complete());
+        let mut body_len = 0usize;
+        let mut host = "";
+        out.clear();
+        out.extend_from_slice(req.method.unwrap().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(req.path.unwrap().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                body_len = std::str::from_utf8(h.value).unwrap().trim().parse().unwrap();
+            }
+            if h.name.eq_ignore_ascii_case("host") {
+                host = std::str::from_utf8(h.value).unwrap();
+                continue;
+            }
+            if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"host: 127.0.0.1:18080\r\nx-forwarded-for: ");
+        out.extend_from_slice(peer_ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+        out.extend_from_slice(host.as_bytes());
+        let mut id = [0u8; 32];
+        hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(&id);
+        out.extend_from_slice(b"\r\n\r\n");
+        // Body (Content-Length only in this spike).
+        while buf.len() < head_len + body_len {
+            if read_more(&mut client, &mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        out.extend_from_slice(&buf[head_len..head_len + body_len]);
+        buf.drain(..head_len + body_len);
+
+        let popped = pool.borrow_mut().pop();
+        let mut up = match popped {
+            Some(up) => up,
+            None => {
+                let s = TcpStream::connect("127.0.0.1:18080").await?;
+                s.set_nodelay(true)?;
+                s
+            }
+        };
+        up.write_all(&out).await?;
+        ubuf.clear();
+        let uhead = loop {
+            if let Some(end) = memchr::memmem::find(&ubuf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            if read_more(&mut up, &mut ubuf).await? == 0 {
+                return Ok(());
+            }
+        };
+        let mut rheaders = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut rheaders);
+        res.parse(&ubuf[..uhead]).map_err(std::io::Error::other)?;
+        let mut clen = 0usize;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(res.code.unwrap().to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in res.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                clen = std::str::from_utf8(h.value).unwrap().trim().parse().unwrap();
+            }
+            if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(&id);
+        out.extend_from_slice(b"\r\n\r\n");
+        while ubuf.len() < uhead + clen {
+            if read_more(&mut up, &mut ubuf).await? == 0 {
+                return Ok(());
+            }
+        }
+        out.extend_from_slice(&ubuf[uhead..uhead + clen]);
+        client.write_all(&out).await?;
+        pool.borrow_mut().push(up);
+    }
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.reserve(8192);
+    s.read_buf(buf).await
+}
