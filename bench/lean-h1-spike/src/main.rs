@@ -16,12 +16,24 @@ use tokio::net::{TcpListener, TcpStream};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+const HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
 
 type Pool = Rc<RefCell<Vec<TcpStream>>>;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let listener = TcpListener::bind("127.0.0.1:18095").await.unwrap();
@@ -37,7 +49,11 @@ fn main() {
     });
 }
 
-async fn serve(mut client: TcpStream, peer: std::net::SocketAddr, pool: Pool) -> std::io::Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    peer: std::net::SocketAddr,
+    pool: Pool,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
     let mut out = Vec::with_capacity(4096);
     let mut ubuf = Vec::with_capacity(16384);
@@ -66,7 +82,11 @@ async fn serve(mut client: TcpStream, peer: std::net::SocketAddr, pool: Pool) ->
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                body_len = std::str::from_utf8(h.value).unwrap().trim().parse().unwrap();
+                body_len = std::str::from_utf8(h.value)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
             }
             if h.name.eq_ignore_ascii_case("host") {
                 host = std::str::from_utf8(h.value).unwrap();
@@ -129,7 +149,11 @@ async fn serve(mut client: TcpStream, peer: std::net::SocketAddr, pool: Pool) ->
         out.extend_from_slice(b"\r\n");
         for h in res.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                clen = std::str::from_utf8(h.value).unwrap().trim().parse().unwrap();
+                clen = std::str::from_utf8(h.value)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
             }
             if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
                 continue;
