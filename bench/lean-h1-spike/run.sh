@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU per request, user and kernel, thread by thread, at saturation: nginx
-# (the shared bench's proxy config), Tollgate (bench/proxy.yaml) and the
-# lean HTTP/1.1 loop of this directory, each alone on core 1 with one
+# (the shared bench's proxy config), Tollgate (bench/proxy.yaml), the lean
+# HTTP/1.1 loop of this directory, and that loop's upstream exchange behind
+# hyper's HTTP/1 server (`--hyper-server`), each alone on core 1 with one
 # worker, `wrk -t1 -c64` on core 0 against the shared bench's nginx
 # upstream (also core 0). Times are read from /proc/PID/task/*/stat before
 # and after each run.
@@ -43,7 +44,7 @@ measure() {
   hz=$(getconf CLK_TCK)
   join "$RUN/before" "$RUN/after" | awk -v name="$name" -v rps="$rps" -v s="$SECS" -v hz="$hz" '
     { user = ($5 - $2) / hz / s / rps * 1e6; sys = ($6 - $3) / hz / s / rps * 1e6
-      if (user + sys > 0) printf "%-9s %8.0f RPS  %-20s user %5.2f us/req  kernel %5.2f us/req\n", name, rps, $4, user, sys }'
+      if (user + sys > 0) printf "%-10s %8.0f RPS  %-20s user %5.2f us/req  kernel %5.2f us/req\n", name, rps, $4, user, sys }'
 }
 
 # wait_for URL: waits until URL answers.
@@ -65,6 +66,13 @@ taskset -c 1 /tmp/tollgate-lean-h1-target/release/lean-h1-spike 2>"$RUN/spike.lo
 PIDS+=($!)
 wait_for http://127.0.0.1:18095/
 measure lean-h1 http://127.0.0.1:18095/ "${PIDS[-1]}"
+kill "${PIDS[-1]}" && wait "${PIDS[-1]}" 2>/dev/null || true
+
+# The same upstream exchange behind hyper's HTTP/1 server.
+taskset -c 1 /tmp/tollgate-lean-h1-target/release/lean-h1-spike --hyper-server 2>"$RUN/spike-hyper.log" &
+PIDS+=($!)
+wait_for http://127.0.0.1:18095/
+measure hyper+lean http://127.0.0.1:18095/ "${PIDS[-1]}"
 
 rm -rf /tmp/tollgate-bench && mkdir -p /tmp/tollgate-bench
 taskset -c 1 target/release/tollgate serve --config bench/proxy.yaml --workers 1 \

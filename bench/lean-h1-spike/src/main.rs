@@ -8,6 +8,11 @@
 //! here: it bounds from below what the proxy's own HTTP/1 path could cost.
 //! Listens on 127.0.0.1:18095; the upstream is the shared bench's nginx on
 //! 127.0.0.1:18080.
+//!
+//! With `--hyper-server` the client side is hyper's HTTP/1 server instead
+//! (its parsing, header map, dispatcher and encoder), and the upstream
+//! exchange stays the lean one, in the request's task: that splits the cost
+//! between the two halves.
 use std::cell::RefCell;
 use std::rc::Rc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +43,9 @@ fn main() {
     local.block_on(&rt, async {
         let listener = TcpListener::bind("127.0.0.1:18095").await.unwrap();
         let pool: Pool = Rc::new(RefCell::new(Vec::new()));
+        if std::env::args().any(|arg| arg == "--hyper-server") {
+            return hyper_server(listener, pool).await;
+        }
         loop {
             let (sock, peer) = listener.accept().await.unwrap();
             sock.set_nodelay(true).unwrap();
@@ -180,4 +188,109 @@ async fn serve(
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.reserve(8192);
     s.read_buf(buf).await
+}
+
+/// Serves clients with hyper's HTTP/1 server; each request's upstream
+/// exchange is the lean one, in the request's task.
+async fn hyper_server(listener: TcpListener, pool: Pool) {
+    use hyper::service::service_fn;
+    loop {
+        let (sock, peer) = listener.accept().await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        let pool = pool.clone();
+        tokio::task::spawn_local(async move {
+            let peer_ip: Rc<str> = peer.ip().to_string().into();
+            let service = service_fn(move |req| exchange(req, pool.clone(), peer_ip.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                .await;
+        });
+    }
+}
+
+async fn exchange(
+    req: hyper::Request<hyper::body::Incoming>,
+    pool: Pool,
+    peer_ip: Rc<str>,
+) -> std::io::Result<hyper::Response<http_body_util::Full<bytes::Bytes>>> {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        req.uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host: &[u8] = b"";
+    for (name, value) in req.headers() {
+        if name == hyper::header::HOST {
+            host = value.as_bytes();
+            continue;
+        }
+        if HOP.contains(&name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"host: 127.0.0.1:18080\r\nx-forwarded-for: ");
+    out.extend_from_slice(peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    let mut id = [0u8; 32];
+    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(&id);
+    out.extend_from_slice(b"\r\n\r\n");
+
+    let popped = pool.borrow_mut().pop();
+    let mut up = match popped {
+        Some(up) => up,
+        None => {
+            let s = TcpStream::connect("127.0.0.1:18080").await?;
+            s.set_nodelay(true)?;
+            s
+        }
+    };
+    up.write_all(&out).await?;
+    let mut ubuf = Vec::with_capacity(16384);
+    let uhead = loop {
+        if let Some(end) = memchr::memmem::find(&ubuf, b"\r\n\r\n") {
+            break end + 4;
+        }
+        if read_more(&mut up, &mut ubuf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    };
+    let mut rheaders = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut rheaders);
+    res.parse(&ubuf[..uhead]).map_err(std::io::Error::other)?;
+    let mut answer = hyper::Response::builder().status(res.code.unwrap());
+    let mut clen = 0usize;
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            clen = std::str::from_utf8(h.value)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        }
+        if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        answer = answer.header(h.name, h.value);
+    }
+    answer = answer.header("x-request-id", &id[..]);
+    while ubuf.len() < uhead + clen {
+        if read_more(&mut up, &mut ubuf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let body = bytes::Bytes::copy_from_slice(&ubuf[uhead..uhead + clen]);
+    pool.borrow_mut().push(up);
+    Ok(answer.body(http_body_util::Full::new(body)).unwrap())
 }
