@@ -2,7 +2,8 @@
 # CPU per request, user and kernel, thread by thread, at saturation: nginx
 # (the shared bench's proxy config), Tollgate (bench/proxy.yaml), the lean
 # HTTP/1.1 loop of this directory, and that loop's upstream exchange behind
-# hyper's HTTP/1 server (`--hyper-server`), each alone on core 1 with one
+# hyper's HTTP/1 server (`--hyper-server`), and hyper's server and client
+# together (`--hyper-both`), each alone on core 1 with one
 # worker, `wrk -t1 -c64` on core 0 against the shared bench's nginx
 # upstream (also core 0). Times are read from /proc/PID/task/*/stat before
 # and after each run.
@@ -73,6 +74,13 @@ taskset -c 1 /tmp/tollgate-lean-h1-target/release/lean-h1-spike --hyper-server 2
 PIDS+=($!)
 wait_for http://127.0.0.1:18095/
 measure hyper+lean http://127.0.0.1:18095/ "${PIDS[-1]}"
+kill "${PIDS[-1]}" && wait "${PIDS[-1]}" 2>/dev/null || true
+
+# hyper's server and hyper's client, the connection driven by its own task.
+taskset -c 1 /tmp/tollgate-lean-h1-target/release/lean-h1-spike --hyper-both 2>"$RUN/spike-hyper-both.log" &
+PIDS+=($!)
+wait_for http://127.0.0.1:18095/
+measure hyper-both http://127.0.0.1:18095/ "${PIDS[-1]}"
 
 rm -rf /tmp/tollgate-bench && mkdir -p /tmp/tollgate-bench
 taskset -c 1 target/release/tollgate serve --config bench/proxy.yaml --workers 1 \

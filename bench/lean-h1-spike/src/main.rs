@@ -12,7 +12,9 @@
 //! With `--hyper-server` the client side is hyper's HTTP/1 server instead
 //! (its parsing, header map, dispatcher and encoder), and the upstream
 //! exchange stays the lean one, in the request's task: that splits the cost
-//! between the two halves.
+//! between the two halves. With `--hyper-both` the upstream side is hyper's
+//! HTTP/1 client too, as Tollgate's proxy uses it: a stack of kept-alive
+//! `SendRequest`s, each connection driven by a task of its own.
 use std::cell::RefCell;
 use std::rc::Rc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +47,9 @@ fn main() {
         let pool: Pool = Rc::new(RefCell::new(Vec::new()));
         if std::env::args().any(|arg| arg == "--hyper-server") {
             return hyper_server(listener, pool).await;
+        }
+        if std::env::args().any(|arg| arg == "--hyper-both") {
+            return hyper_both(listener).await;
         }
         loop {
             let (sock, peer) = listener.accept().await.unwrap();
@@ -293,4 +298,139 @@ async fn exchange(
     let body = bytes::Bytes::copy_from_slice(&ubuf[uhead..uhead + clen]);
     pool.borrow_mut().push(up);
     Ok(answer.body(http_body_util::Full::new(body)).unwrap())
+}
+
+type Senders =
+    Rc<RefCell<Vec<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>>>;
+
+/// hyper's server and hyper's client, as Tollgate's plain proxy has them.
+async fn hyper_both(listener: TcpListener) {
+    use hyper::service::service_fn;
+    let senders: Senders = Rc::new(RefCell::new(Vec::new()));
+    loop {
+        let (sock, peer) = listener.accept().await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        let senders = senders.clone();
+        tokio::task::spawn_local(async move {
+            let peer_ip: Rc<str> = peer.ip().to_string().into();
+            let service =
+                service_fn(move |req| forward_with_hyper(req, senders.clone(), peer_ip.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                .await;
+        });
+    }
+}
+
+async fn forward_with_hyper(
+    req: hyper::Request<hyper::body::Incoming>,
+    senders: Senders,
+    peer_ip: Rc<str>,
+) -> Result<hyper::Response<Returning>, hyper::Error> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let (parts, _) = req.into_parts();
+    let mut headers = parts.headers;
+    let host = headers.remove(hyper::header::HOST);
+    for name in HOP {
+        headers.remove(name);
+    }
+    headers.insert(
+        hyper::header::HOST,
+        HeaderValue::from_static("127.0.0.1:18080"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_str(&peer_ip).unwrap(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let mut id = [0u8; 32];
+    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
+    let id = HeaderValue::from_bytes(&id).unwrap();
+    headers.insert(HeaderName::from_static("x-request-id"), id.clone());
+    let mut upstream = hyper::Request::new(http_body_util::Empty::new());
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = parts.uri;
+    *upstream.headers_mut() = headers;
+
+    let popped = senders.borrow_mut().pop();
+    let mut sender = match popped {
+        Some(sender) => sender,
+        None => {
+            let stream = TcpStream::connect("127.0.0.1:18080").await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::task::spawn_local(conn);
+            sender
+        }
+    };
+    // Ready once the connection's task has seen the last answer's end.
+    sender.ready().await?;
+    let response = sender.send_request(upstream).await?;
+    let (mut parts, body) = response.into_parts();
+    for name in HOP {
+        parts.headers.remove(name);
+    }
+    parts
+        .headers
+        .insert(HeaderName::from_static("x-request-id"), id);
+    let body = Returning {
+        body,
+        sender: Some(sender),
+        senders,
+    };
+    Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// An upstream answer's body that puts its connection back on the stack
+/// once read to the end, as Tollgate's `ResponseBody` does.
+struct Returning {
+    body: hyper::body::Incoming,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+    senders: Senders,
+}
+
+impl Drop for Returning {
+    /// hyper's server may drop a body whose length it knew without polling
+    /// it past its last byte.
+    fn drop(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.body) {
+            if let Some(sender) = self.sender.take() {
+                self.senders.borrow_mut().push(sender);
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            if let Some(sender) = this.sender.take() {
+                this.senders.borrow_mut().push(sender);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
