@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
+use crate::h1_client::{BoxError, UpstreamBody};
 use crate::snapshot::ApiMetrics;
 use crate::upstream::TargetState;
 
@@ -200,7 +201,7 @@ impl RecordFinisher {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
     Produced(Box<dyn ProducedBody>),
 }
@@ -236,7 +237,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         finisher: Option<Box<RecordFinisher>>,
         pooled: Option<PooledSender>,
     ) -> ResponseBody {
@@ -311,12 +312,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),

@@ -24,8 +24,8 @@
 //! unfinished head line. Writes pass through untouched.
 //!
 //! Knowing where heads begin and end, the guard also keeps the connection's
-//! clocks ([`ConnectionTimeouts`]): every read and write goes through them,
-//! with the number of the head that is unfinished, if one is.
+//! clocks (`conn_timeouts::ConnectionTimeouts`): every read and write goes
+//! through them, with the number of the head that is unfinished, if one is.
 
 use std::io;
 use std::pin::Pin;

@@ -1,21 +1,22 @@
-//! A lean HTTP/1.1 client for AI providers on plain `http://` (local model
-//! servers, sidecars, the plain hop of a mesh): the exchange runs in the
-//! calling task.
+//! A lean HTTP/1.1 client for plain `http://` upstreams: AI providers (local
+//! model servers, sidecars, the plain hop of a mesh) and the plain proxy's
+//! requests without a body. The exchange runs in the calling task.
 //!
 //! hyper's client drives each connection in a task of its own and hands the
-//! answer over one frame at a time, each after the reader asks for it. A
-//! stream whose events all arrived in one read therefore still left the
-//! gateway in one write per event: between two frames the reader found the
-//! channel empty and sent what it had. Here the call's task reads the socket
-//! itself, so whatever arrived together is decoded, translated and written
-//! together, and nothing waits for more.
+//! request over, and the answer back one frame at a time, each after the
+//! reader asks for it. That costs the plain proxy ~12,000 instructions a
+//! request (`bench/lean-h1-spike`; −14 % of the proxy's main thread when
+//! its `GET`s moved here). And a stream whose events all arrived in one
+//! read still left the gateway in one write per event: between two frames
+//! the reader found the channel empty and sent what it had. Here the
+//! request's task reads the socket itself, so whatever arrived together is
+//! decoded, translated and written together, and nothing waits for more.
 //!
-//! Requests sent this way are whole (an AI call's JSON body), so a request
-//! is one write. Answers are framed by `Content-Length`, chunked encoding or
-//! the end of the connection; heads are parsed by `httparse`, chunk sizes
-//! too. (Tried for the plain proxy's bodiless requests too, it measured the
-//! same CPU per request as hyper's client there: the proxy passes bytes
-//! through and never waited on frame boundaries.)
+//! Requests sent this way are whole (an AI call's JSON body) or have no
+//! body, so a request is one write. Answers are framed by `Content-Length`,
+//! chunked encoding or the end of the connection; heads are parsed by
+//! `httparse`, chunk sizes too. Trailers are read and dropped. Requests
+//! with a streamed body, upgrades and `HEAD` go through hyper's client.
 //!
 //! A kept-alive connection can be closed by the server just as a request
 //! goes out. A reused connection that fails before any byte of an answer
@@ -117,6 +118,34 @@ impl H1Pool {
     ) -> Result<Response<UpstreamBody>, SendError> {
         let bytes = self.encode(request, path_and_query);
         self.send(&bytes, timeouts).await
+    }
+
+    /// Sends a request without a body, not `HEAD` (whose answer has no body
+    /// whatever its head says), its head written from `method`,
+    /// `path_and_query` and `headers` as they are: the caller sets `Host`.
+    /// Reads the answer's head; the body follows as it is read. The plain
+    /// proxy's bodiless requests go this way, in the request's task.
+    pub async fn send_head(
+        self: &Arc<Self>,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        timeouts: Timeouts,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        debug_assert!(method != http::Method::HEAD);
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path_and_query.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        self.send(&head, timeouts).await
     }
 
     /// Sends `request` (head and whole body, as written; not a `HEAD`
@@ -223,13 +252,19 @@ impl H1Pool {
             )));
         }
         buf.advance(head.length);
-        let mut response = Response::new(UpstreamBody(Inner::Lean(LeanBody {
+        let mut body = LeanBody {
             stream: Some(stream),
             buf,
             framing: head.framing,
             reusable: head.reusable,
             pool: self.clone(),
-        })));
+        };
+        // An empty body (204, 304, `Content-Length: 0`) may never be polled:
+        // its connection serves again at once.
+        if matches!(body.framing, Framing::Length(0)) {
+            body.release();
+        }
+        let mut response = Response::new(UpstreamBody(Inner::Lean(body)));
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         Ok(response)
@@ -359,7 +394,8 @@ enum Chunk {
     Trailers,
 }
 
-/// A provider's answer body: hyper's (TLS, HTTP/2) or the lean client's.
+/// An upstream's answer body: hyper's (TLS, HTTP/2, requests with a body)
+/// or the lean client's.
 pub struct UpstreamBody(Inner);
 
 enum Inner {

@@ -9,6 +9,11 @@
 //! A connection returns to the stack when its response body has been read to
 //! the end ([`PooledSender`] is held by the response body); one whose
 //! exchange ended any other way is dropped, and hyper closes it.
+//!
+//! Requests without a body skip this pool: they go through the lean client
+//! of `h1_client`, in the request's task, on a pool of its own per
+//! target (see `proxy::goes_lean`). This one serves requests with a body,
+//! upgrades and `HEAD`.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -44,6 +44,9 @@ pub struct TargetState {
     pub host_header: http::HeaderValue,
     /// Keep-alive connections, used when the target speaks plain HTTP/1.1.
     pub pool: crate::pool::Http1Pool,
+    /// Keep-alive connections for bodiless requests to a plain HTTP/1.1
+    /// target, driven in the request's task (see `proxy::send`).
+    pub(crate) lean: Arc<crate::h1_client::H1Pool>,
 }
 
 impl TargetState {
@@ -64,12 +67,13 @@ impl TargetState {
             url: url.into(),
             addr_label: authority.as_str().into(),
             scheme,
-            authority,
             base_path,
             healthy: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            lean: Arc::new(crate::h1_client::H1Pool::new(authority.as_str().to_owned())),
+            authority,
             host_header,
             pool: crate::pool::Http1Pool::default(),
         })

@@ -138,3 +138,47 @@ async fn connect_timeout_ends_a_hanging_connect() {
     );
     drop(listener);
 }
+
+/// Requests without a body go to the upstream through the lean client, in
+/// the request's task; requests with one through hyper's. Each kind keeps
+/// its own connection alive, and an answer without a body (204, an empty
+/// 200) hands its connection back at once, although nothing reads it.
+#[tokio::test]
+async fn bodiless_and_bodied_requests_each_reuse_a_connection() {
+    let up = Upstream::start(|req| async move {
+        match req.uri().path() {
+            "/none" => http::Response::builder()
+                .status(204)
+                .body(body::full(""))
+                .unwrap(),
+            "/empty" => http::Response::new(body::full("")),
+            _ => upstream::echo_response("a", req).await,
+        }
+    });
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..10 {
+        let none = client.get(gw.url("/none")).send().await.unwrap();
+        assert_eq!(none.status(), 204);
+        let empty = client.get(gw.url("/empty")).send().await.unwrap();
+        assert_eq!(empty.status(), 200);
+        assert_eq!(empty.text().await.unwrap(), "");
+        let echoed = client
+            .post(gw.url("/echo"))
+            .body("x".repeat(100))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(echoed.status(), 200);
+        assert!(echoed.text().await.unwrap().contains("\"body_len\":100"));
+    }
+    assert_eq!(up.hits(), 30);
+    assert_eq!(
+        up.connections(),
+        2,
+        "one kept-alive connection for each client"
+    );
+}
