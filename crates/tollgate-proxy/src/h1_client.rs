@@ -134,16 +134,7 @@ impl H1Pool {
     ) -> Result<Response<UpstreamBody>, SendError> {
         debug_assert!(method != http::Method::HEAD);
         let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(path_and_query.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        write_head(&mut head, method, path_and_query, headers);
         head.extend_from_slice(b"\r\n");
         self.send(&head, timeouts).await
     }
@@ -172,23 +163,17 @@ impl H1Pool {
 
     fn encode(&self, request: &UpstreamRequest, path_and_query: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + request.body.len());
-        out.extend_from_slice(request.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path_and_query.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(self.authority.as_bytes());
-        out.extend_from_slice(b"\r\ncontent-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(request.body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in &request.headers {
-            if is_framing(name) {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        let headers = request.headers.iter().map(|(name, value)| (name, value));
+        write_head(
+            &mut out,
+            &request.method,
+            path_and_query,
+            headers.filter(|(name, _)| !is_framing(name)),
+        );
+        write_header(&mut out, "host", self.authority.as_bytes());
+        let mut digits = itoa::Buffer::new();
+        let length = digits.format(request.body.len());
+        write_header(&mut out, "content-length", length.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&request.body);
         out
@@ -269,6 +254,30 @@ impl H1Pool {
         *response.headers_mut() = head.headers;
         Ok(response)
     }
+}
+
+/// Writes a request line and `headers`, each on its own line; the blank
+/// line that ends the head is the caller's.
+fn write_head<'a>(
+    out: &mut Vec<u8>,
+    method: &http::Method,
+    path_and_query: &str,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        write_header(out, name.as_str(), value.as_bytes());
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 enum Exchange {
@@ -695,6 +704,60 @@ mod tests {
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status, body))
+    }
+
+    /// An AI call's request: the client's own `Host` and `Content-Length`,
+    /// whatever headers the provider gave; a proxied bodiless request: its
+    /// headers as they are, nothing added.
+    #[test]
+    fn heads_are_written_as_each_caller_needs() {
+        let pool = H1Pool::new("127.0.0.1:9".into());
+        let mut call = request("127.0.0.1:9");
+        call.headers.push((
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static("999"),
+        ));
+        call.headers
+            .push((http::header::HOST, HeaderValue::from_static("elsewhere")));
+        assert_eq!(
+            String::from_utf8(pool.encode(&call, "/v1/chat/completions")).unwrap(),
+            "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n\
+             host: 127.0.0.1:9\r\ncontent-length: 13\r\n\r\n{\"model\":\"m\"}"
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut head = Vec::new();
+        write_head(&mut head, &Method::GET, "/orders?page=2", &headers);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /orders?page=2 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\nx-a: 2\r\n"
+        );
+    }
+
+    /// An answer without a body is never polled by a proxy that knows its
+    /// length; its connection serves the next request all the same.
+    #[tokio::test]
+    async fn an_empty_answer_frees_its_connection_unread() {
+        let (addr, accepted) = server(Script {
+            pieces: vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+            close: false,
+        })
+        .await;
+        let pool = Arc::new(H1Pool::new(addr));
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("x"));
+        for _ in 0..3 {
+            let response = pool
+                .send_head(&Method::GET, "/", &headers, TIMEOUTS)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 204);
+            assert!(response.body().is_end_stream());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
