@@ -104,7 +104,12 @@ impl<S> FramingGuard<S> {
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let head = self.unfinished_head();
+        // Only an operation that has to wait can time out.
+        let head = if polled.is_pending() {
+            self.unfinished_head()
+        } else {
+            None
+        };
         self.clocks.track(cx, polled, head)
     }
 }
