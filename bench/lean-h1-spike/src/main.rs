@@ -16,12 +16,26 @@
 //! HTTP/1 client too, as Tollgate's proxy uses it: a stack of kept-alive
 //! `SendRequest`s, each connection driven by a task of its own.
 use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const UPSTREAM: &str = "127.0.0.1:18080";
 
 const HOP: [&str; 8] = [
     "connection",
@@ -35,6 +49,7 @@ const HOP: [&str; 8] = [
 ];
 
 type Pool = Rc<RefCell<Vec<TcpStream>>>;
+type Senders = Rc<RefCell<Vec<SendRequest<Empty<Bytes>>>>>;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -44,12 +59,19 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let listener = TcpListener::bind("127.0.0.1:18095").await.unwrap();
-        let pool: Pool = Rc::new(RefCell::new(Vec::new()));
+        let pool: Pool = Rc::default();
         if std::env::args().any(|arg| arg == "--hyper-server") {
-            return hyper_server(listener, pool).await;
+            return serve_with_hyper(listener, move |req, peer_ip| {
+                exchange(req, pool.clone(), peer_ip)
+            })
+            .await;
         }
         if std::env::args().any(|arg| arg == "--hyper-both") {
-            return hyper_both(listener).await;
+            let senders: Senders = Rc::default();
+            return serve_with_hyper(listener, move |req, peer_ip| {
+                forward_with_hyper(req, senders.clone(), peer_ip)
+            })
+            .await;
         }
         loop {
             let (sock, peer) = listener.accept().await.unwrap();
@@ -62,98 +84,53 @@ fn main() {
     });
 }
 
-async fn serve(
-    mut client: TcpStream,
-    peer: std::net::SocketAddr,
-    pool: Pool,
-) -> std::io::Result<()> {
+/// The lean loop: one client connection, all in its task.
+async fn serve(mut client: TcpStream, peer: std::net::SocketAddr, pool: Pool) -> io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
     let mut out = Vec::with_capacity(4096);
     let mut ubuf = Vec::with_capacity(16384);
     let peer_ip = peer.ip().to_string();
     loop {
-        // Read a whole head.
-        let head_len = loop {
-            if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-                break end + 4;
-            }
-            let n = read_more(&mut client, &mut buf).await?;
-            if n == 0 {
-                return Ok(());
-            }
+        let Some(head_len) = read_head(&mut client, &mut buf).await? else {
+            return Ok(());
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        let status = req.parse(&buf[..head_len]).map_err(std::io::Error::other)?;
+        let status = req.parse(&buf[..head_len]).map_err(io::Error::other)?;
         assert!(status.is_complete());
-        let mut body_len = 0usize;
-        let mut host = "";
+        let mut body_len = 0;
+        let mut host: &[u8] = b"";
         out.clear();
-        out.extend_from_slice(req.method.unwrap().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(req.path.unwrap().as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        push_request_line(&mut out, req.method.unwrap(), req.path.unwrap());
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                body_len = std::str::from_utf8(h.value)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
+                body_len = content_length(h.value);
             }
             if h.name.eq_ignore_ascii_case("host") {
-                host = std::str::from_utf8(h.value).unwrap();
-                continue;
+                host = h.value;
+            } else if !is_hop(h.name) {
+                push_header(&mut out, h.name.as_bytes(), h.value);
             }
-            if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                continue;
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"host: 127.0.0.1:18080\r\nx-forwarded-for: ");
-        out.extend_from_slice(peer_ip.as_bytes());
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
-        out.extend_from_slice(host.as_bytes());
-        let mut id = [0u8; 32];
-        hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
-        out.extend_from_slice(b"\r\nx-request-id: ");
-        out.extend_from_slice(&id);
-        out.extend_from_slice(b"\r\n\r\n");
+        let id = new_id();
+        push_forwarding(&mut out, peer_ip.as_bytes(), host, &id);
         // Body (Content-Length only in this spike).
-        while buf.len() < head_len + body_len {
-            if read_more(&mut client, &mut buf).await? == 0 {
-                return Ok(());
-            }
+        if !fill(&mut client, &mut buf, head_len + body_len).await? {
+            return Ok(());
         }
         out.extend_from_slice(&buf[head_len..head_len + body_len]);
         buf.drain(..head_len + body_len);
 
-        let popped = pool.borrow_mut().pop();
-        let mut up = match popped {
-            Some(up) => up,
-            None => {
-                let s = TcpStream::connect("127.0.0.1:18080").await?;
-                s.set_nodelay(true)?;
-                s
-            }
-        };
+        let mut up = checkout(&pool).await?;
         up.write_all(&out).await?;
         ubuf.clear();
-        let uhead = loop {
-            if let Some(end) = memchr::memmem::find(&ubuf, b"\r\n\r\n") {
-                break end + 4;
-            }
-            if read_more(&mut up, &mut ubuf).await? == 0 {
-                return Ok(());
-            }
+        let Some(uhead) = read_head(&mut up, &mut ubuf).await? else {
+            return Ok(());
         };
         let mut rheaders = [httparse::EMPTY_HEADER; 64];
         let mut res = httparse::Response::new(&mut rheaders);
-        res.parse(&ubuf[..uhead]).map_err(std::io::Error::other)?;
-        let mut clen = 0usize;
+        res.parse(&ubuf[..uhead]).map_err(io::Error::other)?;
+        let mut clen = 0;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(res.code.unwrap().to_string().as_bytes());
@@ -162,27 +139,16 @@ async fn serve(
         out.extend_from_slice(b"\r\n");
         for h in res.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                clen = std::str::from_utf8(h.value)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
+                clen = content_length(h.value);
             }
-            if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                continue;
+            if !is_hop(h.name) {
+                push_header(&mut out, h.name.as_bytes(), h.value);
             }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(&id);
-        out.extend_from_slice(b"\r\n\r\n");
-        while ubuf.len() < uhead + clen {
-            if read_more(&mut up, &mut ubuf).await? == 0 {
-                return Ok(());
-            }
+        push_header(&mut out, b"x-request-id", &id);
+        out.extend_from_slice(b"\r\n");
+        if !fill(&mut up, &mut ubuf, uhead + clen).await? {
+            return Ok(());
         }
         out.extend_from_slice(&ubuf[uhead..uhead + clen]);
         client.write_all(&out).await?;
@@ -190,154 +156,90 @@ async fn serve(
     }
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    buf.reserve(8192);
-    s.read_buf(buf).await
-}
-
-/// Serves clients with hyper's HTTP/1 server; each request's upstream
-/// exchange is the lean one, in the request's task.
-async fn hyper_server(listener: TcpListener, pool: Pool) {
-    use hyper::service::service_fn;
+/// Serves clients with hyper's HTTP/1 server, each request by `forward`.
+async fn serve_with_hyper<F, Fut, B, E>(listener: TcpListener, forward: F)
+where
+    F: Fn(Request<Incoming>, Rc<str>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let (sock, peer) = listener.accept().await.unwrap();
         sock.set_nodelay(true).unwrap();
-        let pool = pool.clone();
+        let forward = forward.clone();
         tokio::task::spawn_local(async move {
             let peer_ip: Rc<str> = peer.ip().to_string().into();
-            let service = service_fn(move |req| exchange(req, pool.clone(), peer_ip.clone()));
+            let service = hyper::service::service_fn(move |req| forward(req, peer_ip.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                .serve_connection(TokioIo::new(sock), service)
                 .await;
         });
     }
 }
 
+/// `--hyper-server`: the lean upstream exchange, in the request's task.
 async fn exchange(
-    req: hyper::Request<hyper::body::Incoming>,
+    req: Request<Incoming>,
     pool: Pool,
     peer_ip: Rc<str>,
-) -> std::io::Result<hyper::Response<http_body_util::Full<bytes::Bytes>>> {
+) -> io::Result<Response<Full<Bytes>>> {
     let mut out = Vec::with_capacity(1024);
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        req.uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    push_request_line(&mut out, req.method().as_str(), path);
     let mut host: &[u8] = b"";
     for (name, value) in req.headers() {
         if name == hyper::header::HOST {
             host = value.as_bytes();
-            continue;
+        } else if !is_hop(name.as_str()) {
+            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if HOP.contains(&name.as_str()) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"host: 127.0.0.1:18080\r\nx-forwarded-for: ");
-    out.extend_from_slice(peer_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
-    out.extend_from_slice(host);
-    let mut id = [0u8; 32];
-    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
-    out.extend_from_slice(b"\r\nx-request-id: ");
-    out.extend_from_slice(&id);
-    out.extend_from_slice(b"\r\n\r\n");
+    let id = new_id();
+    push_forwarding(&mut out, peer_ip.as_bytes(), host, &id);
 
-    let popped = pool.borrow_mut().pop();
-    let mut up = match popped {
-        Some(up) => up,
-        None => {
-            let s = TcpStream::connect("127.0.0.1:18080").await?;
-            s.set_nodelay(true)?;
-            s
-        }
-    };
+    let mut up = checkout(&pool).await?;
     up.write_all(&out).await?;
     let mut ubuf = Vec::with_capacity(16384);
-    let uhead = loop {
-        if let Some(end) = memchr::memmem::find(&ubuf, b"\r\n\r\n") {
-            break end + 4;
-        }
-        if read_more(&mut up, &mut ubuf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
+    let Some(uhead) = read_head(&mut up, &mut ubuf).await? else {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     };
     let mut rheaders = [httparse::EMPTY_HEADER; 64];
     let mut res = httparse::Response::new(&mut rheaders);
-    res.parse(&ubuf[..uhead]).map_err(std::io::Error::other)?;
-    let mut answer = hyper::Response::builder().status(res.code.unwrap());
-    let mut clen = 0usize;
+    res.parse(&ubuf[..uhead]).map_err(io::Error::other)?;
+    let mut answer = Response::builder().status(res.code.unwrap());
+    let mut clen = 0;
     for h in res.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            clen = std::str::from_utf8(h.value)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+            clen = content_length(h.value);
         }
-        if HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-            continue;
+        if !is_hop(h.name) {
+            answer = answer.header(h.name, h.value);
         }
-        answer = answer.header(h.name, h.value);
     }
     answer = answer.header("x-request-id", &id[..]);
-    while ubuf.len() < uhead + clen {
-        if read_more(&mut up, &mut ubuf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
+    if !fill(&mut up, &mut ubuf, uhead + clen).await? {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let body = bytes::Bytes::copy_from_slice(&ubuf[uhead..uhead + clen]);
+    let body = Bytes::copy_from_slice(&ubuf[uhead..uhead + clen]);
     pool.borrow_mut().push(up);
-    Ok(answer.body(http_body_util::Full::new(body)).unwrap())
+    Ok(answer.body(Full::new(body)).unwrap())
 }
 
-type Senders =
-    Rc<RefCell<Vec<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>>>;
-
-/// hyper's server and hyper's client, as Tollgate's plain proxy has them.
-async fn hyper_both(listener: TcpListener) {
-    use hyper::service::service_fn;
-    let senders: Senders = Rc::new(RefCell::new(Vec::new()));
-    loop {
-        let (sock, peer) = listener.accept().await.unwrap();
-        sock.set_nodelay(true).unwrap();
-        let senders = senders.clone();
-        tokio::task::spawn_local(async move {
-            let peer_ip: Rc<str> = peer.ip().to_string().into();
-            let service =
-                service_fn(move |req| forward_with_hyper(req, senders.clone(), peer_ip.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
-                .await;
-        });
-    }
-}
-
+/// `--hyper-both`: hyper's client, as Tollgate's plain proxy has it.
 async fn forward_with_hyper(
-    req: hyper::Request<hyper::body::Incoming>,
+    req: Request<Incoming>,
     senders: Senders,
     peer_ip: Rc<str>,
-) -> Result<hyper::Response<Returning>, hyper::Error> {
-    use hyper::header::{HeaderName, HeaderValue};
+) -> Result<Response<Returning>, hyper::Error> {
     let (parts, _) = req.into_parts();
     let mut headers = parts.headers;
     let host = headers.remove(hyper::header::HOST);
     for name in HOP {
         headers.remove(name);
     }
-    headers.insert(
-        hyper::header::HOST,
-        HeaderValue::from_static("127.0.0.1:18080"),
-    );
+    headers.insert(hyper::header::HOST, HeaderValue::from_static(UPSTREAM));
     headers.insert(
         HeaderName::from_static("x-forwarded-for"),
         HeaderValue::from_str(&peer_ip).unwrap(),
@@ -349,11 +251,9 @@ async fn forward_with_hyper(
     if let Some(host) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    let mut id = [0u8; 32];
-    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
-    let id = HeaderValue::from_bytes(&id).unwrap();
+    let id = HeaderValue::from_bytes(&new_id()).unwrap();
     headers.insert(HeaderName::from_static("x-request-id"), id.clone());
-    let mut upstream = hyper::Request::new(http_body_util::Empty::new());
+    let mut upstream = Request::new(Empty::new());
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = parts.uri;
     *upstream.headers_mut() = headers;
@@ -362,10 +262,9 @@ async fn forward_with_hyper(
     let mut sender = match popped {
         Some(sender) => sender,
         None => {
-            let stream = TcpStream::connect("127.0.0.1:18080").await.unwrap();
-            stream.set_nodelay(true).unwrap();
+            let stream = connect().await.unwrap();
             let (sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::task::spawn_local(conn);
             sender
         }
@@ -385,43 +284,46 @@ async fn forward_with_hyper(
         sender: Some(sender),
         senders,
     };
-    Ok(hyper::Response::from_parts(parts, body))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// An upstream answer's body that puts its connection back on the stack
 /// once read to the end, as Tollgate's `ResponseBody` does.
 struct Returning {
-    body: hyper::body::Incoming,
-    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+    body: Incoming,
+    sender: Option<SendRequest<Empty<Bytes>>>,
     senders: Senders,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.senders.borrow_mut().push(sender);
+        }
+    }
 }
 
 impl Drop for Returning {
     /// hyper's server may drop a body whose length it knew without polling
     /// it past its last byte.
     fn drop(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.body) {
-            if let Some(sender) = self.sender.take() {
-                self.senders.borrow_mut().push(sender);
-            }
+        if self.body.is_end_stream() {
+            self.give_back();
         }
     }
 }
 
-impl hyper::body::Body for Returning {
-    type Data = bytes::Bytes;
+impl Body for Returning {
+    type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            if let Some(sender) = this.sender.take() {
-                this.senders.borrow_mut().push(sender);
-            }
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.give_back();
         }
         polled
     }
@@ -430,7 +332,89 @@ impl hyper::body::Body for Returning {
         self.body.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+fn is_hop(name: &str) -> bool {
+    HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+fn content_length(value: &[u8]) -> usize {
+    std::str::from_utf8(value).unwrap().trim().parse().unwrap()
+}
+
+/// 128 random bits as 32 hex digits.
+fn new_id() -> [u8; 32] {
+    let mut id = [0u8; 32];
+    hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id).unwrap();
+    id
+}
+
+fn push_request_line(out: &mut Vec<u8>, method: &str, path: &str) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The headers a proxy adds to a request, and the blank line ending its head.
+fn push_forwarding(out: &mut Vec<u8>, peer_ip: &[u8], host: &[u8], id: &[u8]) {
+    push_header(out, b"host", UPSTREAM.as_bytes());
+    push_header(out, b"x-forwarded-for", peer_ip);
+    push_header(out, b"x-forwarded-proto", b"http");
+    push_header(out, b"x-forwarded-host", host);
+    push_header(out, b"x-request-id", id);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn connect() -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(UPSTREAM).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A kept-alive upstream connection from the stack, or a new one.
+async fn checkout(pool: &Pool) -> io::Result<TcpStream> {
+    let popped = pool.borrow_mut().pop();
+    match popped {
+        Some(stream) => Ok(stream),
+        None => connect().await,
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.reserve(8192);
+    stream.read_buf(buf).await
+}
+
+/// Reads until `buf` holds a whole head; its length, or `None` at the end
+/// of the stream.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    loop {
+        if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            return Ok(Some(end + 4));
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads until `buf` holds `len` bytes; `false` if the stream ended first.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> io::Result<bool> {
+    while buf.len() < len {
+        if read_more(stream, buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
