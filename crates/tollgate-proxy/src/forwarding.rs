@@ -100,8 +100,26 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// Removes the headers the `Connection` header names (its own options
 /// `upgrade`, `close` and `keep-alive` aside, and never `X-Request-Id`).
 fn remove_connection_named(headers: &mut HeaderMap) {
-    let Some(Ok(list)) = headers.get(header::CONNECTION).map(|c| c.to_str()) else {
+    let Some(connection) = headers.get(header::CONNECTION) else {
         return;
+    };
+    for name in connection_options(connection).named {
+        headers.remove(&name);
+    }
+}
+
+/// What a `Connection` header says.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ConnectionOptions {
+    /// `close`: the connection ends after this message.
+    pub close: bool,
+    /// The headers it names (hop-by-hop, then), `X-Request-Id` never.
+    pub named: Vec<HeaderName>,
+}
+
+pub(crate) fn connection_options(value: &HeaderValue) -> ConnectionOptions {
+    let Ok(list) = value.to_str() else {
+        return ConnectionOptions::default();
     };
     let is_option = |token: &str| {
         CONNECTION_OPTIONS
@@ -110,18 +128,33 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     };
     // What nearly every message says: one option, naming no header.
     if is_option(list) {
-        return;
+        return ConnectionOptions {
+            close: list.eq_ignore_ascii_case("close"),
+            named: Vec::new(),
+        };
     }
-    let named: Vec<HeaderName> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|token| !is_option(token))
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in named {
-        if name != X_REQUEST_ID {
-            headers.remove(&name);
+    let mut options = ConnectionOptions::default();
+    for token in list.split(',').map(str::trim) {
+        if token.eq_ignore_ascii_case("close") {
+            options.close = true;
+        } else if !is_option(token) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if name != X_REQUEST_ID {
+                    options.named.push(name);
+                }
+            }
         }
+    }
+    options
+}
+
+/// Whether a header is hop-by-hop by its name alone (the headers a
+/// `Connection` header names aside): `TE: trailers` is end to end.
+pub(crate) fn is_hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
+    match hop_by_hop_index(name) {
+        None => false,
+        Some(_) if *name == header::TE => !value.as_bytes().eq_ignore_ascii_case(b"trailers"),
+        Some(_) => true,
     }
 }
 

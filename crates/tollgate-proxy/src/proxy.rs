@@ -608,7 +608,9 @@ fn respond(
     }
 
     let (mut parts, body) = response.into_parts();
-    forwarding::remove_hop_by_hop(&mut parts.headers, false);
+    if !body.hop_by_hop_removed() {
+        forwarding::remove_hop_by_hop(&mut parts.headers, false);
+    }
     finish_headers(
         &mut parts.headers,
         snapshot,

@@ -319,3 +319,49 @@ async fn least_conn_avoids_the_busy_target() {
         assert_eq!(request.await.unwrap().unwrap().status(), 200);
     }
 }
+
+/// An upstream answer's hop-by-hop headers, and those its `Connection`
+/// header names, stop at the gateway: for a bodiless request (the in-task
+/// client parses the answer) as for one with a body (hyper's client).
+#[tokio::test]
+async fn answers_lose_their_hop_by_hop_headers() {
+    let up = tollgate_testkit::Upstream::start(|req| async move {
+        let mut res = upstream::echo_response("hops", req).await;
+        let headers = res.headers_mut();
+        for (name, value) in [
+            ("connection", "keep-alive, x-upstream-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-upstream-hop", "secret"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        res
+    });
+    let config = format!(
+        "services: [{{ name: u, upstream: {{ targets: [{{ url: '{}' }}] }} }}]\n\
+         apis: [{{ name: all, service: u, match: {{ paths: [/] }} }}]\n",
+        up.url()
+    );
+    let gw = common::gateway().config(&config).start().await;
+    let client = gw.client();
+    for request in [
+        client.get(gw.url("/a")),
+        client.post(gw.url("/a")).body("with a body"),
+    ] {
+        let res = request.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let h = res.headers();
+        assert_eq!(h["x-kept"], "yes", "end-to-end headers pass: {h:?}");
+        for hop in ["keep-alive", "x-upstream-hop", "proxy-connection"] {
+            assert!(h.get(hop).is_none(), "{hop} reached the client: {h:?}");
+        }
+        // The client's connection is the gateway's to describe.
+        assert!(
+            h.get("connection")
+                .is_none_or(|v| v != "keep-alive, x-upstream-hop"),
+            "{h:?}"
+        );
+    }
+}
