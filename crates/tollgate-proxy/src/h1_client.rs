@@ -122,29 +122,28 @@ impl H1Pool {
         self.send(&bytes, timeouts).await
     }
 
-    /// Sends a request without a body, not `HEAD` (whose answer has no body
-    /// whatever its head says), its head written from `method`,
+    /// The whole of a request without a body, not `HEAD` (whose answer has
+    /// no body whatever its head says), written from `method`,
     /// `path_and_query` and `headers` as they are: the caller sets `Host`.
-    /// Reads the answer's head; the body follows as it is read. The plain
-    /// proxy's bodiless requests go this way, in the request's task.
-    pub async fn send_head(
-        self: &Arc<Self>,
+    /// The plain proxy's bodiless requests go this way, in the request's
+    /// task. Written before anything is awaited, so that the request's
+    /// future holds these bytes, not the request they came from.
+    pub fn bodiless_request(
         method: &http::Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        timeouts: Timeouts,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Vec<u8> {
         debug_assert!(method != http::Method::HEAD);
         let mut head = Vec::with_capacity(512);
         write_head(&mut head, method, path_and_query, headers);
         head.extend_from_slice(b"\r\n");
-        self.send(&head, timeouts).await
+        head
     }
 
     /// Sends `request` (head and whole body, as written; not a `HEAD`
     /// request, whose answer would have no body whatever its head says) and
     /// reads the answer's head; the body follows as it is read.
-    async fn send(
+    pub async fn send(
         self: &Arc<Self>,
         request: &[u8],
         timeouts: Timeouts,
@@ -775,10 +774,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::HOST, HeaderValue::from_static("x"));
         for _ in 0..3 {
-            let response = pool
-                .send_head(&Method::GET, "/", &headers, TIMEOUTS)
-                .await
-                .unwrap();
+            let request = H1Pool::bodiless_request(&Method::GET, "/", &headers);
+            let response = pool.send(&request, TIMEOUTS).await.unwrap();
             assert_eq!(response.status(), 204);
             assert!(response.body().is_end_stream());
         }
