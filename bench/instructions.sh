@@ -4,6 +4,7 @@
 # for telling whether a change to the hot path made it cheaper.
 #
 #   bench/instructions.sh              # the plain proxy and the AI path, 2000 requests each
+#   bench/instructions.sh auth         # the plain proxy's route behind key auth and a rate limit
 #   N=5000 bench/instructions.sh ai    # one path, more requests
 #   BIN=/tmp/old/tollgate bench/instructions.sh   # another build, to compare
 #
@@ -21,6 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED_BENCH:-../shared/bench}
 N=${N:-2000}
+# bench/auth.yaml reads its consumer's key from here; the client sends the same.
+export BENCH_API_KEY=tg_bench_key_0123456789abcdefghijklmnopqrstuvwxyz
 KINDS=${*:-plain ai}
 for tool in valgrind nginx; do
   command -v "$tool" >/dev/null || apt-get install -y -qq "$tool" >/dev/null
@@ -45,6 +48,7 @@ load() {
   python3 - "$@" <<'EOF'
 import http.client, json, sys
 port, count, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+AUTH_KEY = "tg_bench_key_0123456789abcdefghijklmnopqrstuvwxyz"
 conn = http.client.HTTPConnection("127.0.0.1", port)
 chat = json.dumps({"model": "mock-gpt", "max_tokens": 32, "temperature": 0, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -53,6 +57,8 @@ for _ in range(count):
     if kind == "ai":
         conn.request("POST", "/v1/chat/completions", chat,
                      {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"})
+    elif kind == "auth":
+        conn.request("GET", "/?api_key=" + AUTH_KEY)
     else:
         conn.request("GET", "/")
     answer = conn.getresponse()
@@ -81,7 +87,8 @@ for kind in $KINDS; do
   case $kind in
     plain) config=bench/proxy.yaml port=18090 admin=18091 data=/tmp/tollgate-bench ;;
     ai) config=bench/ai.yaml port=18102 admin=18104 data=/tmp/tollgate-bench-ai ;;
-    *) echo "unknown path '$kind' (plain or ai)" >&2; exit 2 ;;
+    auth) config=bench/auth.yaml port=18092 admin=18093 data=/tmp/tollgate-bench-auth ;;
+    *) echo "unknown path '$kind' (plain, auth or ai)" >&2; exit 2 ;;
   esac
   rm -rf "$data" && mkdir -p "$data"
   valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$RUN/$kind.%p" \
