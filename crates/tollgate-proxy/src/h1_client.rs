@@ -65,7 +65,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub struct H1Pool {
     authority: String,
-    idle: IdleStack<TcpStream>,
+    idle: IdleStack<Idle>,
+}
+
+/// An idle connection and its read buffer: kept together, the buffer's
+/// allocation serves the connection's next answer too (once the last
+/// answer's body, which shares it, is gone) instead of a new 16 KiB one
+/// for every exchange.
+#[derive(Debug)]
+struct Idle {
+    stream: TcpStream,
+    buf: BytesMut,
 }
 
 /// Why an exchange failed: before the provider was reached, or after.
@@ -89,12 +99,12 @@ impl H1Pool {
     }
 
     /// An idle connection the server has not closed, if any.
-    fn take_idle(&self, idle_timeout: Duration) -> Option<TcpStream> {
-        while let Some(stream) = self.idle.pop_fresh(idle_timeout) {
+    fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
+        while let Some(idle) = self.idle.pop_fresh(idle_timeout) {
             // Idle means silent: end of stream or stray bytes rule it out.
             // The readiness tokio has seen answers this without a syscall.
-            match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(stream),
+            match idle.stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(idle),
                 _ => continue,
             }
         }
@@ -150,15 +160,15 @@ impl H1Pool {
         request: &[u8],
         timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        if let Some(stream) = self.take_idle(timeouts.idle) {
-            match self.exchange(stream, request).await {
+        if let Some(idle) = self.take_idle(timeouts.idle) {
+            match self.exchange(idle.stream, idle.buf, request).await {
                 Err(Exchange::Unanswered(_)) => {}
                 Err(Exchange::Failed(error)) => return Err(error),
                 Ok(response) => return Ok(response),
             }
         }
         let stream = self.connect(timeouts.connect).await?;
-        match self.exchange(stream, request).await {
+        match self.exchange(stream, BytesMut::new(), request).await {
             Ok(response) => Ok(response),
             Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => Err(error),
         }
@@ -185,6 +195,8 @@ impl H1Pool {
     async fn exchange(
         self: &Arc<Self>,
         mut stream: TcpStream,
+        // Empty: a kept-alive connection's buffer, or a new one.
+        mut buf: BytesMut,
         request: &[u8],
     ) -> Result<Response<UpstreamBody>, Exchange> {
         let broken =
@@ -192,7 +204,6 @@ impl H1Pool {
         if let Err(error) = stream.write_all(request).await {
             return Err(Exchange::Unanswered(broken(error)));
         }
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
         loop {
             let read = match read_more(&mut stream, &mut buf).await {
                 Ok(read) => read,
@@ -540,7 +551,8 @@ impl LeanBody {
     fn release(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.reusable && self.buf.is_empty() {
-                self.pool.idle.push(stream);
+                let buf = std::mem::take(&mut self.buf);
+                self.pool.idle.push(Idle { stream, buf });
             }
         }
     }
@@ -819,7 +831,7 @@ mod tests {
             .expect("one idle connection");
         assert!(pool.idle.pop_fresh(Duration::MAX).is_none(), "only one");
         assert!(
-            idle.nodelay().unwrap(),
+            idle.stream.nodelay().unwrap(),
             "TCP_NODELAY on the provider socket"
         );
     }
