@@ -443,6 +443,7 @@ impl Proxy {
                     trusted_peer: trusted,
                     tls: conn.tls,
                     host: host_header,
+                    host_value: host_value.as_ref().filter(|_| uri.authority().is_none()),
                 },
             );
             parts
