@@ -218,13 +218,19 @@ impl Proxy {
             // Cheap clones (shared buffers) so that borrows outlive `req.into_parts()`.
             let uri = req.uri().clone();
             let host_value = req.headers().get(header::HOST).cloned();
-            let host_header: &str = match uri.authority() {
-                Some(authority) => authority.as_str(),
-                None => host_value
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or(""),
-            };
+            // The host the client asked for, and the `Host` value it came in
+            // when it came that way (shared, where a copy would be made).
+            let (host_header, host_from_header): (&str, Option<&HeaderValue>) =
+                match uri.authority() {
+                    Some(authority) => (authority.as_str(), None),
+                    None => (
+                        host_value
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        host_value.as_ref(),
+                    ),
+                };
             let path = match normalize_path(uri.path()) {
                 Ok(path) => path,
                 Err(e) => fail!(GatewayError::bad_request(e.message())),
@@ -443,7 +449,7 @@ impl Proxy {
                     trusted_peer: trusted,
                     tls: conn.tls,
                     host: host_header,
-                    host_value: host_value.as_ref().filter(|_| uri.authority().is_none()),
+                    host_value: host_from_header,
                 },
             );
             parts
@@ -454,7 +460,11 @@ impl Proxy {
                 policies.transform_request(&mut parts.headers, identity.as_ref());
             }
             if api.preserve_host && !host_header.is_empty() {
-                if let Ok(value) = HeaderValue::from_str(host_header) {
+                let value = match host_from_header {
+                    Some(value) => Ok(value.clone()),
+                    None => HeaderValue::from_str(host_header),
+                };
+                if let Ok(value) = value {
                     parts.headers.insert(header::HOST, value);
                 }
             } else {
@@ -644,9 +654,9 @@ fn respond(
     }
 
     let (mut parts, body) = response.into_parts();
-    if !body.hop_by_hop_removed() {
-        forwarding::remove_hop_by_hop(&mut parts.headers, false);
-    }
+    // Lean answers come without hop-by-hop headers (see `h1_client::parse_head`):
+    // this finds none in them, in one pass over the names.
+    forwarding::remove_hop_by_hop(&mut parts.headers, false);
     finish_headers(
         &mut parts.headers,
         snapshot,
@@ -997,6 +1007,15 @@ enum SendError {
     Failed(String),
 }
 
+impl From<crate::h1_client::SendError> for SendError {
+    fn from(error: crate::h1_client::SendError) -> SendError {
+        match error {
+            crate::h1_client::SendError::Connect(error) => SendError::Connect(error),
+            crate::h1_client::SendError::Broken(error) => SendError::Failed(error),
+        }
+    }
+}
+
 impl SendError {
     /// The gateway's answer for this failure; its `retryable` decides whether
     /// another target is tried.
@@ -1058,15 +1077,8 @@ impl<'a> Outgoing<'a> {
                     connect: service.connect_timeout,
                     idle: service.idle_timeout,
                 };
-                match target.lean.send(&request, timeouts).await {
-                    Ok(response) => Ok((response, None)),
-                    Err(crate::h1_client::SendError::Connect(error)) => {
-                        Err(SendError::Connect(error))
-                    }
-                    Err(crate::h1_client::SendError::Broken(error)) => {
-                        Err(SendError::Failed(error))
-                    }
-                }
+                let response = target.lean.send(&request, timeouts).await?;
+                Ok((response, None))
             }
             Outgoing::General(sending) => sending.await,
         }

@@ -45,7 +45,7 @@ pub struct TargetState {
     /// Keep-alive connections, used when the target speaks plain HTTP/1.1.
     pub pool: crate::pool::Http1Pool,
     /// Keep-alive connections for bodiless requests to a plain HTTP/1.1
-    /// target, driven in the request's task (see `proxy::send`).
+    /// target, driven in the request's task (see `proxy::goes_lean`).
     pub(crate) lean: Arc<crate::h1_client::H1Pool>,
 }
 

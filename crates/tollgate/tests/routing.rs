@@ -339,12 +339,10 @@ async fn answers_lose_their_hop_by_hop_headers() {
         }
         res
     });
-    let config = format!(
-        "services: [{{ name: u, upstream: {{ targets: [{{ url: '{}' }}] }} }}]\n\
-         apis: [{{ name: all, service: u, match: {{ paths: [/] }} }}]\n",
-        up.url()
-    );
-    let gw = common::gateway().config(&config).start().await;
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
     let client = gw.client();
     for request in [
         client.get(gw.url("/a")),
