@@ -182,3 +182,30 @@ async fn bodiless_and_bodied_requests_each_reuse_a_connection() {
         "one kept-alive connection for each client"
     );
 }
+
+/// A `HEAD` answer announces a body (`Content-Length: 100`) that never
+/// comes. Such requests go through hyper's client, which knows and keeps
+/// the connection; the lean client would count on those 100 bytes, and the
+/// connection would be dropped unread after every `HEAD`.
+#[tokio::test]
+async fn head_requests_keep_their_upstream_connection() {
+    let up = Upstream::start(|_req| async { http::Response::new(body::full("x".repeat(100))) });
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..5 {
+        let head = client.head(gw.url("/item")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], "100");
+        let get = client.get(gw.url("/item")).send().await.unwrap();
+        assert_eq!(get.text().await.unwrap().len(), 100);
+    }
+    assert_eq!(up.hits(), 10);
+    assert_eq!(
+        up.connections(),
+        2,
+        "one kept-alive connection for each client"
+    );
+}
