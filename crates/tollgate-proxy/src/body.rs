@@ -28,6 +28,49 @@ pub struct RequestStats {
     pub client_error: AtomicBool,
 }
 
+/// A client's request body as the pipeline sees it: hyper's, or none for a
+/// request the lean HTTP/1.1 server read (it takes only bodiless requests,
+/// and hyper's `Incoming` cannot be made outside hyper).
+pub enum ClientBody {
+    Empty,
+    Hyper(Incoming),
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> ClientBody {
+        ClientBody::Hyper(body)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
 /// Why forwarding a request body stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
@@ -41,7 +84,7 @@ pub enum RequestBodyError {
 pub struct RequestBody {
     /// A body read whole before forwarding (a policy had to look at it).
     full: Option<Bytes>,
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     stats: Option<Arc<RequestStats>>,
     limit: u64,
     seen: u64,
@@ -58,7 +101,7 @@ impl RequestBody {
         }
     }
 
-    pub fn streaming(inner: Incoming, stats: Arc<RequestStats>, limit: u64) -> RequestBody {
+    pub fn streaming(inner: ClientBody, stats: Arc<RequestStats>, limit: u64) -> RequestBody {
         RequestBody {
             full: None,
             inner: Some(inner),
@@ -82,7 +125,7 @@ impl RequestBody {
 
 /// Reads a request body whole, refusing it past `limit` bytes.
 pub async fn read_limited(
-    body: Incoming,
+    body: ClientBody,
     limit: u64,
     stats: &RequestStats,
 ) -> Result<Bytes, RequestBodyError> {

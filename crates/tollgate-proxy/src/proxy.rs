@@ -18,7 +18,6 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
@@ -29,8 +28,8 @@ use tollgate_policy::rate_limit::RateLimitStatus;
 use tollgate_policy::{ApiPolicies, Denial, Identity};
 
 use crate::body::{
-    read_limited, PooledSender, RecordFinisher, RequestBody, RequestBodyError, RequestStats,
-    ResponseBody,
+    read_limited, ClientBody, PooledSender, RecordFinisher, RequestBody, RequestBodyError,
+    RequestStats, ResponseBody,
 };
 use crate::error::GatewayError;
 use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
@@ -103,7 +102,7 @@ impl Proxy {
     pub fn handle<'a>(
         &'a self,
         conn: &'a ConnInfo,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
@@ -156,7 +155,7 @@ impl Proxy {
         conn: &'a ConnInfo,
         trusted: bool,
         mut fin: Box<RecordFinisher>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, Failure>> + Send + 'a {
         async move {
             // An answer sent before the request body was read closes the
@@ -799,7 +798,7 @@ async fn oauth2_endpoint(
     security: &tollgate_policy::Security,
     issuer: &tollgate_policy::oauth2::TokenIssuer,
     path: &str,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     mut fin: Box<RecordFinisher>,
 ) -> Response<ResponseBody> {
     let method = req.method().clone();
@@ -858,7 +857,7 @@ async fn oauth2_endpoint(
 }
 
 fn redirect_to_https(
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     port: u16,
     mut fin: Box<RecordFinisher>,
 ) -> Response<ResponseBody> {

@@ -18,8 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use tollgate_config::Limits;
 use tollgate_telemetry::{metrics as names, AccessRecord, Outcome};
 
+use crate::body::ClientBody;
 use crate::conn_timeouts::ConnectionTimeouts;
 use crate::framing::FramingGuard;
+use crate::h1_server;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// Connection settings taken from `limits:` at start-up.
@@ -82,12 +84,13 @@ pub async fn serve(
         // take `graceful` back once the accept loops end, while connections live on.
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             metrics::gauge!(names::ACTIVE_CONNECTIONS).increment(1.0);
             match tls {
                 None => {
                     let conn = ConnInfo::new(peer, false);
-                    serve_connection(stream, conn, proxy, &builder, &limits, watcher).await
+                    serve_connection(stream, conn, proxy, &builder, &limits, watcher, stop).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
@@ -100,7 +103,8 @@ pub async fn serve(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .map(|der| Arc::new(crate::tls::client_cert(der)));
-                            serve_connection(stream, conn, proxy, &builder, &limits, watcher).await
+                            serve_connection(stream, conn, proxy, &builder, &limits, watcher, stop)
+                                .await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -138,11 +142,23 @@ async fn serve_connection<S>(
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnectionLimits,
+    // Held while the lean loop serves, so a drain waits for it too.
     watcher: Watcher,
+    stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let clocks = ConnectionTimeouts::new(limits.idle_timeout, limits.header_timeout);
+    let head_limits = h1_server::HeadLimits {
+        max_head_bytes: limits.max_head_bytes(),
+        max_headers: limits.max_headers,
+    };
+    let Some(handoff) = h1_server::serve(stream, &conn, &proxy, &head_limits, clocks, stop).await
+    else {
+        return;
+    };
+    let (stream, clocks) = h1_server::Rewound::new(handoff);
     let conn = Arc::new(conn);
     let service = {
         let proxy = proxy.clone();
@@ -154,10 +170,9 @@ async fn serve_connection<S>(
             // future in one box of its own, reused request after request;
             // a box here cost an allocation and a copy of the future each
             // time (~800 instructions a request).
-            async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(&conn, req.map(ClientBody::from)).await) }
         })
     };
-    let clocks = ConnectionTimeouts::new(limits.idle_timeout, limits.header_timeout);
     let io = TokioIo::new(FramingGuard::new(stream, limits.max_head_bytes(), clocks));
     let connection = builder
         .serve_connection_with_upgrades(io, service)

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use hyper::body::Incoming;
 use tollgate_ai::formats::{anthropic, openai};
 use tollgate_ai::prices::Price;
 use tollgate_ai::{
@@ -35,7 +34,9 @@ use super::cache::{CacheKey, CachedAnswer, ResponseCache};
 use super::prompt::{self, PromptStreamRenderer};
 use super::stream::{Renderer, TranslatedStream};
 use super::{AiApi, AiRuntime, AiTargetRuntime, ModelRuntime};
-use crate::body::{read_limited, RecordFinisher, RequestBodyError, RequestStats, ResponseBody};
+use crate::body::{
+    read_limited, ClientBody, RecordFinisher, RequestBodyError, RequestStats, ResponseBody,
+};
 
 pub static X_TOLLGATE_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
 pub static X_TOLLGATE_MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
@@ -112,7 +113,7 @@ impl From<FormatError> for AiError {
 pub(crate) async fn serve(
     req: AiRequest<'_>,
     parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     mut fin: Box<RecordFinisher>,
 ) -> Response<ResponseBody> {
     let endpoint = match endpoint(req.api, &parts.method, req.path) {
@@ -206,7 +207,7 @@ async fn handle(
     req: &AiRequest<'_>,
     endpoint: Endpoint,
     parts: &http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     fin: &mut RecordFinisher,
 ) -> Result<Respond, AiError> {
     if endpoint == Endpoint::Models {

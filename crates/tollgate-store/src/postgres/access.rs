@@ -235,8 +235,8 @@ impl PgRecordSink {
         }
     }
 
-    /// Puts the batch in the spool, or drops and counts it at the spool's
-    /// bound. Without a spool, the batch is lost: an error.
+    /// Puts the batch in the spool; what would take the spool past its bound
+    /// is dropped and counted. Without a spool, the batch is lost: an error.
     fn spool_batch(
         &mut self,
         batch: &Batch<'_>,
@@ -249,16 +249,17 @@ impl PgRecordSink {
             });
         };
         let records = batch.records as u64;
-        if spool.append(batch.min_ts, batch.max_ts, batch.payload)? {
+        let spooled = spool.append_within_bound(batch.min_ts, batch.max_ts, batch.payload)?;
+        let dropped = records.saturating_sub(spooled);
+        if spooled > 0 {
             tollgate_telemetry::metrics::set_access_spool_bytes(spool.bytes());
-            if let Some(outage) = &mut self.outage {
-                outage.spooled += records;
-            }
-        } else {
-            tollgate_telemetry::metrics::count_access_spool_dropped(records);
-            if let Some(outage) = &mut self.outage {
-                outage.dropped += records;
-            }
+        }
+        if let Some(outage) = &mut self.outage {
+            outage.spooled += spooled;
+            outage.dropped += dropped;
+        }
+        if dropped > 0 {
+            tollgate_telemetry::metrics::count_access_spool_dropped(dropped);
             if !std::mem::replace(&mut self.spool_full, true) {
                 tracing::warn!(
                     spool = %spool.dir().display(),

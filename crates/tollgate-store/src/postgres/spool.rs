@@ -12,8 +12,9 @@
 //! Frames are not synced to disk one by one: a process crash loses none
 //! (they are in the page cache), a machine crash may lose the last ones.
 //!
-//! The spool never grows past its bound (`storage.spool.max_size`): a batch
-//! that would take it there is dropped and counted.
+//! The spool never grows past its bound (`storage.spool.max_size`): of a
+//! batch that would take it there, the records that fit are kept and the
+//! rest dropped and counted.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -145,6 +146,41 @@ impl Spool {
         last.bytes += frame_bytes;
         self.total += frame_bytes;
         Ok(true)
+    }
+
+    /// Appends as many of a batch's records (its COPY text's lines) as fit
+    /// within the bound, from the first; how many it took. A batch gathered
+    /// while the sink waited on an unreachable database can be larger than
+    /// the room left, even in an empty spool: dropping it whole would keep
+    /// nothing of the outage.
+    pub(crate) fn append_within_bound(
+        &mut self,
+        min_ts: i64,
+        max_ts: i64,
+        payload: &[u8],
+    ) -> io::Result<u64> {
+        let records = |text: &[u8]| text.iter().filter(|&&b| b == b'\n').count() as u64;
+        if self.append(min_ts, max_ts, payload)? {
+            return Ok(records(payload));
+        }
+        let room = self
+            .max_bytes
+            .saturating_sub(self.total)
+            .saturating_sub(HEADER_BYTES as u64);
+        let room = usize::try_from(room)
+            .unwrap_or(usize::MAX)
+            .min(payload.len());
+        let Some(last_line_end) = payload[..room].iter().rposition(|&b| b == b'\n') else {
+            return Ok(0);
+        };
+        let fitting = &payload[..=last_line_end];
+        // The batch's ts range holds the part's: a replay may create a
+        // partition more than it needs, never one less.
+        if self.append(min_ts, max_ts, fitting)? {
+            Ok(records(fitting))
+        } else {
+            Ok(0)
+        }
     }
 
     /// Reads the size of segment `seq` from disk again, after a failed write.
@@ -285,5 +321,29 @@ mod tests {
         let aside = spool.set_aside(seq).unwrap();
         assert!(aside.exists() && !path.exists() && spool.is_empty());
         assert_eq!(spool.bytes(), 0);
+    }
+
+    #[test]
+    fn of_a_batch_past_the_bound_the_records_that_fit_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for one 20-byte header and 30 bytes of records.
+        let mut spool = Spool::open(dir.path(), 50).unwrap();
+        let batch = b"record-0001\nrecord-0002\nrecord-0003\nrecord-0004\n";
+        assert_eq!(spool.append_within_bound(1, 9, batch).unwrap(), 2);
+        assert_eq!(spool.bytes(), 20 + 24);
+        // No room for a whole record more.
+        assert_eq!(
+            spool.append_within_bound(1, 9, b"record-0005\n").unwrap(),
+            0
+        );
+        assert_eq!(spool.append_within_bound(1, 9, b"r\n").unwrap(), 0);
+        let (_, frames) = spool.oldest().unwrap().unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].payload, b"record-0001\nrecord-0002\n");
+        assert_eq!((frames[0].min_ts, frames[0].max_ts), (1, 9));
+
+        // A batch that fits is taken whole.
+        let mut roomy = Spool::open(&dir.path().join("roomy"), 1 << 20).unwrap();
+        assert_eq!(roomy.append_within_bound(1, 2, batch).unwrap(), 4);
     }
 }
