@@ -28,11 +28,13 @@ pub struct RequestStats {
     pub client_error: AtomicBool,
 }
 
-/// A client's request body as the pipeline sees it: hyper's, or none for a
-/// request the lean HTTP/1.1 server read (it takes only bodiless requests,
-/// and hyper's `Incoming` cannot be made outside hyper).
+/// A client's request body as the pipeline sees it: hyper's, or one the lean
+/// HTTP/1.1 server read with its head (`h1_server`: none, or all of it, as
+/// it came in the same reads; hyper's `Incoming` cannot be made outside hyper).
 pub enum ClientBody {
     Empty,
+    /// Taken by its one frame.
+    Whole(Option<Bytes>),
     Hyper(Incoming),
 }
 
@@ -52,6 +54,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -59,6 +62,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Empty => true,
+            ClientBody::Whole(bytes) => bytes.is_none(),
             ClientBody::Hyper(body) => body.is_end_stream(),
         }
     }
@@ -66,6 +70,9 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ClientBody::Hyper(body) => body.size_hint(),
         }
     }

@@ -1,6 +1,8 @@
 //! A lean HTTP/1.1 server for the requests nearly all traffic is made of:
-//! HTTP/1.1, no body, no upgrade. It reads heads with `httparse`, runs the
-//! pipeline in the connection's own task and writes each answer in one go.
+//! HTTP/1.1, no upgrade, and no body or a small one that came whole with its
+//! head (an API call's JSON, a chat completion's prompt). It reads heads with
+//! `httparse`, runs the pipeline in the connection's own task and writes
+//! each answer in one go.
 //!
 //! hyper's server (behind hyper-util's protocol detection and the
 //! [`FramingGuard`](crate::framing::FramingGuard)) cost ~8,000 instructions
@@ -9,7 +11,8 @@
 //! dispatcher and its per-request state.
 //!
 //! Anything else is hyper's. The first request this loop would not serve
-//! as simply (a body, `Upgrade`, `CONNECT`, `Expect`, HTTP/1.0, the HTTP/2
+//! as simply (a chunked body, or one still to come, `Upgrade`, `CONNECT`,
+//! `Expect`, HTTP/1.0, the HTTP/2
 //! preface, a head it cannot parse or that is too large) hands the whole
 //! connection over: hyper gets the bytes read so far, then the socket, and
 //! keeps the connection to its end. hyper so answers every malformed or
@@ -42,6 +45,9 @@ const ADDED_HEADERS: usize = 8;
 /// Answer bytes gathered before they are written, and the size from which a
 /// body's data is written as it is rather than copied.
 const WRITE_GATHER: usize = 16 * 1024;
+/// A body's length has at most this many digits here (under 10 GB); a
+/// longer one is hyper's to frame or refuse.
+const MAX_BODY_DIGITS: usize = 10;
 /// Header slots on the stack: a head with more goes to hyper.
 const MAX_SLOTS: usize = 128;
 /// The HTTP/2 connection preface begins so; nothing HTTP/1 does.
@@ -66,6 +72,8 @@ struct Head {
     request: Request<ClientBody>,
     /// The client asked to close after this request.
     close: bool,
+    /// The body's length, by `Content-Length`.
+    body_length: usize,
 }
 
 // A head is moved once, from the parser to the pipeline: boxed, it would
@@ -118,8 +126,19 @@ where
     loop {
         let head = loop {
             match parse(&c.buf[c.start..c.end], c.heads == 0, limits) {
-                Ok((Parsed::Head(head), length)) => {
-                    c.start += length;
+                Ok((Parsed::Head(mut head), length)) => {
+                    // A body is read with its head only when it came whole
+                    // with it: waiting for one is hyper's.
+                    let body_start = c.start + length;
+                    let body_end = body_start + head.body_length;
+                    if head.body_length > 0 {
+                        if body_end > c.end {
+                            return Some(c.hand_off());
+                        }
+                        let body = Bytes::copy_from_slice(&c.buf[body_start..body_end]);
+                        *head.request.body_mut() = ClientBody::Whole(Some(body));
+                    }
+                    c.start = body_end;
                     break head;
                 }
                 Ok((Parsed::Partial, _)) if c.end - c.start < limits.max_head_bytes => {}
@@ -196,13 +215,24 @@ fn parse(buf: &[u8], first: bool, limits: &HeadLimits) -> Result<(Parsed, usize)
     };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_HEADERS);
     let mut close = false;
+    let mut body_length = None;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
         if name == header::CONTENT_LENGTH {
-            if value.as_bytes() != b"0" {
+            // Digits only, one header only; anything else hyper refuses.
+            let declared = value.as_bytes();
+            if body_length.is_some()
+                || declared.is_empty()
+                || declared.len() > MAX_BODY_DIGITS
+                || !declared.iter().all(u8::is_ascii_digit)
+            {
                 return Ok((Parsed::Hyper, length));
             }
+            let declared = declared
+                .iter()
+                .fold(0usize, |n, digit| n * 10 + usize::from(digit - b'0'));
+            body_length = Some(declared);
         } else if name == header::CONNECTION {
             close |= forwarding::connection_options(&value).close;
         } else if name == header::TRANSFER_ENCODING
@@ -218,7 +248,12 @@ fn parse(buf: &[u8], first: bool, limits: &HeadLimits) -> Result<(Parsed, usize)
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Ok((Parsed::Head(Head { request, close }), length))
+    let head = Head {
+        request,
+        close,
+        body_length: body_length.unwrap_or(0),
+    };
+    Ok((Parsed::Head(head), length))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -553,6 +588,9 @@ mod tests {
         assert_eq!(head.request.uri(), "/a?b=c");
         assert_eq!(head.request.headers()["host"], "x");
         assert!(!head.close);
+        assert_eq!(head.body_length, 0);
+        let posted = parsed_head("POST / HTTP/1.1\r\nContent-Length: 0012\r\n\r\n");
+        assert_eq!(posted.body_length, 12);
         let closing = parsed_head("DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
         assert_eq!(closing.request.method(), Method::DELETE);
         assert!(closing.close);
@@ -568,8 +606,10 @@ mod tests {
     #[test]
     fn everything_else_is_handed_to_hyper() {
         for head in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nContent-Length: 12345678901\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "GET /chat HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             "PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",

@@ -133,7 +133,6 @@ async fn requests_with_bodies_in_the_middle_of_a_connection_are_served() {
         .unwrap();
     let (_, before) = read_answer(&mut stream).await;
     assert_eq!(before["path"], "/before");
-    // From here hyper serves the connection.
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         .await
@@ -141,6 +140,7 @@ async fn requests_with_bodies_in_the_middle_of_a_connection_are_served() {
     let (_, upload) = read_answer(&mut stream).await;
     assert_eq!(upload["path"], "/upload");
     assert_eq!(upload["body"], "hello");
+    // From here hyper serves the connection.
     stream
         .write_all(b"PUT /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         .await
@@ -161,6 +161,32 @@ async fn requests_with_bodies_in_the_middle_of_a_connection_are_served() {
     let (_, zero) = read_answer(&mut stream).await;
     assert_eq!(zero["method"], "DELETE");
     assert_eq!(zero["body_len"], 0);
+}
+
+#[tokio::test]
+async fn a_body_that_comes_after_its_head_is_served() {
+    let (_echo, gw) = echo_gateway().await;
+    let mut stream = raw::connect(gw.proxy_addr()).await;
+    stream
+        .write_all(b"POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b" world").await.unwrap();
+    let (_, late) = read_answer(&mut stream).await;
+    assert_eq!(late["body"], "hello world");
+    // A whole one on the same connection, then a bodiless one.
+    stream
+        .write_all(b"POST /whole HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, whole) = read_answer(&mut stream).await;
+    assert_eq!(
+        (whole["path"].as_str(), whole["body"].as_str()),
+        (Some("/whole"), Some("abc"))
+    );
+    let (_, last) = read_answer(&mut stream).await;
+    assert_eq!(last["path"], "/last");
 }
 
 #[tokio::test]
