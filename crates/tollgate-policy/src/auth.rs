@@ -247,9 +247,30 @@ fn now_unix() -> i64 {
 }
 
 fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    uri.query()?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decoded(value))
+    query_pairs(uri.query()?)
+        .find_map(|(_, key, value)| (key == name).then(|| percent_decoded(value)))
+}
+
+/// The pairs of a query: where each is, its name and its value. Split with
+/// `memchr` once per pair: `str` patterns cost ~170 instructions a call,
+/// and a key in the query was split six times a request (~1,000 in all).
+fn query_pairs(query: &str) -> impl Iterator<Item = (std::ops::Range<usize>, &str, &str)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start > query.len() {
+            return None;
+        }
+        let end =
+            memchr::memchr(b'&', &query.as_bytes()[start..]).map_or(query.len(), |i| start + i);
+        // `&` and `=` are ASCII: slicing there keeps whole characters.
+        let pair = &query[start..end];
+        let (key, value) = match memchr::memchr(b'=', pair.as_bytes()) {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, ""),
+        };
+        let range = start..end;
+        start = end + 1;
+        Some((range, key, value))
     })
 }
 
@@ -257,7 +278,7 @@ fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<std::borrow::Cow<'a, str>
 /// goes byte by byte: looking for a `%` first saved ~1,000 instructions a
 /// request with its key in the query.
 fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('%') {
+    if memchr::memchr(b'%', text.as_bytes()).is_some() {
         percent_encoding::percent_decode_str(text).decode_utf8_lossy()
     } else {
         std::borrow::Cow::Borrowed(text)
@@ -294,11 +315,10 @@ impl Authenticator {
     }
 }
 
-/// Whether the `key=value` pair `pair` is the parameter `name`, also when
-/// its name is percent-encoded or differently cased (`api%5Fkey`, `API_KEY`):
+/// Whether `key`, a query pair's name, names the parameter `name`, also
+/// when percent-encoded or differently cased (`api%5Fkey`, `API_KEY`):
 /// upstream frameworks decode names, and some match them case-insensitively.
-fn same_param(pair: &str, name: &str) -> bool {
-    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+fn same_param(key: &str, name: &str) -> bool {
     key == name || percent_decoded(key).eq_ignore_ascii_case(name)
 }
 
@@ -306,26 +326,34 @@ fn same_param(pair: &str, name: &str) -> bool {
 /// `None` when there is none to remove, so the common case builds nothing.
 fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
     let query = uri.query()?;
-    if !query.split('&').any(|pair| same_param(pair, name)) {
-        return None;
+    let mut path_and_query: Option<String> = None;
+    let mut kept_any = false;
+    for (range, key, _) in query_pairs(query) {
+        if same_param(key, name) {
+            path_and_query.get_or_insert_with(|| {
+                // The pairs before this one, all kept.
+                let mut text = String::with_capacity(uri.path().len() + query.len() + 1);
+                text.push_str(uri.path());
+                text.push('?');
+                text.push_str(&query[..range.start.saturating_sub(1)]);
+                kept_any = range.start > 0;
+                text
+            });
+        } else if let Some(text) = &mut path_and_query {
+            if kept_any {
+                text.push('&');
+            }
+            text.push_str(&query[range]);
+            kept_any = true;
+        }
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !same_param(pair, name))
-        .collect();
-    let mut path_and_query = uri.path().to_string();
-    if !kept.is_empty() {
-        path_and_query.push('?');
-        path_and_query.push_str(&kept.join("&"));
+    let mut path_and_query = path_and_query?;
+    if !kept_any {
+        path_and_query.pop(); // the `?`
     }
-    let mut builder = Uri::builder().path_and_query(path_and_query);
-    if let Some(scheme) = uri.scheme() {
-        builder = builder.scheme(scheme.clone());
-    }
-    if let Some(authority) = uri.authority() {
-        builder = builder.authority(authority.clone());
-    }
-    Some(builder.build().unwrap_or_else(|_| uri.clone()))
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Some(Uri::from_parts(parts).unwrap_or_else(|_| uri.clone()))
 }
 
 #[cfg(test)]
@@ -356,6 +384,24 @@ mod tests {
         );
         let only: Uri = "/orders?api_key=k".parse().unwrap();
         assert_eq!(without_query_param(&only, "api_key").unwrap(), "/orders");
+        for (query, kept) in [
+            ("api_key=1&b=2", "/o?b=2"),
+            ("a=1&api_key=2", "/o?a=1"),
+            ("a=1&api_key=2&api_key=3&b=4&c", "/o?a=1&b=4&c"),
+            ("api_key=1&API_KEY=2", "/o"),
+            ("api_key", "/o"),
+            ("&api_key=1&", "/o?&"),
+        ] {
+            let uri: Uri = format!("http://h:1/o?{query}").parse().unwrap();
+            let without = without_query_param(&uri, "api_key").unwrap();
+            assert_eq!(without.path_and_query().unwrap(), kept, "{query}");
+            assert_eq!(without.authority().unwrap(), "h:1", "{query}");
+        }
+        let empty: Uri = "/o?".parse().unwrap();
+        assert!(without_query_param(&empty, "api_key").is_none());
+        assert_eq!(query_param(&empty, "api_key"), None);
+        let valueless: Uri = "/o?x&api_key".parse().unwrap();
+        assert_eq!(query_param(&valueless, "api_key").as_deref(), Some(""));
     }
 
     #[test]
