@@ -306,3 +306,25 @@ async fn a_drain_closes_idle_keep_alive_connections_at_once() {
     let closed = raw::read_until_close(&mut idle, WAIT).await;
     assert!(closed.closed && closed.head.is_empty(), "{closed:?}");
 }
+
+#[tokio::test]
+async fn a_drain_lets_a_request_in_flight_finish_and_says_it_closes() {
+    let slow = upstream::slow(Duration::from_millis(800));
+    let mut gw = common::gateway()
+        .config(&common::simple(&[slow.url()], "", ""))
+        .start()
+        .await;
+    let mut stream = raw::connect(gw.proxy_addr()).await;
+    stream
+        .write_all(b"GET /in-flight HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tollgate_testkit::eventually(WAIT, || async { slow.hits() >= 1 }).await;
+    gw.sigterm();
+    let res = raw::read_until_close(&mut stream, WAIT).await;
+    assert_eq!(res.status, Some(200), "{res:?}");
+    assert_eq!(res.header("connection"), Some("close"), "{res:?}");
+    assert!(res.closed, "{res:?}");
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+}
