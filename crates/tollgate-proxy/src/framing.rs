@@ -85,6 +85,14 @@ impl<S> FramingGuard<S> {
         }
     }
 
+    /// For a connection the lean server (`h1_server`) served `heads`
+    /// requests on before handing it over: heads are numbered on from
+    /// there, so the clocks never take a later head for one they timed.
+    pub fn numbered_from(mut self, heads: u64) -> Self {
+        self.framer.heads = heads;
+        self
+    }
+
     /// The number on this connection of the request head that has begun and
     /// not ended, if one has. A new connection's first head counts from the
     /// start: a client that connects and sends nothing is timed too.

@@ -59,6 +59,8 @@ pub struct Handoff<S> {
     pub stream: S,
     pub unread: Vec<u8>,
     pub clocks: ConnectionTimeouts,
+    /// Requests served before.
+    pub heads: u64,
 }
 
 /// The connection's limits this loop needs.
@@ -292,6 +294,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream: self.stream,
             unread: self.buf,
             clocks: self.clocks,
+            heads: self.heads,
         }
     }
 
@@ -496,13 +499,14 @@ pub struct Rewound<S> {
 }
 
 impl<S> Rewound<S> {
-    pub fn new(handoff: Handoff<S>) -> (Rewound<S>, ConnectionTimeouts) {
+    /// The connection to hand hyper, its clocks, and how many requests it served.
+    pub fn new(handoff: Handoff<S>) -> (Rewound<S>, ConnectionTimeouts, u64) {
         let rewound = Rewound {
             unread: handoff.unread,
             at: 0,
             inner: handoff.stream,
         };
-        (rewound, handoff.clocks)
+        (rewound, handoff.clocks, handoff.heads)
     }
 }
 

@@ -158,7 +158,7 @@ async fn serve_connection<S>(
     else {
         return;
     };
-    let (stream, clocks) = h1_server::Rewound::new(handoff);
+    let (stream, clocks, served) = h1_server::Rewound::new(handoff);
     let conn = Arc::new(conn);
     let service = {
         let proxy = proxy.clone();
@@ -173,7 +173,8 @@ async fn serve_connection<S>(
             async move { Ok::<_, Infallible>(proxy.handle(&conn, req.map(ClientBody::from)).await) }
         })
     };
-    let io = TokioIo::new(FramingGuard::new(stream, limits.max_head_bytes(), clocks));
+    let guard = FramingGuard::new(stream, limits.max_head_bytes(), clocks).numbered_from(served);
+    let io = TokioIo::new(guard);
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
