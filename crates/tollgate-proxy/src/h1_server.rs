@@ -42,6 +42,9 @@ const INITIAL_READ: usize = 4096;
 /// Room in a request's header map for the headers the pipeline adds
 /// (forwarding headers, request id, `traceparent`): it then grows at most once.
 const ADDED_HEADERS: usize = 8;
+/// The most write buffer a connection keeps between requests: what one
+/// large answer grew it to is given back.
+const KEEP_WRITE: usize = 8 * 1024;
 /// Answer bytes gathered before they are written, and the size from which a
 /// body's data is written as it is rather than copied.
 const WRITE_GATHER: usize = 16 * 1024;
@@ -165,7 +168,7 @@ where
         // Shutting down: this answer is the connection's last, and says so.
         let stop = *shutdown.borrow();
         match c.respond(response, is_head, head.close || stop).await {
-            Ok(true) => {}
+            Ok(true) => c.trim_buffers(),
             Ok(false) | Err(_) => {
                 let _ = poll_fn(|cx| Pin::new(&mut c.stream).poll_shutdown(cx)).await;
                 return None;
@@ -285,6 +288,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             polled
         })
         .await
+    }
+
+    /// Gives back what a large head or answer grew the buffers to, so an
+    /// idle connection holds a few KB whatever it once served.
+    fn trim_buffers(&mut self) {
+        if self.out.capacity() > KEEP_WRITE {
+            self.out = Vec::with_capacity(1024);
+        }
+        if self.start == self.end && self.buf.len() > INITIAL_READ {
+            self.buf = vec![0; INITIAL_READ];
+            (self.start, self.end) = (0, 0);
+        }
     }
 
     fn hand_off(mut self) -> Handoff<S> {
@@ -641,6 +656,34 @@ mod tests {
             parsed("GET / HTTP/1.1\r\nHost:", true),
             Ok(Parsed::Partial)
         ));
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_by_one_request_are_given_back() {
+        let (stream, _peer) = tokio::io::duplex(64);
+        let clocks = ConnectionTimeouts::new(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(10),
+        );
+        let mut c = Connection {
+            stream,
+            buf: vec![0; 16 * 1024],
+            start: 100,
+            end: 100,
+            out: Vec::with_capacity(32 * 1024),
+            clocks,
+            heads: 1,
+        };
+        c.trim_buffers();
+        assert_eq!(c.buf.len(), INITIAL_READ);
+        assert_eq!((c.start, c.end), (0, 0));
+        assert!(c.out.capacity() <= KEEP_WRITE);
+        // Bytes of the next request are kept, and so is a buffer in use.
+        c.buf = vec![0; 16 * 1024];
+        (c.start, c.end) = (10, 20);
+        c.trim_buffers();
+        assert_eq!(c.buf.len(), 16 * 1024);
+        assert_eq!((c.start, c.end), (10, 20));
     }
 
     #[test]
