@@ -326,30 +326,18 @@ fn same_param(key: &str, name: &str) -> bool {
 /// `None` when there is none to remove, so the common case builds nothing.
 fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
     let query = uri.query()?;
-    let mut path_and_query: Option<String> = None;
-    let mut kept_any = false;
-    for (range, key, _) in query_pairs(query) {
-        if same_param(key, name) {
-            path_and_query.get_or_insert_with(|| {
-                // The pairs before this one, all kept.
-                let mut text = String::with_capacity(uri.path().len() + query.len() + 1);
-                text.push_str(uri.path());
-                text.push('?');
-                text.push_str(&query[..range.start.saturating_sub(1)]);
-                kept_any = range.start > 0;
-                text
-            });
-        } else if let Some(text) = &mut path_and_query {
-            if kept_any {
-                text.push('&');
-            }
-            text.push_str(&query[range]);
-            kept_any = true;
-        }
+    if !query_pairs(query).any(|(_, key, _)| same_param(key, name)) {
+        return None;
     }
-    let mut path_and_query = path_and_query?;
-    if !kept_any {
-        path_and_query.pop(); // the `?`
+    let mut path_and_query = String::with_capacity(uri.path().len() + 1 + query.len());
+    path_and_query.push_str(uri.path());
+    let mut separator = '?';
+    for (range, key, _) in query_pairs(query) {
+        if !same_param(key, name) {
+            path_and_query.push(separator);
+            path_and_query.push_str(&query[range]);
+            separator = '&';
+        }
     }
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
@@ -32,10 +33,18 @@ pub struct RequestStats {
 /// HTTP/1.1 server read with its head (`h1_server`: none, or all of it, as
 /// it came in the same reads; hyper's `Incoming` cannot be made outside hyper).
 pub enum ClientBody {
-    Empty,
-    /// Taken by its one frame.
-    Whole(Option<Bytes>),
+    Whole(Full<Bytes>),
     Hyper(Incoming),
+}
+
+impl ClientBody {
+    pub fn empty() -> ClientBody {
+        ClientBody::Whole(Full::default())
+    }
+
+    pub fn whole(bytes: Bytes) -> ClientBody {
+        ClientBody::Whole(Full::new(bytes))
+    }
 }
 
 impl From<Incoming> for ClientBody {
@@ -53,26 +62,23 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ClientBody::Whole(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Empty => true,
-            ClientBody::Whole(bytes) => bytes.is_none(),
+            ClientBody::Whole(body) => body.is_end_stream(),
             ClientBody::Hyper(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Whole(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            ClientBody::Whole(body) => body.size_hint(),
             ClientBody::Hyper(body) => body.size_hint(),
         }
     }

@@ -789,6 +789,22 @@ mod tests {
         );
     }
 
+    /// A connection the lean server served three requests on: the wait for
+    /// its fourth is the idle clock's, and that head is number 3.
+    #[tokio::test]
+    async fn a_handed_over_connection_numbers_its_heads_on() {
+        let reads: [&[u8]; 2] = [b"GET /d HTTP/1.1\r\nHo", b"st: a\r\n\r\n"];
+        let chunks = reads.iter().map(|read| read.to_vec()).collect();
+        let mut guard = FramingGuard::new(Chunks(chunks), MAX_HEAD, untimed()).numbered_from(3);
+        let mut unfinished = vec![guard.unfinished_head()];
+        let mut buf = [0; 64];
+        while guard.read(&mut buf).await.unwrap() > 0 {
+            unfinished.push(guard.unfinished_head());
+        }
+        // Before its first byte; inside it; after its end.
+        assert_eq!(unfinished, [None, Some(3), None]);
+    }
+
     #[test]
     fn markers_and_both_headers_are_conflicting_framing() {
         let mut headers = HeaderMap::new();

@@ -141,7 +141,7 @@ where
                             return Some(c.hand_off());
                         }
                         let body = Bytes::copy_from_slice(&c.buf[body_start..body_end]);
-                        *head.request.body_mut() = ClientBody::Whole(Some(body));
+                        *head.request.body_mut() = ClientBody::whole(body);
                     }
                     c.start = body_end;
                     break head;
@@ -212,10 +212,16 @@ fn parse(buf: &[u8], first: bool, limits: &HeadLimits) -> Result<(Parsed, usize)
         Some(b"CONNECT") | None => return Ok((Parsed::Hyper, length)),
         Some(other) => Method::from_bytes(other).map_err(|_| ())?,
     };
+    // The target and the header values share one copy of the head, as
+    // hyper's do, rather than each being copied on its own (an allocation
+    // each).
+    let copy = Bytes::copy_from_slice(&buf[..length]);
+    let shared = |part: &[u8]| {
+        let at = part.as_ptr() as usize - buf.as_ptr() as usize;
+        copy.slice(at..at + part.len())
+    };
     let uri = match parsed.path {
-        Some(path) => {
-            Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).map_err(|_| ())?
-        }
+        Some(path) => Uri::from_maybe_shared(shared(path.as_bytes())).map_err(|_| ())?,
         None => return Err(()),
     };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_HEADERS);
@@ -223,7 +229,7 @@ fn parse(buf: &[u8], first: bool, limits: &HeadLimits) -> Result<(Parsed, usize)
     let mut body_length = None;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
+        let value = HeaderValue::from_maybe_shared(shared(h.value)).map_err(|_| ())?;
         if name == header::CONTENT_LENGTH {
             // Digits only, one header only; anything else hyper refuses.
             let declared = value.as_bytes();
@@ -248,7 +254,7 @@ fn parse(buf: &[u8], first: bool, limits: &HeadLimits) -> Result<(Parsed, usize)
         }
         headers.append(name, value);
     }
-    let mut request = Request::new(ClientBody::Empty);
+    let mut request = Request::new(ClientBody::empty());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -331,19 +337,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = parts.headers.get(header::CONTENT_LENGTH).map(|value| {
-            std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
-        let mut framing = match declared {
-            Some(Some(length)) => Framing::Length(length),
-            // An answer that cannot say its own length has no other framing.
-            Some(None) => return Err(io::Error::other("a bad Content-Length in an answer")),
-            None => match body.size_hint().exact() {
-                Some(length) => Framing::Length(length),
-                None => Framing::Chunked,
-            },
+        // An answer that cannot say its own length has no other framing.
+        let declared = crate::proxy::content_length(&parts.headers)
+            .map_err(|()| io::Error::other("a bad Content-Length in an answer"))?;
+        let mut framing = match declared.or(body.size_hint().exact()) {
+            Some(length) => Framing::Length(length),
+            None => Framing::Chunked,
         };
         self.out.clear();
         encode_head(&mut self.out, status, &parts.headers);
@@ -374,15 +373,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         loop {
             // Whatever is ready now goes out with the head; the bytes
             // gathered are written once the body has to wait.
-            let frame =
-                match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx).map(Some))).await {
-                    Poll::Ready(frame) => frame,
-                    Poll::Pending => {
-                        self.flush().await?;
-                        poll_fn(|cx| body.as_mut().poll_frame(cx).map(Some)).await
-                    }
-                };
-            let data = match frame.flatten() {
+            let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush().await?;
+                    poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
                 None => break,
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,

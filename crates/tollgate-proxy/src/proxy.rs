@@ -915,7 +915,7 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// `Err` when the header is present but not one valid number (hyper already
 /// refuses differing duplicates; this catches the rest).
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| ())?;
