@@ -149,14 +149,38 @@ impl Period {
         }
     }
 
-    /// `d2025-03-01` or `m2025-03`.
+    /// `d2025-03-01` or `m2025-03`. Written digit by digit: `write!` with
+    /// padding cost ~570 instructions on every quota and budget check.
     pub(crate) fn write_label(&self, key: &mut String) {
-        use std::fmt::Write as _;
-        let (year, month) = (self.start.year(), u8::from(self.start.month()));
-        let _ = match self.kind {
-            QuotaPeriod::Day => write!(key, "d{year:04}-{month:02}-{:02}", self.start.day()),
-            QuotaPeriod::Month => write!(key, "m{year:04}-{month:02}"),
-        };
+        key.push(match self.kind {
+            QuotaPeriod::Day => 'd',
+            QuotaPeriod::Month => 'm',
+        });
+        push_padded(key, self.start.year(), 4);
+        key.push('-');
+        push_padded(key, i32::from(u8::from(self.start.month())), 2);
+        if self.kind == QuotaPeriod::Day {
+            key.push('-');
+            push_padded(key, i32::from(self.start.day()), 2);
+        }
+    }
+}
+
+/// `n` as `format!("{n:0width$}")` writes it.
+fn push_padded(key: &mut String, n: i32, width: u32) {
+    match u32::try_from(n) {
+        Ok(n) if n < 10u32.pow(width) => {
+            for place in (0..width).rev() {
+                let digit = n / 10u32.pow(place) % 10;
+                key.push(char::from(b'0' + digit as u8));
+            }
+        }
+        // Negative years, or past 9999: never in a running gateway's clock.
+        _ => {
+            use std::fmt::Write as _;
+            let width = width as usize;
+            let _ = write!(key, "{n:0width$}");
+        }
     }
 }
 
@@ -179,6 +203,28 @@ mod tests {
         let mut label = String::new();
         period.write_label(&mut label);
         label
+    }
+
+    #[test]
+    fn labels_are_padded_as_format_pads_them() {
+        for (n, width) in [
+            (0, 2),
+            (7, 2),
+            (12, 2),
+            (31, 2),
+            (5, 4),
+            (999, 4),
+            (2025, 4),
+            (9999, 4),
+            (10_000, 4),
+            (-5, 4),
+        ] {
+            let mut padded = String::from("m");
+            push_padded(&mut padded, n, width);
+            assert_eq!(padded, format!("m{n:0w$}", w = width as usize));
+        }
+        let period = Period::at(QuotaPeriod::Month, unix(datetime!(0987-06-05 4:00 UTC)));
+        assert_eq!(label(&period), "m0987-06");
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Provider for Anthropic {
         }
         Ok(UpstreamRequest {
             method: Method::POST,
-            url: format!("{}/messages", self.base_url),
+            url: [self.base_url.as_str(), "/messages"].concat(),
             headers,
             body: json_body(body),
         })

@@ -64,13 +64,14 @@ impl Provider for OpenAi {
         key: Option<&str>,
     ) -> Result<UpstreamRequest, FormatError> {
         let body = chat_request_json(request, model, self.dialect);
-        let mut headers = vec![json_content_type()];
+        let mut headers = Vec::with_capacity(2);
+        headers.push(json_content_type());
         if let Some(key) = key {
-            headers.push(secret_header("authorization", &format!("Bearer {key}"))?);
+            headers.push(secret_header("authorization", &["Bearer ", key].concat())?);
         }
         Ok(UpstreamRequest {
             method: Method::POST,
-            url: format!("{}/chat/completions", self.base_url),
+            url: [self.base_url.as_str(), "/chat/completions"].concat(),
             headers,
             body,
         })
@@ -92,11 +93,11 @@ impl Provider for OpenAi {
     ) -> Result<UpstreamRequest, FormatError> {
         let mut headers = vec![json_content_type()];
         if let Some(key) = key {
-            headers.push(secret_header("authorization", &format!("Bearer {key}"))?);
+            headers.push(secret_header("authorization", &["Bearer ", key].concat())?);
         }
         Ok(UpstreamRequest {
             method: Method::POST,
-            url: format!("{}/embeddings", self.base_url),
+            url: [self.base_url.as_str(), "/embeddings"].concat(),
             headers,
             body: json_body(embeddings_request_body(request, model, self.dialect)),
         })
