@@ -173,16 +173,11 @@ impl CounterStore for ClusterCounters {
     ) -> CounterReply<'a, RateHit> {
         match self.synced.decide(key, rate, every, now_us) {
             Decision::Local(hit) => CounterReply::ready(Ok(hit)),
-            Decision::Sync { unsent } => {
-                // Taken before the future, so that one dropped unpolled
-                // gives its hits back too.
-                let in_flight = self.synced.in_flight(key, unsent);
-                CounterReply::boxed(async move {
-                    let answer = self.sync_rate(key, rate, unsent, 1, now_us).await;
-                    in_flight.answered(&answer, now_us, self.live_nodes());
-                    answer
-                })
-            }
+            Decision::Sync(in_flight) => CounterReply::boxed(async move {
+                let answer = self.sync_rate(key, rate, in_flight.sent(), 1, now_us).await;
+                in_flight.answered(&answer, now_us, self.live_nodes());
+                answer
+            }),
         }
     }
 

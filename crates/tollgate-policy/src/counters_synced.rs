@@ -72,11 +72,12 @@ struct View {
 }
 
 /// What a hit does after looking at its key's view.
-pub enum Decision {
+pub enum Decision<'a> {
     /// Judged on the view: no round trip.
     Local(RateHit),
-    /// Send `unsent` hits with this one, and judge it in the store.
-    Sync { unsent: u64 },
+    /// Send the view's unsent hits with this one, and judge it in the store;
+    /// they count on the view as in flight until [`InFlight::answered`].
+    Sync(InFlight<'a>),
 }
 
 impl View {
@@ -116,11 +117,19 @@ impl View {
         sent_at_us: u64,
         live_nodes: usize,
     ) {
-        self.in_flight = self.in_flight.saturating_sub(sent + judged);
         match answer {
-            Ok(hit) => self.learn(*hit, sent_at_us, u64::try_from(live_nodes).unwrap_or(1)),
-            Err(_) => self.unsent += sent,
+            Ok(hit) => {
+                self.in_flight = self.in_flight.saturating_sub(sent + judged);
+                self.learn(*hit, sent_at_us, u64::try_from(live_nodes).unwrap_or(1));
+            }
+            Err(_) => self.give_back(sent, judged),
         }
+    }
+
+    /// Hits of [`View::send`] with no answer: the sent ones are unsent again.
+    fn give_back(&mut self, sent: u64, judged: u64) {
+        self.in_flight = self.in_flight.saturating_sub(sent + judged);
+        self.unsent += sent;
     }
 
     /// Takes what the store answered a sync made at node time `sent_at_us`.
@@ -137,7 +146,13 @@ impl View {
 
 impl SyncedRates {
     /// Judges one hit on `key`'s view, or says it must sync.
-    pub fn decide(&self, key: &str, rate: Rate, every: Duration, now_us: u64) -> Decision {
+    pub fn decide<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        every: Duration,
+        now_us: u64,
+    ) -> Decision<'a> {
         let entry = match self.entries.get(key) {
             Some(entry) => entry,
             None => self
@@ -171,24 +186,15 @@ impl SyncedRates {
             // Until the store answers, the node's other hits on this key
             // count in the store one by one.
             view.allowance = 0;
-            return Decision::Sync { unsent };
+            return Decision::Sync(InFlight {
+                rates: self,
+                key,
+                sent: unsent,
+                answered: false,
+            });
         }
         view.unsent += 1;
         Decision::Local(hit)
-    }
-
-    /// Holds a [`Decision::Sync`]'s `unsent` hits of `key`, and the hit it
-    /// judges, as in flight until [`InFlight::answered`]: take it as soon
-    /// as the decision is made. Dropped unanswered (the request went away),
-    /// the sent hits are unsent again: they may have reached the store, and
-    /// a limit had rather count a hit twice than not at all.
-    pub fn in_flight<'a>(&'a self, key: &'a str, unsent: u64) -> InFlight<'a> {
-        InFlight {
-            rates: self,
-            key,
-            sent: unsent,
-            answered: false,
-        }
     }
 
     fn with_view(&self, key: &str, f: impl FnOnce(&mut View)) {
@@ -236,8 +242,11 @@ impl SyncedRates {
     }
 }
 
-/// A [`Decision::Sync`]'s hits, counted by their view until the store
-/// answers.
+/// A [`Decision::Sync`]'s hits (the unsent ones it takes along, and the
+/// one the store judges), counted by their view until the store answers.
+/// Dropped unanswered (the request went away), the sent hits are unsent
+/// again: they may have reached the store, and a limit had rather count a
+/// hit twice than not at all.
 pub struct InFlight<'a> {
     rates: &'a SyncedRates,
     key: &'a str,
@@ -246,6 +255,11 @@ pub struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
+    /// The unsent hits this sync takes along.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
     /// What the store answered the sync made at node time `now_us`.
     pub fn answered(
         mut self,
@@ -265,10 +279,8 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.answered {
             let sent = self.sent;
-            self.rates.with_view(self.key, |view| {
-                view.in_flight = view.in_flight.saturating_sub(sent + 1);
-                view.unsent += sent;
-            });
+            self.rates
+                .with_view(self.key, |view| view.give_back(sent, 1));
         }
     }
 }
@@ -405,10 +417,10 @@ mod tests {
             value
         };
         // A new key's first hit is judged by the store, and counted meanwhile.
-        let Decision::Sync { unsent: 0 } = rates.decide("k", rate, every, now) else {
+        let Decision::Sync(first) = rates.decide("k", rate, every, now) else {
             panic!("a new key syncs first");
         };
-        let first = rates.in_flight("k", 0);
+        assert_eq!(first.sent(), 0);
         assert_eq!(view(|v| v.in_flight), 1);
         let admitted = RateHit {
             allowed: true,
@@ -426,16 +438,18 @@ mod tests {
             ));
         }
         rates.with_view("k", |v| v.allowance = 3);
-        let Decision::Sync { unsent: 3 } = rates.decide("k", rate, every, now) else {
+        let Decision::Sync(out) = rates.decide("k", rate, every, now) else {
             panic!("the allowance is spent");
         };
-        let out = rates.in_flight("k", 3);
+        assert_eq!(out.sent(), 3);
         assert_eq!((view(|v| v.unsent), view(|v| v.in_flight)), (0, 4));
         // While they are out, the view counts them: 1 + 4 of 10, so five more.
+        let mut judged = Vec::new();
         for _ in 0..5 {
-            let Decision::Sync { .. } = rates.decide("k", rate, every, now) else {
+            let Decision::Sync(one) = rates.decide("k", rate, every, now) else {
                 panic!("no allowance while a sync is out");
             };
+            judged.push(one);
         }
         assert!(matches!(
             rates.decide("k", rate, every, now),
