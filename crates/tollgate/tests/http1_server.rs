@@ -54,6 +54,12 @@ fn answers(mut received: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Reads one answer framed by `Content-Length` from a kept-alive connection.
+/// Sends `request` whole and reads its answer's JSON body.
+async fn ask(stream: &mut TcpStream, request: &[u8]) -> Value {
+    stream.write_all(request).await.unwrap();
+    read_answer(stream).await.1
+}
+
 async fn read_answer(stream: &mut TcpStream) -> (String, Value) {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
@@ -127,38 +133,26 @@ async fn pipelined_requests_are_answered_in_order_and_close_when_asked() {
 async fn requests_with_bodies_in_the_middle_of_a_connection_are_served() {
     let (_echo, gw) = echo_gateway().await;
     let mut stream = raw::connect(gw.proxy_addr()).await;
-    stream
-        .write_all(b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, before) = read_answer(&mut stream).await;
+    let before = ask(&mut stream, b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(before["path"], "/before");
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-        .await
-        .unwrap();
-    let (_, upload) = read_answer(&mut stream).await;
+    let upload = ask(
+        &mut stream,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
     assert_eq!(upload["path"], "/upload");
     assert_eq!(upload["body"], "hello");
     // From here hyper serves the connection.
-    stream
-        .write_all(b"PUT /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, chunked) = read_answer(&mut stream).await;
+    let chunked = ask(&mut stream, b"PUT /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
     assert_eq!(chunked["body"], "abc");
-    stream
-        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, after) = read_answer(&mut stream).await;
+    let after = ask(&mut stream, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(after["path"], "/after");
     // `Content-Length: 0` is a bodiless request, served as one.
-    stream
-        .write_all(b"DELETE /zero HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, zero) = read_answer(&mut stream).await;
+    let zero = ask(
+        &mut stream,
+        b"DELETE /zero HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
     assert_eq!(zero["method"], "DELETE");
     assert_eq!(zero["body_len"], 0);
 }
@@ -176,11 +170,7 @@ async fn a_body_that_comes_after_its_head_is_served() {
     let (_, late) = read_answer(&mut stream).await;
     assert_eq!(late["body"], "hello world");
     // A whole one on the same connection, then a bodiless one.
-    stream
-        .write_all(b"POST /whole HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, whole) = read_answer(&mut stream).await;
+    let whole = ask(&mut stream, b"POST /whole HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(
         (whole["path"].as_str(), whole["body"].as_str()),
         (Some("/whole"), Some("abc"))
@@ -207,11 +197,7 @@ async fn a_head_that_comes_in_pieces_is_served() {
     assert_eq!(doc["path"], "/pieces");
     assert_eq!(doc["headers"]["x-long"].as_str().unwrap().len(), 6000);
     // The next request on the connection, after the buffer grew.
-    stream
-        .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, next) = read_answer(&mut stream).await;
+    let next = ask(&mut stream, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(next["path"], "/next");
 }
 
