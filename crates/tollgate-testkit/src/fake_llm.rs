@@ -95,6 +95,10 @@ pub enum Reply {
     /// text event (half the body when not streamed), then drops the
     /// connection.
     StreamThenDrop { text: String },
+    /// A 200 answer whose body is this document, whatever was asked: an
+    /// answer with what the other replies never write (several choices,
+    /// fields of a provider's own).
+    Json(Value),
 }
 
 impl Reply {
@@ -417,6 +421,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     usage: None,
                 };
                 return dropped_response(&exchange, &answer);
+            }
+            Reply::Json(document) => {
+                return json_response(&exchange, StatusCode::OK, &document);
             }
         }
     }

@@ -240,6 +240,142 @@ async fn every_client_format_reaches_every_provider_kind_streamed_or_not() {
     }
 }
 
+/// A client speaking the provider's own format gets the provider's answer as
+/// it came, read for its usage but not rendered again: what the canonical
+/// answer does not hold (a second choice, logprobs, a provider's own fields)
+/// reaches it. A client of the other format still gets a translation, and
+/// so does every client of Mistral, whose answers may hold what OpenAI's
+/// clients cannot read.
+#[tokio::test]
+async fn a_client_of_the_providers_own_format_gets_its_answer_as_it_came() {
+    let openai_answer = json!({
+        "id": "chatcmpl-own",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "upstream-model-2024",
+        "system_fingerprint": "fp_own",
+        "service_tier": "default",
+        "choices": [
+            {
+                "index": 0,
+                "message": { "role": "assistant", "content": "first", "annotations": [] },
+                "logprobs": { "content": [{ "token": "first", "logprob": -0.01, "bytes": [102], "top_logprobs": [] }] },
+                "finish_reason": "stop"
+            },
+            {
+                "index": 1,
+                "message": { "role": "assistant", "content": "second" },
+                "logprobs": null,
+                "finish_reason": "length"
+            }
+        ],
+        "usage": { "prompt_tokens": 21, "completion_tokens": 8, "total_tokens": 29 }
+    });
+    let anthropic_answer = json!({
+        "id": "msg_own",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-model-2024",
+        "content": [{ "type": "text", "text": "first", "citations": null }],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": { "input_tokens": 21, "output_tokens": 8, "service_tier": "standard" }
+    });
+    let cases = [
+        (
+            FakeKind::OpenAi,
+            &openai_answer,
+            "/v1/chat/completions",
+            true,
+        ),
+        (
+            FakeKind::AzureOpenAi,
+            &openai_answer,
+            "/v1/chat/completions",
+            true,
+        ),
+        (
+            FakeKind::Mistral,
+            &openai_answer,
+            "/v1/chat/completions",
+            false,
+        ),
+        (FakeKind::Anthropic, &anthropic_answer, "/v1/messages", true),
+    ];
+    for (kind, answer, own_path, passed_on) in cases {
+        let label = kind_name(kind);
+        let fake = FakeLlm::start(kind).await;
+        let gateway = gateway_for(&fake, label, "").await;
+        let own_request = match own_path {
+            "/v1/messages" => anthropic_messages(false),
+            _ => openai_chat(false),
+        };
+        fake.push(Reply::Json(answer.clone()));
+        let res = post(&gateway, own_path, own_request).await;
+        assert_eq!(res.status(), 200, "{label}");
+        assert_eq!(res.headers()["x-tollgate-provider"], "p", "{label}");
+        let body: Value = res.json().await.unwrap();
+        if passed_on {
+            assert_eq!(&body, answer, "{label}");
+        } else {
+            assert_ne!(&body, answer, "{label}: translated");
+            assert_eq!(
+                body["choices"][0]["message"]["content"], "first",
+                "{label}: {body}"
+            );
+            assert_eq!(
+                body["choices"].as_array().unwrap().len(),
+                1,
+                "{label}: {body}"
+            );
+            assert!(body.get("system_fingerprint").is_none(), "{label}: {body}");
+        }
+
+        // The other format: translated, from the first choice.
+        fake.push(Reply::Json(answer.clone()));
+        let other = match own_path {
+            "/v1/messages" => post(&gateway, "/v1/chat/completions", openai_chat(false)).await,
+            _ => post(&gateway, "/v1/messages", anthropic_messages(false)).await,
+        };
+        assert_eq!(other.status(), 200, "{label}");
+        let body: Value = other.json().await.unwrap();
+        match own_path {
+            "/v1/messages" => {
+                assert_eq!(body["object"], "chat.completion", "{label}: {body}");
+                assert_eq!(body["choices"][0]["message"]["content"], "first", "{label}");
+                assert_eq!(body["usage"]["prompt_tokens"], 21, "{label}: {body}");
+            }
+            _ => {
+                assert_eq!(body["type"], "message", "{label}: {body}");
+                assert_eq!(body["content"][0]["text"], "first", "{label}: {body}");
+                assert_eq!(body["usage"]["input_tokens"], 21, "{label}: {body}");
+            }
+        }
+
+        // Both calls counted from the answer's usage.
+        let records = gateway.wait_for_records(2, Duration::from_secs(5)).await;
+        for record in &records {
+            assert_eq!(record["tokens_in"], 21, "{label}: {record}");
+            assert_eq!(record["tokens_out"], 8, "{label}: {record}");
+            assert_eq!(record["tokens_estimated"], false, "{label}: {record}");
+        }
+    }
+}
+
+/// An answer the gateway cannot read is refused as before, not passed on.
+#[tokio::test]
+async fn an_unreadable_answer_in_the_clients_own_format_is_still_refused() {
+    let fake = FakeLlm::start(FakeKind::OpenAi).await;
+    let gateway = gateway_for(&fake, "openai", "").await;
+    fake.push(Reply::Json(
+        json!({ "id": "chatcmpl-empty", "choices": [] }),
+    ));
+    let res = post(&gateway, "/v1/chat/completions", openai_chat(false)).await;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "provider_error", "{body}");
+}
+
 #[tokio::test]
 async fn tool_calls_and_images_cross_formats() {
     for kind in [FakeKind::OpenAi, FakeKind::Anthropic, FakeKind::Gemini] {

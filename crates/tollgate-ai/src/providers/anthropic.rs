@@ -12,7 +12,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
-    FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
+    Format, FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
 use crate::formats::anthropic::messages_body;
 use crate::sse::SseParser;
@@ -63,6 +63,10 @@ impl Provider for Anthropic {
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {
         parse_message(body)
+    }
+
+    fn native_format(&self) -> Option<Format> {
+        Some(Format::Anthropic)
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

@@ -16,7 +16,8 @@ use super::{
     UpstreamRequest,
 };
 use crate::canonical::{
-    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, FormatError, ProviderError,
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Format, FormatError,
+    ProviderError, Usage,
 };
 
 /// The API version asked for unless the base URL names one.
@@ -80,6 +81,14 @@ impl Provider for AzureOpenAi {
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {
         parse_chat_response(body)
+    }
+
+    fn native_format(&self) -> Option<Format> {
+        Some(Format::OpenAi)
+    }
+
+    fn native_usage(&self, body: &[u8]) -> Option<Usage> {
+        super::openai_wire::completion_usage(body)
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

@@ -12,8 +12,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FormatError,
-    ProviderError, StreamEvent,
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, Format,
+    FormatError, ProviderError, StreamEvent, Usage,
 };
 
 pub mod anthropic;
@@ -69,6 +69,25 @@ pub trait Provider: Send + Sync {
 
     /// A whole (non-streamed) chat answer.
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError>;
+
+    /// The client format this provider's whole chat answers are written in,
+    /// if it is one a client speaks. A client speaking it gets the answer as
+    /// the provider sent it, once [`Provider::chat_response`] has read it:
+    /// rendering it again would cost CPU and lose what the canonical answer
+    /// does not hold (several choices, logprobs, a system fingerprint).
+    /// `None`: every answer is translated.
+    fn native_format(&self) -> Option<Format> {
+        None
+    }
+
+    /// The usage a whole chat answer in [`Provider::native_format`] reports,
+    /// read without the rest of it, for an answer passed on as it came.
+    /// `None` when it reports none or this quick reading does not fit it:
+    /// the caller then reads it with [`Provider::chat_response`], which
+    /// estimates the usage or refuses the answer as it would any other.
+    fn native_usage(&self, _body: &[u8]) -> Option<Usage> {
+        None
+    }
 
     /// A decoder for a streamed chat answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
-    FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
+    Format, FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
 use crate::formats::openai::embeddings_body;
 use crate::sse::SseParser;
@@ -79,6 +79,20 @@ impl Provider for OpenAi {
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {
         parse_chat_response(body)
+    }
+
+    fn native_format(&self) -> Option<Format> {
+        match self.dialect {
+            Dialect::OpenAi | Dialect::Azure | Dialect::Compatible => Some(Format::OpenAi),
+            // Its answers may hold what OpenAI's clients do not read (content
+            // as a list of chunks, for one): they are translated.
+            Dialect::Mistral => None,
+        }
+    }
+
+    fn native_usage(&self, body: &[u8]) -> Option<Usage> {
+        self.native_format()?;
+        openai_wire::completion_usage(body)
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
@@ -873,6 +887,48 @@ mod tests {
             );
         }
         assert!(parse_chat_response(br#"{"choices":[]}"#).is_err());
+    }
+
+    /// The usage-only reading of an answer passed on as it came counts what
+    /// the whole reading counts, and leaves to it every answer it would
+    /// refuse or estimate.
+    #[test]
+    fn the_usage_only_reading_agrees_with_the_whole_one() {
+        let read = [
+            r#"{"id":"c1","model":"gpt-4o","created":1700000000,"choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\""},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            r#"{"id":"c3","created":2,"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"image_url"}]},"finish_reason":null},"second"],"usage":{"prompt_tokens":5,"prompt_cache_hit_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens_details":{"cached_tokens":null},"prompt_cache_hit_tokens":7},"choices":[{}],"system_fingerprint":"fp","extra":{"deep":[1,2,{"x":"y"}]}}"#,
+            r#"{"choices":[{"message":{"content":"x","tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]}}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#,
+        ];
+        for body in read {
+            let usage = openai_wire::completion_usage(body.as_bytes())
+                .unwrap_or_else(|| panic!("read: {body}"));
+            assert_eq!(
+                Some(usage),
+                parse_chat_response(body.as_bytes()).unwrap().usage,
+                "{body}"
+            );
+        }
+        let left_to_the_whole_reading = [
+            // No usage: the whole reading estimates it from the text.
+            r#"{"choices":[{"message":{"content":"x"}}]}"#,
+            r#"{"choices":[{"message":{"content":"x"}}],"usage":null}"#,
+            // Usage it does not fit.
+            r#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":1.5}}"#,
+            // Refused by the whole reading.
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":["x"],"usage":{"prompt_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[{}],"usage":{"prompt_tokens":1}"#,
+            "not json",
+        ];
+        for body in left_to_the_whole_reading {
+            assert_eq!(
+                openai_wire::completion_usage(body.as_bytes()),
+                None,
+                "{body}"
+            );
+        }
     }
 
     #[test]

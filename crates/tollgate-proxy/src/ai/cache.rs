@@ -11,8 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tollgate_ai::{ChatRequest, ChatResponse};
+use tollgate_ai::{ChatRequest, ChatResponse, Format};
 
 pub(crate) type CacheKey = [u8; 32];
 
@@ -32,6 +33,10 @@ struct Entries {
 /// A cached answer and who served it.
 pub(crate) struct CachedAnswer {
     pub response: ChatResponse,
+    /// The provider's answer as it came, when it is written in a format
+    /// clients speak (`Provider::native_format`): a hit in that format, not
+    /// streamed, is given these bytes, as the miss was.
+    pub native: Option<(Format, Bytes)>,
     pub provider: Arc<str>,
     pub model: Arc<str>,
     /// The serving target's `X-Tollgate-Provider` and `X-Tollgate-Model`.

@@ -491,18 +491,37 @@ async fn chat(
     match success.answer {
         Answer::Whole(bytes) => {
             accounting.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-            let response =
-                target.provider.adapter.chat_response(&bytes).map_err(|e| {
-                    AiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.message)
-                })?;
+            let adapter = &target.provider.adapter;
+            let native = adapter.native_format();
+            let passed_on = matches!(endpoint, Endpoint::Chat(format) if native == Some(format));
+            // Passed on as it came, and not cached: its usage is all there
+            // is to read.
+            if passed_on && accounting.cache.is_none() {
+                if let Some(usage) = adapter.native_usage(&bytes) {
+                    accounting.settle(Some(usage), "", None, &mut fin.record);
+                    return Ok(Box::new(move |fin| {
+                        json_response(StatusCode::OK, bytes, headers, fin)
+                    }));
+                }
+            }
+            let response = adapter
+                .chat_response(&bytes)
+                .map_err(|e| AiError::new(StatusCode::BAD_GATEWAY, "provider_error", e.message))?;
             let text = response.message.joined_text();
             // A copy for the cache only when the API caches.
-            let whole = accounting.cache.is_some().then(|| response.clone());
+            let whole = accounting.cache.is_some().then(|| {
+                (
+                    response.clone(),
+                    native.map(|format| (format, bytes.clone())),
+                )
+            });
             let usage = accounting.settle(response.usage, &text, whole, &mut fin.record);
             let cost = fin.record.ai.as_ref().and_then(|ai| ai.cost_usd);
             let body = match endpoint {
-                Endpoint::Chat(Format::Anthropic) => anthropic::render_messages(&response),
                 Endpoint::Prompt => prompt::render_result(&text, &usage, cost),
+                // Read above; passed on as it came.
+                Endpoint::Chat(_) if passed_on => bytes,
+                Endpoint::Chat(Format::Anthropic) => anthropic::render_messages(&response),
                 _ => openai::render_chat(&response),
             };
             Ok(Box::new(move |fin| {
@@ -627,6 +646,12 @@ fn answer_cached(
             );
             response
         });
+    }
+    if let (Endpoint::Chat(format), Some((native, body))) = (endpoint, &hit.native) {
+        if *native == format {
+            let body = body.clone();
+            return Box::new(move |fin| json_response(StatusCode::OK, body, headers, fin));
+        }
     }
     let usage = response.usage.unwrap_or_default();
     let body = match endpoint {
@@ -825,7 +850,7 @@ impl Accounting {
         mut self,
         reported: Option<Usage>,
         output_text: &str,
-        whole: Option<ChatResponse>,
+        whole: Option<(ChatResponse, Option<(Format, Bytes)>)>,
         record: &mut AccessRecord,
     ) -> Usage {
         let (usage, estimated) = match reported {
@@ -853,10 +878,12 @@ impl Accounting {
             self.provider.clone(),
             self.model.clone(),
         ) {
+            let (response, native) = whole;
             cache.put(
                 key,
                 CachedAnswer {
-                    response: whole,
+                    response,
+                    native,
                     provider,
                     model,
                     answer_headers: self.answer_headers.clone(),

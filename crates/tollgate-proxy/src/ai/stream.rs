@@ -255,7 +255,8 @@ impl ProducedBody for TranslatedStream {
         if let Some(accounting) = self.accounting.take() {
             let whole = (finished && !self.broken)
                 .then(|| self.collector.response())
-                .flatten();
+                .flatten()
+                .map(|response| (response, None));
             accounting.settle(
                 self.collector.usage,
                 &self.collector.output_text(),
