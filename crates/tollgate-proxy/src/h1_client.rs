@@ -78,6 +78,19 @@ struct Idle {
     buf: BytesMut,
 }
 
+/// Which of an answer's headers its caller reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnswerHeaders {
+    /// Every end-to-end header: the proxy passes them on.
+    All,
+    /// Only a failed answer's (status 300 and over): an AI call reads an
+    /// error's `Retry-After` and the like, and answers a success with
+    /// headers of its own. A provider sends a dozen or more headers (rate
+    /// limits, timings, cookies) that would each be parsed and copied into
+    /// a map for nothing.
+    OnFailure,
+}
+
 /// Why an exchange failed: before the provider was reached, or after.
 #[derive(Debug)]
 pub enum SendError {
@@ -131,7 +144,8 @@ impl H1Pool {
         timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let bytes = self.encode(request, path_and_query);
-        self.send(&bytes, timeouts).await
+        self.send_reading(&bytes, timeouts, AnswerHeaders::OnFailure)
+            .await
     }
 
     /// The whole of a request without a body, not `HEAD` (whose answer has
@@ -160,15 +174,28 @@ impl H1Pool {
         request: &[u8],
         timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        self.send_reading(request, timeouts, AnswerHeaders::All)
+            .await
+    }
+
+    async fn send_reading(
+        self: &Arc<Self>,
+        request: &[u8],
+        timeouts: Timeouts,
+        headers: AnswerHeaders,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         if let Some(idle) = self.take_idle(timeouts.idle) {
-            match self.exchange(idle.stream, idle.buf, request).await {
+            match self.exchange(idle.stream, idle.buf, request, headers).await {
                 Err(Exchange::Unanswered(_)) => {}
                 Err(Exchange::Failed(error)) => return Err(error),
                 Ok(response) => return Ok(response),
             }
         }
         let stream = self.connect(timeouts.connect).await?;
-        match self.exchange(stream, BytesMut::new(), request).await {
+        match self
+            .exchange(stream, BytesMut::new(), request, headers)
+            .await
+        {
             Ok(response) => Ok(response),
             Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => Err(error),
         }
@@ -198,6 +225,7 @@ impl H1Pool {
         // Empty: a kept-alive connection's buffer, or a new one.
         mut buf: BytesMut,
         request: &[u8],
+        headers: AnswerHeaders,
     ) -> Result<Response<UpstreamBody>, Exchange> {
         let broken =
             |e: io::Error| SendError::Broken(format!("the provider connection failed: {e}"));
@@ -219,7 +247,7 @@ impl H1Pool {
                     Exchange::Failed(error)
                 });
             }
-            match parse_head(&buf).map_err(Exchange::Failed)? {
+            match parse_head(&buf, headers).map_err(Exchange::Failed)? {
                 None if buf.len() > MAX_HEAD => {
                     return Err(Exchange::Failed(SendError::Broken(
                         "the provider's answer head is too large".into(),
@@ -229,7 +257,7 @@ impl H1Pool {
                 Some(head) if head.status.is_informational() => {
                     buf.advance(head.length);
                     // What followed the 1xx head may already be the answer.
-                    if let Some(head) = parse_head(&buf).map_err(Exchange::Failed)? {
+                    if let Some(head) = parse_head(&buf, headers).map_err(Exchange::Failed)? {
                         return self.respond(stream, buf, head);
                     }
                 }
@@ -300,6 +328,14 @@ enum Exchange {
     Failed(SendError),
 }
 
+/// Whether an answer's header is one that says how its body is framed or
+/// whether its connection ends (`name` as the provider spelled it).
+fn frames_or_ends(name: &str) -> bool {
+    ["transfer-encoding", "content-length", "connection"]
+        .iter()
+        .any(|framing| name.eq_ignore_ascii_case(framing))
+}
+
 /// Headers the client writes itself.
 fn is_framing(name: &HeaderName) -> bool {
     name == http::header::HOST
@@ -324,7 +360,7 @@ struct Head {
 }
 
 /// The answer's head once `buf` holds all of it.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, SendError> {
+fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendError> {
     let bad =
         |why: String| SendError::Broken(format!("the provider's answer is not HTTP/1.1: {why}"));
     // Uninitialised: filling 128 empty headers cost ~500 instructions an answer.
@@ -344,15 +380,25 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, SendError> {
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| bad("no status".into()))?;
+    let keep = wanted == AnswerHeaders::All || !status.is_success();
     // Room for the headers the gateway adds (request id, `nosniff`, rate
-    // limits): growing the map on the way out cost ~700 instructions.
-    let mut map = HeaderMap::with_capacity(response.headers.len() + ADDED_HEADERS);
+    // limits): growing the map on the way out cost ~700 instructions. An
+    // empty map does not allocate.
+    let mut map = match keep {
+        true => HeaderMap::with_capacity(response.headers.len() + ADDED_HEADERS),
+        false => HeaderMap::new(),
+    };
     let mut reusable = response.version == Some(1);
     let mut chunked = false;
     let mut content_length = None;
     // Headers a `Connection` header names besides its options: rare.
     let mut connection_named: Vec<HeaderName> = Vec::new();
     for header in response.headers.iter() {
+        // Headers no one reads are not checked beyond httparse's syntax:
+        // only those that frame the answer or end the connection matter.
+        if !keep && !frames_or_ends(header.name) {
+            continue;
+        }
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| bad(format!("a bad header name {:?}", header.name)))?;
         let value = HeaderValue::from_bytes(header.value)
@@ -381,7 +427,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, SendError> {
         // Hop-by-hop headers (RFC 9110 §7.6.1) never reach the map: leaving
         // them out here costs less than removing them after (~750
         // instructions an answer with `Connection: keep-alive`).
-        if !forwarding::is_hop_by_hop(&name, &value) {
+        if keep && !forwarding::is_hop_by_hop(&name, &value) {
             map.append(name, value);
         }
     }
@@ -860,6 +906,7 @@ mod tests {
               Keep-Alive: timeout=5\r\nX-Secret: s\r\nTE: trailers\r\nUpgrade: h2c\r\n\
               Proxy-Connection: x\r\nTransfer-Encoding: chunked\r\nX-Kept: k\r\n\
               X-Request-Id: r\r\n\r\n",
+            AnswerHeaders::All,
         )
         .unwrap()
         .unwrap();
@@ -871,6 +918,7 @@ mod tests {
 
         let head = parse_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: X-A, Close\r\nX-A: a\r\n\r\n",
+            AnswerHeaders::All,
         )
         .unwrap()
         .unwrap();
@@ -879,6 +927,40 @@ mod tests {
             ["content-length"]
         );
         assert!(!head.reusable);
+    }
+
+    /// An AI call's successful answer keeps no header, yet is framed and
+    /// its connection kept or closed as its headers say, whatever their
+    /// case; a failed one keeps them all, for its `Retry-After`.
+    #[test]
+    fn an_ai_call_reads_the_headers_of_a_failure_only() {
+        let success = |head: &[u8]| parse_head(head, AnswerHeaders::OnFailure).unwrap().unwrap();
+        let head = success(
+            b"HTTP/1.1 200 OK\r\nx-ratelimit-remaining-requests: 9\r\nSet-Cookie: a=b\r\n\
+              TRANSFER-ENCODING: chunked\r\n\r\n",
+        );
+        assert!(head.headers.is_empty());
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert!(head.reusable);
+        let head = success(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nConnection: close\r\n\r\n");
+        assert!(head.headers.is_empty());
+        assert!(matches!(head.framing, Framing::Length(12)));
+        assert!(!head.reusable);
+        // Framing headers are still checked.
+        assert!(parse_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            AnswerHeaders::OnFailure
+        )
+        .is_err());
+
+        let failure = parse_head(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n",
+            AnswerHeaders::OnFailure,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(failure.headers["retry-after"], "7");
+        assert!(matches!(failure.framing, Framing::Length(2)));
     }
 
     #[tokio::test]
