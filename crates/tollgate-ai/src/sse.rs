@@ -81,9 +81,8 @@ impl SseParser {
             }
             self.after_cr = false;
         }
-        while let Some(end) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            self.push_line_bytes(&rest[..end])?;
-            self.end_line(&mut events);
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
+            self.end_line(&rest[..end], &mut events)?;
             if rest[end] == b'\r' {
                 match rest.get(end + 1) {
                     Some(b'\n') => rest = &rest[end + 2..],
@@ -107,7 +106,7 @@ impl SseParser {
     pub fn finish(&mut self) -> Result<Vec<SseEvent>, SseError> {
         let mut events = Vec::new();
         if !self.line.is_empty() {
-            self.end_line(&mut events);
+            self.end_line(&[], &mut events)?;
         }
         self.dispatch(&mut events);
         self.after_cr = false;
@@ -118,24 +117,47 @@ impl SseParser {
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.line.len() + bytes.len() + self.data.len() > self.max_event_bytes {
-            return Err(SseError::TooLarge {
-                limit: self.max_event_bytes,
-            });
-        }
+        self.check_room(bytes.len())?;
         self.line.extend_from_slice(bytes);
         Ok(())
     }
 
-    /// A line has ended: apply it, dispatching on a blank one.
-    fn end_line(&mut self, events: &mut Vec<SseEvent>) {
-        let mut line: &[u8] = &self.line;
+    /// Whether `more` bytes of the line fit the event's bound.
+    fn check_room(&self, more: usize) -> Result<(), SseError> {
+        if more > 0 && self.line.len() + more + self.data.len() > self.max_event_bytes {
+            return Err(SseError::TooLarge {
+                limit: self.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A line has ended, `tail` its last bytes (any before them wait in
+    /// `self.line`). A line that came whole in one chunk, as most do, is
+    /// read where it lies rather than copied into `self.line` first.
+    fn end_line(&mut self, tail: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        if self.line.is_empty() {
+            self.check_room(tail.len())?;
+            self.apply_line(tail, events);
+        } else {
+            self.push_line_bytes(tail)?;
+            let line = std::mem::take(&mut self.line);
+            self.apply_line(&line, events);
+            // Its allocation serves the next partial line.
+            self.line = line;
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    /// Applies one whole line, dispatching on a blank one.
+    fn apply_line(&mut self, line: &[u8], events: &mut Vec<SseEvent>) {
+        let mut line = line;
         if self.at_start {
             self.at_start = false;
             line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
         }
         if line.is_empty() {
-            self.line.clear();
             self.dispatch(events);
             return;
         }
@@ -152,14 +174,13 @@ impl SseParser {
                     if self.has_data {
                         self.data.push('\n');
                     }
-                    self.data.push_str(&String::from_utf8_lossy(value));
+                    push_text(&mut self.data, value);
                     self.has_data = true;
                 }
                 b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
                 _ => {}
             }
         }
-        self.line.clear();
     }
 
     fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
@@ -174,6 +195,16 @@ impl SseParser {
     }
 }
 
+/// Appends `bytes` as text, invalid UTF-8 replaced: checked in one pass
+/// when valid, as nearly every provider's is (the lossy reading walks it in
+/// chunks, several times slower).
+fn push_text(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
 /// One event as a client reads it: `event: <event>\n` when given, a `data:`
 /// line per line of `data`, and the blank line that dispatches it.
 pub fn frame(event: Option<&str>, data: &str) -> Bytes {
@@ -185,18 +216,25 @@ pub fn frame(event: Option<&str>, data: &str) -> Bytes {
     }
     // Every line end a reader knows splits a data line, so none can end
     // the `data:` field early and start another.
-    let data = if data.contains('\r') {
-        std::borrow::Cow::Owned(data.replace("\r\n", "\n"))
-    } else {
-        std::borrow::Cow::Borrowed(data)
+    let data = match memchr::memchr(b'\r', data.as_bytes()) {
+        Some(_) => std::borrow::Cow::Owned(data.replace("\r\n", "\n")),
+        None => std::borrow::Cow::Borrowed(data),
     };
-    for line in data.split(['\n', '\r']) {
-        out.put_slice(b"data: ");
-        out.put_slice(line.as_bytes());
-        out.put_u8(b'\n');
+    let data = data.as_bytes();
+    let mut start = 0;
+    for end in memchr::memchr2_iter(b'\n', b'\r', data) {
+        data_line(&mut out, &data[start..end]);
+        start = end + 1;
     }
+    data_line(&mut out, &data[start..]);
     out.put_u8(b'\n');
     out.freeze()
+}
+
+fn data_line(out: &mut BytesMut, line: &[u8]) {
+    out.put_slice(b"data: ");
+    out.put_slice(line);
+    out.put_u8(b'\n');
 }
 
 #[cfg(test)]
