@@ -69,6 +69,10 @@ impl Provider for Anthropic {
         Some(Format::Anthropic)
     }
 
+    fn native_usage(&self, body: &[u8]) -> Option<Usage> {
+        message_usage(body)
+    }
+
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
         Box::new(AnthropicStreamDecoder::new())
     }
@@ -190,6 +194,45 @@ fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
         finish: finish_reason(root["stop_reason"].as_str().unwrap_or("end_turn")),
         usage: has_usage.then(|| usage.canonical()),
     })
+}
+
+/// A whole message read for its usage alone, every other field skipped:
+/// what the gateway needs of a message it passes on as it came.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    /// Checked to be a list, the least [`parse_message`] takes.
+    #[serde(default)]
+    content: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+/// The usage a whole message reports, counted as [`parse_message`] counts
+/// it; `None` when it reports none or is not one that reading takes (the
+/// caller then reads it whole, and estimates or refuses as usual).
+fn message_usage(body: &[u8]) -> Option<Usage> {
+    let read: UsageOnly = crate::from_json_bytes(body)?;
+    read.content?;
+    let usage = read.usage?;
+    let parts = UsageParts {
+        input: usage.input_tokens.unwrap_or(0),
+        cache_read: usage.cache_read_input_tokens.unwrap_or(0),
+        cache_creation: usage.cache_creation_input_tokens.unwrap_or(0),
+        output: usage.output_tokens.unwrap_or(0),
+    };
+    Some(parts.canonical())
 }
 
 /// Reads Anthropic's message stream events.
@@ -341,6 +384,37 @@ mod tests {
     use crate::formats::openai::tests::CLIENT_CHAT;
     use crate::providers::testing::decode_every_split;
     use crate::providers::{adapter, ProviderKind};
+
+    /// The usage-only reading of a message passed on as it came counts what
+    /// the whole reading counts, and leaves to it every message it would
+    /// refuse or estimate.
+    #[test]
+    fn the_usage_only_reading_agrees_with_the_whole_one() {
+        let read = [
+            r#"{"id":"m1","type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":9,"output_tokens":3}}"#,
+            r#"{"content":[],"usage":{"input_tokens":9,"cache_read_input_tokens":4,"cache_creation_input_tokens":2,"output_tokens":3,"service_tier":"standard","server_tool_use":{"web_search_requests":1}}}"#,
+            r#"{"content":[{"type":"thinking","thinking":"..."},"odd"],"usage":{"input_tokens":1,"cache_creation_input_tokens":null}}"#,
+        ];
+        for body in read {
+            let usage = message_usage(body.as_bytes()).unwrap_or_else(|| panic!("read: {body}"));
+            assert_eq!(
+                Some(usage),
+                parse_message(body.as_bytes()).unwrap().usage,
+                "{body}"
+            );
+        }
+        let left_to_the_whole_reading = [
+            r#"{"content":[{"type":"text","text":"x"}]}"#,
+            r#"{"content":[{"type":"text","text":"x"}],"usage":null}"#,
+            r#"{"content":[],"usage":{"input_tokens":1.5}}"#,
+            r#"{"usage":{"input_tokens":1}}"#,
+            r#"{"content":"x","usage":{"input_tokens":1}}"#,
+            "not json",
+        ];
+        for body in left_to_the_whole_reading {
+            assert_eq!(message_usage(body.as_bytes()), None, "{body}");
+        }
+    }
 
     fn anthropic() -> Box<dyn Provider> {
         adapter(ProviderKind::Anthropic, "https://api.anthropic.com/v1")
