@@ -113,7 +113,8 @@ impl View {
     fn answered(
         &mut self,
         answer: &Result<RateHit, CounterError>,
-        (sent, judged): (u64, u64),
+        sent: u64,
+        judged: u64,
         sent_at_us: u64,
         live_nodes: usize,
     ) {
@@ -190,6 +191,7 @@ impl SyncedRates {
                 rates: self,
                 key,
                 sent: unsent,
+                judged: 1,
                 answered: false,
             });
         }
@@ -228,12 +230,17 @@ impl SyncedRates {
             true
         });
         for (key, rate, unsent) in due {
+            let in_flight = InFlight {
+                rates: self,
+                key: &key,
+                sent: unsent,
+                judged: 0,
+                answered: false,
+            };
             let answer = store.sync_rate(&key, rate, unsent, 0, now_us).await;
             // Hits admitted while the sync was out are unsent still, and
             // part of the new allowance.
-            self.with_view(&key, |view| {
-                view.answered(&answer, (unsent, 0), now_us, live_nodes);
-            });
+            in_flight.answered(&answer, now_us, live_nodes);
         }
     }
 
@@ -242,15 +249,17 @@ impl SyncedRates {
     }
 }
 
-/// A [`Decision::Sync`]'s hits (the unsent ones it takes along, and the
-/// one the store judges), counted by their view until the store answers.
-/// Dropped unanswered (the request went away), the sent hits are unsent
-/// again: they may have reached the store, and a limit had rather count a
-/// hit twice than not at all.
+/// A sync's hits (the unsent ones it takes along, and the one the store
+/// judges for a [`Decision::Sync`]), counted by their view until the store
+/// answers. Dropped unanswered (the request, or the flusher, went away),
+/// the sent hits are unsent again: they may have reached the store, and a
+/// limit had rather count a hit twice than not at all.
 pub struct InFlight<'a> {
     rates: &'a SyncedRates,
     key: &'a str,
     sent: u64,
+    /// 1 when the store judges a hit with them, 0 for a periodic sync.
+    judged: u64,
     answered: bool,
 }
 
@@ -268,9 +277,9 @@ impl InFlight<'_> {
         live_nodes: usize,
     ) {
         self.answered = true;
-        let sent = self.sent;
+        let (sent, judged) = (self.sent, self.judged);
         self.rates.with_view(self.key, |view| {
-            view.answered(answer, (sent, 1), now_us, live_nodes);
+            view.answered(answer, sent, judged, now_us, live_nodes);
         });
     }
 }
@@ -278,9 +287,9 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            let sent = self.sent;
+            let (sent, judged) = (self.sent, self.judged);
             self.rates
-                .with_view(self.key, |view| view.give_back(sent, 1));
+                .with_view(self.key, |view| view.give_back(sent, judged));
         }
     }
 }
@@ -302,6 +311,8 @@ mod tests {
     struct Counted {
         inner: MemoryCounters,
         calls: AtomicU64,
+        /// Its syncs never answer.
+        stalls_syncs: bool,
     }
 
     impl Counted {
@@ -336,6 +347,9 @@ mod tests {
             now_us: u64,
         ) -> CounterReply<'a, RateHit> {
             self.call();
+            if self.stalls_syncs {
+                return CounterReply::boxed(std::future::pending());
+            }
             self.inner.sync_rate(key, rate, pushed, n, now_us)
         }
 
@@ -459,6 +473,44 @@ mod tests {
         // again, and its judged hit no longer counts.
         drop(out);
         assert_eq!((view(|v| v.unsent), view(|v| v.in_flight)), (3, 5));
+    }
+
+    /// The flusher's periodic sync holds its hits the same way: dropped
+    /// before the store answers (the node shutting down), they are unsent
+    /// again, not left counted as in flight for ever.
+    #[tokio::test]
+    async fn a_periodic_sync_dropped_unanswered_gives_its_hits_back() {
+        let rates = SyncedRates::default();
+        let rate = Rate::per_window(10, Duration::from_secs(60));
+        let every = Duration::ZERO;
+        let now = now_us();
+        let Decision::Sync(first) = rates.decide("k", rate, every, now) else {
+            panic!("a new key syncs first");
+        };
+        let admitted = RateHit {
+            allowed: true,
+            tat: now + rate.interval_us,
+            at_us: now,
+        };
+        first.answered(&Ok(admitted), now, 1);
+        for _ in 0..3 {
+            assert!(matches!(
+                rates.decide("k", rate, every, now),
+                Decision::Local(RateHit { allowed: true, .. })
+            ));
+        }
+        let stalled = Counted {
+            stalls_syncs: true,
+            ..Counted::default()
+        };
+        let sync = rates.sync_due(&stalled, 1, now);
+        assert!(tokio::time::timeout(Duration::from_millis(20), sync)
+            .await
+            .is_err());
+        assert_eq!(stalled.calls.load(Ordering::Relaxed), 1, "it was sent");
+        let mut counts = (0, 0);
+        rates.with_view("k", |v| counts = (v.unsent, v.in_flight));
+        assert_eq!(counts, (3, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

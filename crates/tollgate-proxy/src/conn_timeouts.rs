@@ -9,9 +9,9 @@
 //! ends says which head (if any) is unfinished: the lean HTTP/1.1 server
 //! (`h1_server`), then, on a connection it hands to hyper,
 //! [`FramingGuard`](crate::framing::FramingGuard). A timer ticking at a
-//! quarter of the shorter timeout looks at both. Ticks measure time, not timestamps: a timeout fires
-//! between its length and a quarter more, and a busy connection reads no
-//! clock per request.
+//! quarter of the shorter timeout looks at both. Ticks measure time, not
+//! timestamps: a timeout fires between its length and a quarter more, and
+//! a busy connection reads no clock per request.
 //!
 //! What the head clock times is nginx's `client_header_timeout`: a new
 //! connection must send its first head within the timeout, and every later

@@ -422,7 +422,9 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
         } else if name == http::header::CONNECTION {
             let options = forwarding::connection_options(&value);
             reusable &= !options.close;
-            connection_named.extend(options.named);
+            if keep {
+                connection_named.extend(options.named);
+            }
         }
         // Hop-by-hop headers (RFC 9110 §7.6.1) never reach the map: leaving
         // them out here costs less than removing them after (~750

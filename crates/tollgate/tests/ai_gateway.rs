@@ -306,12 +306,12 @@ async fn a_client_of_the_providers_own_format_gets_its_answer_as_it_came() {
         let label = kind_name(kind);
         let fake = FakeLlm::start(kind).await;
         let gateway = gateway_for(&fake, label, "").await;
-        let own_request = match own_path {
+        let own_request = || match own_path {
             "/v1/messages" => anthropic_messages(false),
             _ => openai_chat(false),
         };
         fake.push(Reply::Json(answer.clone()));
-        let res = post(&gateway, own_path, own_request).await;
+        let res = post(&gateway, own_path, own_request()).await;
         assert_eq!(res.status(), 200, "{label}");
         assert_eq!(res.headers()["x-tollgate-provider"], "p", "{label}");
         let body: Value = res.json().await.unwrap();
@@ -352,13 +352,34 @@ async fn a_client_of_the_providers_own_format_gets_its_answer_as_it_came() {
             }
         }
 
-        // Both calls counted from the answer's usage.
-        let records = gateway.wait_for_records(2, Duration::from_secs(5)).await;
-        for record in &records {
+        // With no usage to read, the answer is read whole and its tokens
+        // estimated; it still goes on as it came.
+        let mut unmetered = answer.clone();
+        unmetered.as_object_mut().unwrap().remove("usage");
+        fake.push(Reply::Json(unmetered.clone()));
+        let res = post(&gateway, own_path, own_request()).await;
+        assert_eq!(res.status(), 200, "{label}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body == unmetered, passed_on, "{label}: {body}");
+
+        // The first two calls counted from the answer's usage, the third
+        // estimated.
+        let records = gateway.wait_for_records(3, Duration::from_secs(5)).await;
+        for record in &records[..2] {
             assert_eq!(record["tokens_in"], 21, "{label}: {record}");
             assert_eq!(record["tokens_out"], 8, "{label}: {record}");
             assert_eq!(record["tokens_estimated"], false, "{label}: {record}");
         }
+        assert_eq!(
+            records[2]["tokens_estimated"], true,
+            "{label}: {}",
+            records[2]
+        );
+        assert!(
+            records[2]["tokens_out"].as_u64() > Some(0),
+            "{label}: {}",
+            records[2]
+        );
     }
 }
 
