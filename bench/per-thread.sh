@@ -11,6 +11,9 @@
 #   PATHS=auth bench/per-thread.sh               # the key + rate-limit route (bench/auth.yaml)
 #   OLD=/tmp/old/tollgate bench/per-thread.sh    # A/B: another build in nginx's place
 #   CONFIG=/tmp/x.yaml bench/per-thread.sh       # Tollgate with another config (same ports as bench/proxy.yaml)
+#   RECORDS=dropped bench/per-thread.sh          # the access log's channel 1 record long: nearly every
+#                                                # record dropped, so the writer idles (what logging costs)
+#   RECORDS=database bench/per-thread.sh         # no JSON-lines file, the database sink alone
 #
 # Settings: ROUNDS (3), SECS (8 s a run), CONNS (64), PROXY_CPU (1).
 # The access-log writer shows as `tollgate-access`; threads under 0.05 µs a
@@ -42,6 +45,17 @@ case $PATHS in
 esac
 
 rm -rf "$RUN" && mkdir -p "$RUN/upstream/tmp" "$RUN/nginx/tmp"
+case ${RECORDS:-all} in
+  all) ;;
+  dropped)
+    sed 's/^access_log:$/access_log:\n  buffer: 1/' "$CONFIG" > "$RUN/config.yaml"
+    grep -q 'buffer: 1' "$RUN/config.yaml" || { echo "no access_log section in $CONFIG" >&2; exit 2; }
+    CONFIG=$RUN/config.yaml ;;
+  database)
+    awk '/^access_log:/ { skip = 1; next } skip && /^  / { next } { skip = 0; print }' "$CONFIG" > "$RUN/config.yaml"
+    CONFIG=$RUN/config.yaml ;;
+  *) echo "RECORDS is all, dropped or database" >&2; exit 2 ;;
+esac
 PIDS=()
 GATEWAY=
 cleanup() {
@@ -58,6 +72,17 @@ else
   taskset -c 0 nginx -p "$RUN/upstream/" -e stderr -c nginx.conf -g 'daemon off;' 2>"$RUN/upstream.log" &
 fi
 PIDS+=($!)
+
+# alive NAME LOG: fails with LOG when the server just started has exited
+# (most often: its port is taken by a server left running).
+alive() {
+  sleep 0.5
+  kill -0 "${PIDS[-1]}" 2>/dev/null && return
+  echo "$1 did not start (a port taken?):" >&2
+  cat "$2" >&2
+  exit 1
+}
+if [[ $PATHS == ai ]]; then alive "the mock" "$RUN/mock.log"; else alive "the upstream" "$RUN/upstream.log"; fi
 
 # thread_times PID: one line per thread: tid name utime stime (clock ticks).
 thread_times() {
@@ -115,13 +140,19 @@ stop_gateway() {
   GATEWAY=
 }
 
-echo "user+kernel µs a request per thread; $PATHS path, -c$CONNS, ${SECS}s runs, $ROUNDS rounds"
+echo "user+kernel µs a request per thread; $PATHS path, records ${RECORDS:-all}, -c$CONNS, ${SECS}s runs, $ROUNDS rounds"
 if [[ -z ${OLD:-} ]]; then
   cp "$SHARED/conf/$NGINX_CONF" "$RUN/nginx/nginx.conf"
   taskset -c "$PROXY_CPU" nginx -p "$RUN/nginx/" -e stderr -c nginx.conf -g 'daemon off;' 2>"$RUN/nginx.log" &
   PIDS+=($!)
-  sleep 0.5
-  NGINX_WORKER=$(pgrep -P "${PIDS[-1]}" | head -n 1)
+  alive nginx "$RUN/nginx.log"
+  # Its worker, once it has one (nginx retries a taken port for ~2 s first).
+  NGINX_WORKER=
+  for _ in $(seq 30); do
+    NGINX_WORKER=$(pgrep -P "${PIDS[-1]}" | head -n 1) && break
+    sleep 0.1
+  done
+  [[ -n $NGINX_WORKER ]] || { echo "nginx has no worker:" >&2; cat "$RUN/nginx.log" >&2; exit 1; }
 fi
 for round in $(seq "$ROUNDS"); do
   if [[ -n ${OLD:-} ]]; then
