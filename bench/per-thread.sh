@@ -20,6 +20,7 @@
 # request are left out. Kill other gateways first: they share the ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/thread-times.sh
 SHARED=${SHARED_BENCH:-../shared/bench}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-8}
@@ -84,19 +85,6 @@ alive() {
 }
 if [[ $PATHS == ai ]]; then alive "the mock" "$RUN/mock.log"; else alive "the upstream" "$RUN/upstream.log"; fi
 
-# thread_times PID: one line per thread: tid name utime stime (clock ticks).
-thread_times() {
-  for task in /proc/"$1"/task/*; do
-    local line
-    line=$(<"$task/stat") || continue
-    # Fields after the parenthesised name, from the 3rd: utime and stime
-    # are the 14th and 15th.
-    local fields
-    read -r -a fields <<<"${line##*) }"
-    echo "$(basename "$task") $(tr ' ' _ < "$task/comm") ${fields[11]} ${fields[12]}"
-  done | sort
-}
-
 # measure LABEL PID URL: one warm-up, then one run; prints RPS, p50, p99 and
 # µs a request per thread of PID.
 measure() {
@@ -111,10 +99,8 @@ measure() {
   printf '%-10s %8.0f RPS  p50 %-9s p99 %-9s' "$label" \
     "$(awk '/Requests\/sec/ { print $2 }' <<<"$out")" \
     "$(awk '$1 == "50%" { print $2 }' <<<"$out")" "$(awk '$1 == "99%" { print $2 }' <<<"$out")"
-  join <(echo "$before") <(echo "$after") | awk -v n="$requests" -v hz="$(getconf CLK_TCK)" '
-    { user = ($6 - $3) * 1e6 / hz / n; sys = ($7 - $4) * 1e6 / hz / n
-      if (user + sys >= 0.05) printf "  %s %.2f+%.2f", $2, user, sys }
-    END { print "" }'
+  thread_costs "$before" "$after" "$requests" |
+    awk '{ printf "  %s %s+%s", $1, $2, $3 } END { print "" }'
 }
 
 # gateway BIN: starts BIN with CONFIG on the proxy core; its PID in GATEWAY.

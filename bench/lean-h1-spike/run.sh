@@ -11,6 +11,7 @@
 #   SECS=15 bench/lean-h1-spike/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/thread-times.sh
 SHARED=${SHARED_BENCH:-../shared/bench}
 SECS=${SECS:-8}
 RUN=/tmp/tollgate-lean-h1
@@ -30,22 +31,18 @@ PIDS+=($!)
 
 # measure NAME URL PID: one warm-up, then one timed run.
 measure() {
-  local name=$1 url=$2 pid=$3
-  snapshot() {
-    for task in /proc/"$pid"/task/*; do
-      echo "$(basename "$task") $(awk '{ print $14, $15 }' "$task/stat") $(tr ' ' '_' < "$task/comm")"
-    done | sort
-  }
+  local name=$1 url=$2 pid=$3 before after out
   taskset -c 0 wrk -t1 -c64 -d2s "$url" >/dev/null
-  snapshot >"$RUN/before"
-  local rps
-  rps=$(taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$url" | awk '/Requests\/sec/ { print $2 }')
-  snapshot >"$RUN/after"
-  local hz
-  hz=$(getconf CLK_TCK)
-  join "$RUN/before" "$RUN/after" | awk -v name="$name" -v rps="$rps" -v s="$SECS" -v hz="$hz" '
-    { user = ($5 - $2) / hz / s / rps * 1e6; sys = ($6 - $3) / hz / s / rps * 1e6
-      if (user + sys > 0) printf "%-10s %8.0f RPS  %-20s user %5.2f us/req  kernel %5.2f us/req\n", name, rps, $4, user, sys }'
+  before=$(thread_times "$pid")
+  out=$(taskset -c 0 wrk -t1 -c64 -d"${SECS}s" "$url")
+  after=$(thread_times "$pid")
+  local rps requests
+  rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  thread_costs "$before" "$after" "$requests" | while read -r thread user kernel; do
+    printf "%-10s %8.0f RPS  %-20s user %5.2f us/req  kernel %5.2f us/req\n" \
+      "$name" "$rps" "$thread" "$user" "$kernel"
+  done
 }
 
 # wait_for URL: waits until URL answers.
@@ -61,7 +58,9 @@ wait_for() {
 taskset -c 1 nginx -p "$RUN/nginx/" -e stderr -c "$RUN/nginx/nginx.conf" -g 'daemon off;' 2>"$RUN/nginx.log" &
 PIDS+=($!)
 wait_for http://127.0.0.1:18081/
-measure nginx http://127.0.0.1:18081/ "$(pgrep -f "nginx: worker process" -n)"
+# The proxy's own worker: the newest "nginx: worker process" may be the
+# upstream's.
+measure nginx http://127.0.0.1:18081/ "$(pgrep -P "${PIDS[-1]}" | head -n 1)"
 
 taskset -c 1 /tmp/tollgate-lean-h1-target/release/lean-h1-spike 2>"$RUN/spike.log" &
 PIDS+=($!)
