@@ -24,16 +24,10 @@
 //! for the AI columns ([`COLUMNS`]): NULL in records without AI usage, they
 //! are read all the same (SQLite evaluates every column selected), and a
 //! pass over the AI records alone would need an index that every insert
-//! pays for (see migration 6). Each query is steered to the cheapest of:
-//!
-//! - the table, in id order, when the range holds much of it;
-//! - the `ts` index, when the range holds less than a third of the table (an
-//!   hour of a day, say), each of its records then read by id;
-//! - the `(api, id, ts)` index, when an API is asked for over a wide range:
-//!   only that API's records are read.
-//!
-//! How many records the range holds is estimated as [`crate::query`] does,
-//! from the ids of the records at its ends (ids follow time closely).
+//! pays for (see migration 6). The range's records are read through the
+//! spans (see [`crate::query`]): only the spans whose time range overlaps
+//! the query's, and with an API asked for, only those whose list holds it;
+//! each by a range of the primary key.
 //!
 //! # Latency percentiles
 //!
@@ -56,10 +50,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql};
+use rusqlite::{Connection, ToSql};
 use serde::{Serialize, Serializer};
 use tollgate_telemetry::record::Rfc3339;
 
+use crate::query::{span_terms, SPANNED_RECORDS};
 use crate::{SqliteStore, StoreError};
 
 /// The width of a time bucket. Buckets are aligned to the Unix epoch, so to
@@ -329,8 +324,8 @@ pub struct ConsumerUsage {
 
 impl SqliteStore {
     /// Who called `api` in `[from, to)` (Unix microseconds), busiest first:
-    /// for the owners of a deprecated API, whom to tell. Reads the API's
-    /// range of the `(api, id, ts)` index.
+    /// for the owners of a deprecated API, whom to tell. Reads the spans
+    /// of the range that list the API.
     pub fn api_usage_by_consumer(
         &self,
         api: &str,
@@ -338,12 +333,18 @@ impl SqliteStore {
         to: i64,
     ) -> Result<Vec<ConsumerUsage>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT consumer, count(*), max(ts) FROM access_records INDEXED BY access_records_api
-             WHERE api = ?1 AND ts >= ?2 AND ts < ?3
-             GROUP BY consumer ORDER BY count(*) DESC, consumer",
-        )?;
-        let rows = stmt.query_map(rusqlite::params![api, from, to], |row| {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT consumer, count(*), max(ts) FROM {SPANNED_RECORDS}
+             WHERE max_ts >= :from AND min_ts < :to
+               AND (apis IS NULL OR instr(apis, :listed_api) > 0)
+               AND api = :api AND ts >= :from AND ts < :to
+             GROUP BY consumer ORDER BY count(*) DESC, consumer"
+        ))?;
+        let listed_api = format!(",{api},");
+        let params = rusqlite::named_params! {
+            ":api": api, ":from": from, ":to": to, ":listed_api": listed_api,
+        };
+        let rows = stmt.query_map(params, |row| {
             let requests: i64 = row.get(1)?;
             Ok(ConsumerUsage {
                 consumer: row.get(0)?,
@@ -368,66 +369,12 @@ impl SqliteStore {
             });
         }
         let conn = self.location.connect()?;
-        let plan = choose_plan(&conn, query)?;
-        aggregate(&conn, query, plan)
+        aggregate(&conn, query)
     }
 }
 
-/// How an analytics query reads the table: see the module's documentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Plan {
-    Table,
-    TimeRange,
-    Api,
-}
-
-/// The time range plan is chosen when the range holds less than a third of
-/// the table. Measured with the `query_bench` example's million records: a
-/// scan steps over a record outside the range in ~85 ns, and a record read
-/// through the `ts` index costs ~185 ns more than one read by the scan
-/// (~220 ns to aggregate either way), so the index costs less when
-/// `in_range × (185 + 85) < table × 85`.
-const TIME_RANGE_COST: i64 = 3;
-
-/// Chooses the plan for `query`: see the module's documentation.
-pub(crate) fn choose_plan(conn: &Connection, query: &AnalyticsQuery) -> Result<Plan, StoreError> {
-    let (from, to) = query.range();
-    let wide = if query.api.is_some() {
-        Plan::Api
-    } else {
-        Plan::Table
-    };
-    // Separately: SQLite reads `min(id), max(id)` together by a scan, each
-    // alone by one step of the primary key.
-    let id = |sql| conn.query_row(sql, [], |row| row.get::<_, Option<i64>>(0));
-    let (Some(oldest), Some(newest)) = (
-        id("SELECT min(id) FROM access_records")?,
-        id("SELECT max(id) FROM access_records")?,
-    ) else {
-        return Ok(wide);
-    };
-    let past_newest = newest.saturating_add(1);
-    let mut first_at = conn.prepare_cached(
-        "SELECT id FROM access_records INDEXED BY access_records_ts
-         WHERE ts >= ?1 ORDER BY ts LIMIT 1",
-    )?;
-    let mut first_id_at = |ts: i64| -> rusqlite::Result<i64> {
-        Ok(first_at
-            .query_row([ts], |row| row.get(0))
-            .optional()?
-            .unwrap_or(past_newest))
-    };
-    let in_range = first_id_at(to)?.saturating_sub(first_id_at(from)?).max(0);
-    let table = past_newest.saturating_sub(oldest);
-    Ok(if in_range.saturating_mul(TIME_RANGE_COST) < table {
-        Plan::TimeRange
-    } else {
-        wide
-    })
-}
-
-/// The SQL of `query` with `plan`, and its named parameters' values.
-fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, Value)>) {
+/// The SQL of `query`, and its named parameters' values.
+fn statement(query: &AnalyticsQuery) -> (String, Vec<(&'static str, Value)>) {
     let (from, to) = query.range();
     let mut terms = vec!["ts >= :from", "ts < :to"];
     let mut params = vec![(":from", Value::Integer(from)), (":to", Value::Integer(to))];
@@ -442,14 +389,11 @@ fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, 
             params.push((name, Value::Text(value.clone())));
         }
     }
-    let source = match plan {
-        Plan::Table => "NOT INDEXED",
-        Plan::TimeRange => "INDEXED BY access_records_ts",
-        // `api = :api` implies the index's `api IS NOT NULL`.
-        Plan::Api => "INDEXED BY access_records_api",
-    };
+    let (span_terms, span_params) = span_terms(Some(from), Some(to), query.api.as_deref());
+    params.extend(span_params);
     let sql = format!(
-        "SELECT {COLUMNS} FROM access_records {source} WHERE {}",
+        "SELECT {COLUMNS} FROM {SPANNED_RECORDS} WHERE {} AND {}",
+        span_terms.join(" AND "),
         terms.join(" AND ")
     );
     (sql, params)
@@ -460,13 +404,12 @@ fn statement(query: &AnalyticsQuery, plan: Plan) -> (String, Vec<(&'static str, 
 pub(crate) const COLUMNS: &str = "ts, latency_ms, status, outcome, reason, bytes_in, bytes_out, \
      api, consumer, tokens_in, tokens_out, tokens_cached, cost_usd, ai_model, ai_provider";
 
-/// Runs `query` with `plan`.
+/// Runs `query`.
 pub(crate) fn aggregate(
     conn: &Connection,
     query: &AnalyticsQuery,
-    plan: Plan,
 ) -> Result<Analytics, StoreError> {
-    let (sql, params) = statement(query, plan);
+    let (sql, params) = statement(query);
     let mut stmt = conn.prepare(&sql)?;
     let params: Vec<(&str, &dyn ToSql)> = params
         .iter()
@@ -1021,18 +964,66 @@ mod tests {
             })
             .collect();
         let store = SqliteStore::open("sqlite::memory:").unwrap();
-        store
-            .access_record_sink()
-            .unwrap()
-            .write_batch(&records)
-            .unwrap();
+        let mut sink = store.access_record_sink().unwrap();
+        for batch in records.chunks(50) {
+            sink.write_batch(batch).unwrap();
+        }
         store
     }
 
-    /// Whichever plan reads the table, the answer is the same.
+    /// The range's records, read by a scan of the whole table: what the
+    /// spans must give.
+    fn aggregate_by_scan(conn: &Connection, query: &AnalyticsQuery) -> Analytics {
+        let (from, to) = query.range();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM access_records NOT INDEXED
+                 WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR api = ?3)
+                   AND (?4 IS NULL OR service = ?4) AND (?5 IS NULL OR consumer = ?5)"
+            ))
+            .unwrap();
+        let mut rows = stmt
+            .query(rusqlite::params![
+                from,
+                to,
+                query.api,
+                query.service,
+                query.consumer
+            ])
+            .unwrap();
+        let mut acc = Accumulator::new(query);
+        while let Some(row) = rows.next().unwrap() {
+            acc.add(row).unwrap();
+        }
+        acc.finish(query)
+    }
+
+    /// How many records the spans make `query` read.
+    fn records_read(conn: &Connection, query: &AnalyticsQuery) -> i64 {
+        let (from, to) = query.range();
+        let (terms, params) = span_terms(Some(from), Some(to), query.api.as_deref());
+        let mut params: Vec<(&str, Value)> = params;
+        params.extend([(":from", Value::Integer(from)), (":to", Value::Integer(to))]);
+        let params: Vec<(&str, &dyn ToSql)> = params
+            .iter()
+            .map(|(name, value)| (*name, value as &dyn ToSql))
+            .collect();
+        conn.query_row(
+            &format!(
+                "SELECT count(*) FROM {SPANNED_RECORDS} WHERE {}",
+                terms.join(" AND ")
+            ),
+            params.as_slice(),
+            |row| row.get(0),
+        )
+        .unwrap()
+    }
+
+    /// The spans give every record of the range and no other, and skip
+    /// those that hold none of it.
     #[test]
-    fn every_plan_aggregates_the_same_records() {
-        // 2000 records: about 5.5 hours.
+    fn spans_aggregate_exactly_the_records_of_the_range() {
+        // 2000 records: about 5.5 hours, in two spans.
         let store = store_with(2000);
         let conn = store.lock();
         let q = AnalyticsQuery::new;
@@ -1040,6 +1031,7 @@ mod tests {
             q(T0, T0 + 6 * HOUR, BucketWidth::Minute),
             q(T0 + HOUR, T0 + 2 * HOUR, BucketWidth::Hour),
             q(T0 - HOUR, T0 + HOUR / 2, BucketWidth::Minute),
+            q(T0 + 4 * HOUR, T0 + 5 * HOUR, BucketWidth::Minute),
             q(T0 + 10 * HOUR, T0 + 11 * HOUR, BucketWidth::Hour),
         ];
         for i in 0..queries.len() {
@@ -1048,53 +1040,30 @@ mod tests {
                 consumer: Some("c1".into()),
                 ..queries[i].clone()
             });
+            queries.push(AnalyticsQuery {
+                api: Some("none-such".into()),
+                ..queries[i].clone()
+            });
         }
-        for query in queries {
-            let table = aggregate(&conn, &query, Plan::Table).unwrap();
-            assert!(table.totals.requests > 0 || query.from > T0 + 6 * HOUR);
-            assert_eq!(table.ai.is_some(), table.totals.requests > 0, "{query:?}");
-            let time_range = aggregate(&conn, &query, Plan::TimeRange).unwrap();
-            assert_eq!(table, time_range, "{query:?}");
-            if query.api.is_some() {
-                let api = aggregate(&conn, &query, Plan::Api).unwrap();
-                assert_eq!(table, api, "{query:?}");
-            }
+        for query in &queries {
+            let got = aggregate(&conn, query).unwrap();
+            assert_eq!(got, aggregate_by_scan(&conn, query), "{query:?}");
+            assert_eq!(got.ai.is_some(), got.totals.requests > 0, "{query:?}");
         }
+        assert!(aggregate(&conn, &queries[0]).unwrap().totals.requests > 1900);
+
+        let read = |query: &AnalyticsQuery| records_read(&conn, query);
+        assert_eq!(read(&queries[0]), 2000);
+        // An hour at either end reads one span of the two.
+        assert!(read(&queries[2]) <= 1024, "{}", read(&queries[2]));
+        assert!(read(&queries[3]) <= 1000, "{}", read(&queries[3]));
+        // Past the records, and an API no span lists: none.
+        assert_eq!(read(&queries[4]), 0);
+        assert_eq!(read(&queries[6]), 0);
     }
 
     #[test]
-    fn narrow_ranges_are_read_through_the_ts_index() {
-        let store = store_with(2000);
-        let conn = store.lock();
-        let q = AnalyticsQuery::new;
-        let with_api = |query: AnalyticsQuery| AnalyticsQuery {
-            api: Some("orders".into()),
-            ..query
-        };
-        let cases = [
-            (q(T0, T0 + 6 * HOUR, BucketWidth::Hour), Plan::Table),
-            (q(T0 - HOUR, T0 + 3 * HOUR, BucketWidth::Hour), Plan::Table),
-            (q(T0, T0 + HOUR, BucketWidth::Minute), Plan::TimeRange),
-            (
-                q(T0 + 20 * HOUR, T0 + 21 * HOUR, BucketWidth::Hour),
-                Plan::TimeRange,
-            ),
-            (with_api(q(T0, T0 + 6 * HOUR, BucketWidth::Hour)), Plan::Api),
-            (
-                with_api(q(T0, T0 + HOUR, BucketWidth::Hour)),
-                Plan::TimeRange,
-            ),
-        ];
-        for (query, plan) in cases {
-            assert_eq!(choose_plan(&conn, &query).unwrap(), plan, "{query:?}");
-        }
-        let empty = SqliteStore::open("sqlite::memory:").unwrap();
-        let query = q(T0, T0 + HOUR, BucketWidth::Hour);
-        assert_eq!(choose_plan(&empty.lock(), &query).unwrap(), Plan::Table);
-    }
-
-    #[test]
-    fn plans_read_through_their_index() {
+    fn spans_are_the_outer_loop_and_records_read_by_id_range() {
         let store = store_with(10);
         let conn = store.lock();
         let query = AnalyticsQuery {
@@ -1102,30 +1071,24 @@ mod tests {
             consumer: Some("c1".into()),
             ..AnalyticsQuery::new(T0, T0 + HOUR, BucketWidth::Hour)
         };
-        for (plan, step) in [
-            (Plan::Table, "SCAN access_records"),
-            (
-                Plan::TimeRange,
-                "SEARCH access_records USING INDEX access_records_ts (ts>? AND ts<?)",
-            ),
-            (
-                Plan::Api,
-                "SEARCH access_records USING INDEX access_records_api (api=?)",
-            ),
-        ] {
-            let (sql, params) = statement(&query, plan);
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let params: Vec<(&str, &dyn ToSql)> = params
-                .iter()
-                .map(|(name, value)| (*name, value as &dyn ToSql))
-                .collect();
-            let steps: Vec<String> = stmt
-                .query_map(params.as_slice(), |row| row.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            assert_eq!(steps, [step], "{plan:?}");
-        }
+        let (sql, params) = statement(&query);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params: Vec<(&str, &dyn ToSql)> = params
+            .iter()
+            .map(|(name, value)| (*name, value as &dyn ToSql))
+            .collect();
+        let steps: Vec<String> = stmt
+            .query_map(params.as_slice(), |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            steps,
+            [
+                "SCAN access_record_spans",
+                "SEARCH access_records USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"
+            ]
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub use postgres::{
     PgStore, CONFIG_CHANNEL,
 };
 pub use query::{AccessPage, AccessQuery};
+use query::{NEWEST_FIRST, SPANNED_RECORDS};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
 };
@@ -314,19 +315,17 @@ impl SqliteStore {
     }
 
     /// The access records of the request `request_id` (normally one), newest
-    /// first. Scans the `ts` index, not the table (see the schema): cheap for
-    /// an operator's look-up, not for a request path.
+    /// first. Scans the table (see the schema): cheap for an operator's
+    /// look-up, not for a request path.
     pub fn access_records_by_request_id(
         &self,
         request_id: &str,
     ) -> Result<Vec<StoredAccessRecord>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {STORED_COLUMNS} FROM access_records
-             WHERE id IN (SELECT id FROM access_records INDEXED BY access_records_ts
-                          WHERE request_id_hash = ?1)
-               AND request_id = ?2
-             ORDER BY id DESC"
+            "SELECT {STORED_COLUMNS} FROM {SPANNED_RECORDS}
+             WHERE request_id_hash = ?1 AND request_id = ?2
+             ORDER BY {NEWEST_FIRST}"
         ))?;
         let hash = sink::request_id_hash(request_id);
         let rows = stmt.query_map(rusqlite::params![hash, request_id], stored_access_record)?;
@@ -334,16 +333,26 @@ impl SqliteStore {
     }
 
     /// Deletes access records older than `before` (Unix microseconds), at
-    /// most `batch` of them, oldest first; returns how many. Small batches
-    /// keep each write transaction short, so the record sink never waits
-    /// long; call again until it returns less than `batch`.
+    /// most `batch` of them, oldest first, and the spans left empty; returns
+    /// how many records. Small batches keep each write transaction short, so
+    /// the record sink never waits long; call again until it returns less
+    /// than `batch`.
     pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
-        let deleted = self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let deleted = tx.execute(
             "DELETE FROM access_records WHERE id IN (
-                SELECT id FROM access_records INDEXED BY access_records_ts
-                WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+                SELECT id FROM access_record_spans CROSS JOIN access_records
+                    ON id BETWEEN first_id AND last_id
+                WHERE min_ts < ?1 AND ts < ?1 ORDER BY first_id, id LIMIT ?2)",
             rusqlite::params![before, i64::try_from(batch).unwrap_or(i64::MAX)],
         )?;
+        tx.execute(
+            "DELETE FROM access_record_spans WHERE min_ts < ?1 AND NOT EXISTS (
+                SELECT 1 FROM access_records WHERE id BETWEEN first_id AND last_id)",
+            [before],
+        )?;
+        tx.commit()?;
         Ok(deleted)
     }
 

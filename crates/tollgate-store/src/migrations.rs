@@ -261,7 +261,46 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // change: the number keeps both dialects' versions the same.
         "-- no change in SQLite",
     ),
+    (
+        SPANS,
+        // Spans replace the `ts` and `api` indexes, which cost the access
+        // log's writer ~0.8 µs a record on the proxy's core (`sink_bench`,
+        // 2026-12-06: all indexes 1,700–1,880 ns of CPU a record; without
+        // these two ~1,000).
+        //
+        // A span is a run of consecutive record ids (at most
+        // `sink::SPAN_RECORDS`), written by the sink in the same
+        // transaction as its records: one row per batch, or the newest
+        // row updated while it is short, instead of two index entries per
+        // record. It holds what queries skip by: the range of its records'
+        // `ts` (request start: a long request's record lands after shorter
+        // ones, so ranges overlap a little), and the APIs its records name
+        // (`,orders,users,`; NULL when there were too many to list, so the
+        // span may hold any). Every record is in exactly one span; queries
+        // read the spans newest first and, for each that may hold matches,
+        // its records by a range of the primary key (see `query.rs`).
+        // Retention deletes a span with its last record.
+        //
+        // Spans for the records already here: one per 1,024 ids.
+        "CREATE TABLE access_record_spans (
+            first_id INTEGER PRIMARY KEY, -- its oldest record's id
+            last_id  INTEGER NOT NULL,    -- its newest record's id
+            min_ts   INTEGER NOT NULL,    -- Unix microseconds, UTC
+            max_ts   INTEGER NOT NULL,
+            apis     TEXT                 -- ',a,b,'; ',' none; NULL any
+        );
+        INSERT INTO access_record_spans (first_id, last_id, min_ts, max_ts)
+            SELECT min(id), max(id), min(ts), max(ts) FROM access_records GROUP BY id >> 10;
+        UPDATE access_record_spans SET apis = ',' || coalesce((
+            SELECT group_concat(DISTINCT api) || ',' FROM access_records
+            WHERE id BETWEEN first_id AND last_id), '');
+        DROP INDEX access_records_ts;
+        DROP INDEX access_records_api;",
+    ),
 ];
+
+/// The migration that replaced the `ts` and `api` indexes by spans.
+pub(crate) const SPANS: i64 = 9;
 
 /// The highest version this build knows.
 pub(crate) fn latest() -> i64 {
@@ -328,18 +367,62 @@ mod tests {
             "INSERT INTO access_records (ts, request_id, request_id_hash, client_ip, method,
                  host, path, api, status, latency_ms, bytes_in, bytes_out, outcome, reason)
              VALUES (1, 'a', 0, '::1', 'GET', 'h', '/', 'orders', 200, 1.0, 0, 0, 'allowed', NULL),
-                    (2, 'b', 0, '::1', 'GET', 'h', '/', NULL, 404, 1.0, 0, 0, 'error', 'no_route')",
+                    (2, 'b', 0, '::1', 'GET', 'h', '/', NULL, 404, 1.0, 0, 0, 'error', 'no_route');
+             WITH RECURSIVE n(i) AS (SELECT 3 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
+             INSERT INTO access_records (ts, request_id, request_id_hash, client_ip, method,
+                 host, path, api, status, latency_ms, bytes_in, bytes_out, outcome, reason)
+             SELECT 1000 - i, 'c', 0, '::1', 'GET', 'h', '/', CASE WHEN i < 1100 THEN 'users' END,
+                 200, 1.0, 0, 0, 'allowed', NULL FROM n",
         )
         .unwrap();
 
         run(&mut conn).unwrap();
         assert_eq!(current_version(&conn).unwrap(), latest());
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
-        assert_eq!(count("SELECT count(*) FROM access_records"), 2);
+        assert_eq!(count("SELECT count(*) FROM access_records"), 1500);
+        // Spans of the records there, 1,024 ids each at most.
+        let spans: Vec<(i64, i64, i64, i64, Option<String>)> = conn
+            .prepare("SELECT * FROM access_record_spans ORDER BY first_id")
+            .unwrap()
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(
-            count("SELECT count(*) FROM access_records INDEXED BY access_records_api WHERE api = 'orders'"),
-            1
+            spans,
+            [
+                (
+                    1,
+                    1023,
+                    1000 - 1023,
+                    1000 - 3,
+                    Some(",orders,users,".to_owned())
+                ),
+                (
+                    1024,
+                    1500,
+                    1000 - 1500,
+                    1000 - 1024,
+                    Some(",users,".to_owned())
+                )
+            ]
         );
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'access_records' AND type = 'index'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["access_records_exceptional"]);
         assert_eq!(count("SELECT count(*) FROM admin_tokens"), 0);
         assert_eq!(
             count("SELECT count(*) FROM sqlite_master WHERE name = 'access_records_api_ts'"),

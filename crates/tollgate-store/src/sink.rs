@@ -2,7 +2,7 @@
 
 use std::io;
 
-use rusqlite::{CachedStatement, Connection, TransactionBehavior};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 use tollgate_telemetry::record::{unix_micros, IpText};
 use tollgate_telemetry::{AccessRecord, AiUsage, RecordSink};
 
@@ -25,21 +25,80 @@ const INSERT: &str = "INSERT INTO access_records (
 const FIRST_AI_PARAM: usize = 20;
 const AI_PARAMS: usize = 10;
 
+/// The most records a span holds (see migration `SPANS`): a query that
+/// cannot skip a span reads all of it, and a span extended by small batches
+/// is rewritten with each, so spans stay short; one span a batch would
+/// cost a row a record when the gateway is quiet and batches are single
+/// records.
+pub(crate) const SPAN_RECORDS: i64 = 1024;
+
+/// The longest list of APIs a span keeps; past it the span says "any".
+const SPAN_APIS_BYTES: usize = 2048;
+
 /// Writes each batch of access records in one transaction through a cached
-/// prepared statement, over a connection of its own.
+/// prepared statement, over a connection of its own, with the span that
+/// covers them.
 pub struct SqliteRecordSink {
     conn: Connection,
+    /// [`SPAN_RECORDS`], but in tests.
+    span_records: i64,
+}
+
+/// A row of `access_record_spans`.
+#[derive(Clone, Debug, PartialEq)]
+struct Span {
+    first_id: i64,
+    last_id: i64,
+    min_ts: i64,
+    max_ts: i64,
+    /// `,a,b,` (`,` for none), or `None` for "any".
+    apis: Option<String>,
+}
+
+impl Span {
+    /// Adds `api` to the span's list, unless it is there or the list is
+    /// full (then the span may hold any API).
+    fn add_api(&mut self, api: &str) {
+        let Some(apis) = &mut self.apis else {
+            return;
+        };
+        if apis.split(',').any(|listed| listed == api) {
+            return;
+        }
+        if apis.len() + api.len() + 1 > SPAN_APIS_BYTES {
+            self.apis = None;
+        } else {
+            apis.push_str(api);
+            apis.push(',');
+        }
+    }
 }
 
 impl SqliteRecordSink {
     pub(crate) fn new(conn: Connection) -> SqliteRecordSink {
-        SqliteRecordSink { conn }
+        SqliteRecordSink {
+            conn,
+            span_records: SPAN_RECORDS,
+        }
+    }
+
+    /// Spans of at most `records` records, for tests that need many.
+    #[cfg(test)]
+    pub(crate) fn with_span_records(self, records: i64) -> SqliteRecordSink {
+        SqliteRecordSink {
+            span_records: records,
+            ..self
+        }
     }
 
     fn insert(&mut self, records: &[AccessRecord]) -> rusqlite::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut first_id = 0;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
             let mut previous: Option<&AccessRecord> = None;
@@ -47,11 +106,99 @@ impl SqliteRecordSink {
                 tollgate_telemetry::access_log::pace();
                 bind(&mut insert, r, previous)?;
                 insert.raw_execute()?;
+                if previous.is_none() {
+                    first_id = tx.last_insert_rowid();
+                }
                 previous = Some(r);
             }
         }
+        // One writer in a transaction: SQLite gives each row the largest id
+        // plus one.
+        let last_id = tx.last_insert_rowid();
+        cover(&tx, records, first_id, last_id, self.span_records)?;
         tx.commit()
     }
+}
+
+/// Records `records`, just written as ids `first_id..=last_id`, in the
+/// newest span if they follow it and it has room, or in a new one.
+fn cover(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[AccessRecord],
+    first_id: i64,
+    last_id: i64,
+    span_records: i64,
+) -> rusqlite::Result<()> {
+    // Read each time rather than kept: retention deletes spans, and a
+    // rollback undoes a write. A primary key's last entry: cheap.
+    let newest = tx
+        .prepare_cached(
+            "SELECT first_id, last_id, min_ts, max_ts, apis FROM access_record_spans
+             ORDER BY first_id DESC LIMIT 1",
+        )?
+        .query_row([], |row| {
+            Ok(Span {
+                first_id: row.get(0)?,
+                last_id: row.get(1)?,
+                min_ts: row.get(2)?,
+                max_ts: row.get(3)?,
+                apis: row.get(4)?,
+            })
+        })
+        .optional()?;
+    if newest.as_ref().is_some_and(|span| span.last_id >= first_id) {
+        // Ids used again: retention deleted the newest records, and SQLite
+        // numbers from the largest id left. No record is left above it, so
+        // the spans' claims above it are empty: cut them off.
+        tx.execute(
+            "DELETE FROM access_record_spans WHERE first_id >= ?1",
+            [first_id],
+        )?;
+        tx.execute(
+            "UPDATE access_record_spans SET last_id = ?1 - 1 WHERE last_id >= ?1",
+            [first_id],
+        )?;
+        return cover(tx, records, first_id, last_id, span_records);
+    }
+    let extended = newest
+        .filter(|span| span.last_id + 1 == first_id && last_id - span.first_id < span_records);
+    let extend = extended.is_some();
+    let ts = unix_micros(records[0].ts);
+    let mut span = extended.unwrap_or(Span {
+        first_id,
+        last_id,
+        min_ts: ts,
+        max_ts: ts,
+        apis: Some(",".to_owned()),
+    });
+    span.last_id = last_id;
+    let mut previous_api = None;
+    for r in records {
+        let ts = unix_micros(r.ts);
+        span.min_ts = span.min_ts.min(ts);
+        span.max_ts = span.max_ts.max(ts);
+        if let Some(api) = r.api.as_deref() {
+            if previous_api != Some(api) {
+                span.add_api(api);
+                previous_api = Some(api);
+            }
+        }
+    }
+    let sql = if extend {
+        "UPDATE access_record_spans SET last_id = ?2, min_ts = ?3, max_ts = ?4, apis = ?5
+         WHERE first_id = ?1"
+    } else {
+        "INSERT INTO access_record_spans (first_id, last_id, min_ts, max_ts, apis)
+         VALUES (?1, ?2, ?3, ?4, ?5)"
+    };
+    tx.prepare_cached(sql)?.execute(rusqlite::params![
+        span.first_id,
+        span.last_id,
+        span.min_ts,
+        span.max_ts,
+        span.apis
+    ])?;
+    Ok(())
 }
 
 /// Binds `r` to the insert statement's parameters. Parameters stay bound

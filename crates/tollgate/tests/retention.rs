@@ -32,7 +32,8 @@ async fn records_older_than_the_retention_are_pruned_and_younger_ones_kept() {
     })
     .await;
     {
-        // Three records from two hours ago and one from half an hour ago.
+        // Three records from two hours ago and one from half an hour ago,
+        // each in a span of its own, as the sink would write them.
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
         for age_minutes in [120, 121, 122, 30] {
@@ -40,6 +41,9 @@ async fn records_older_than_the_retention_are_pruned_and_younger_ones_kept() {
                 "CREATE TEMP TABLE old AS SELECT * FROM access_records LIMIT 1;
                  UPDATE old SET id = NULL, ts = ts - {age_minutes} * 60000000;
                  INSERT INTO access_records SELECT * FROM old;
+                 INSERT INTO access_record_spans (first_id, last_id, min_ts, max_ts, apis)
+                     SELECT id, id, ts, ts, ',' || api || ',' FROM access_records
+                     WHERE id = last_insert_rowid();
                  DROP TABLE old;"
             ))
             .unwrap();
@@ -60,6 +64,14 @@ async fn records_older_than_the_retention_are_pruned_and_younger_ones_kept() {
         0
     );
     assert!(gw.stderr().contains("pruned old access records"));
+    // Their spans went with them.
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM access_record_spans
+             WHERE NOT EXISTS (SELECT 1 FROM access_records WHERE id BETWEEN first_id AND last_id)"
+        ),
+        0
+    );
 
     // A retention under an hour is refused with its field path.
     let refused = common::gateway()
