@@ -67,7 +67,6 @@ pub use postgres::{
     PgStore, CONFIG_CHANNEL,
 };
 pub use query::{AccessPage, AccessQuery};
-use query::{NEWEST_FIRST, SPANNED_RECORDS};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
 };
@@ -323,9 +322,9 @@ impl SqliteStore {
     ) -> Result<Vec<StoredAccessRecord>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {STORED_COLUMNS} FROM {SPANNED_RECORDS}
+            "SELECT {STORED_COLUMNS} FROM access_records NOT INDEXED
              WHERE request_id_hash = ?1 AND request_id = ?2
-             ORDER BY {NEWEST_FIRST}"
+             ORDER BY id DESC"
         ))?;
         let hash = sink::request_id_hash(request_id);
         let rows = stmt.query_map(rusqlite::params![hash, request_id], stored_access_record)?;

@@ -17,14 +17,16 @@
 //!   other than `allowed`, a reason): the partial index of those records,
 //!   which holds every filtered column, so no table row is read that does not
 //!   match.
+//! - No time range and no API: the table, newest first, stopping at a full
+//!   page: fast for a common value, up to a scan of the table (~90 ms for a
+//!   million records) for a rare one. A request id is such a filter, its
+//!   hash compared first.
 //! - Anything else: the spans (migration 9), newest first, and the records of
 //!   each span that may hold matches — its time range overlaps the query's,
 //!   its list of APIs holds the query's — by a range of the primary key,
 //!   newest first, stopping at a full page. A time range or an API thus
 //!   skips whole spans of up to `sink::SPAN_RECORDS` records; other filters
-//!   read every record of the spans left until a page is full: fast for a
-//!   common value, up to a scan of the table (~60 ms for a million records)
-//!   for a rare one. A request id is such a filter, its hash compared first.
+//!   read every record of the spans left until a page is full.
 //!
 //! Against the `ts` and `(api, id, ts)` indexes the spans replaced, a time
 //! range costs a step of a scan (~60 ns) a record read instead of ~130–270
@@ -115,6 +117,7 @@ impl SqliteStore {
 pub(crate) enum Plan {
     Exceptional,
     Spans,
+    Table,
 }
 
 /// The records with their spans, each span's records by a range of the
@@ -168,6 +171,11 @@ fn only_exceptional(query: &AccessQuery) -> bool {
 pub(crate) fn choose_plan(query: &AccessQuery) -> Plan {
     if only_exceptional(query) {
         Plan::Exceptional
+    } else if query.from.is_none() && query.to.is_none() && query.api.is_none() {
+        // No span can be skipped: a scan of the table reads the same
+        // records without a step per span (a scan finding nothing, 15–45 %
+        // faster).
+        Plan::Table
     } else {
         Plan::Spans
     }
@@ -261,6 +269,11 @@ fn statement(
         Plan::Exceptional => format!(
             "SELECT {columns} FROM access_records INDEXED BY access_records_exceptional
              WHERE ({EXCEPTIONAL}) AND {} ORDER BY id DESC LIMIT :limit",
+            terms.join(" AND ")
+        ),
+        Plan::Table => format!(
+            "SELECT {columns} FROM access_records NOT INDEXED
+             WHERE {} ORDER BY id DESC LIMIT :limit",
             terms.join(" AND ")
         ),
         Plan::Spans => {
@@ -641,7 +654,7 @@ mod tests {
         ] {
             for query in queries(&records) {
                 let want = expected(&records, &query);
-                let mut plans = vec![Plan::Spans];
+                let mut plans = vec![Plan::Spans, Plan::Table];
                 if only_exceptional(&query) {
                     plans.push(Plan::Exceptional);
                 }
@@ -703,6 +716,14 @@ mod tests {
                     ..Default::default()
                 },
                 &spans[..],
+            ),
+            (
+                Plan::Table,
+                AccessQuery {
+                    request_id: text("r"),
+                    ..Default::default()
+                },
+                &["SEARCH access_records USING INTEGER PRIMARY KEY (rowid<?)"][..],
             ),
         ];
         for (plan, query, want) in cases {
@@ -792,14 +813,22 @@ mod tests {
         assert_eq!(records_read(&store, &orders), 2000);
 
         for (query, plan) in [
-            (q(), Plan::Spans),
+            (q(), Plan::Table),
             (ten, Plan::Spans),
+            (orders, Plan::Spans),
             (
                 AccessQuery {
                     status: Some(200),
                     ..q()
                 },
-                Plan::Spans,
+                Plan::Table,
+            ),
+            (
+                AccessQuery {
+                    request_id: text("r"),
+                    ..q()
+                },
+                Plan::Table,
             ),
             (
                 AccessQuery {
