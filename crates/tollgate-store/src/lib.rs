@@ -66,6 +66,7 @@ pub use postgres::{
     is_postgres_url, redact as redact_database_url, ConfigEvent, ConfigListener, PgRecordSink,
     PgStore, CONFIG_CHANNEL,
 };
+use query::SPANNED_RECORDS;
 pub use query::{AccessPage, AccessQuery};
 pub use resources::{
     AuditEntry, AuditQuery, AuditRecord, ConfigState, Expect, Origin, ResourceWrite, StoredResource,
@@ -332,18 +333,19 @@ impl SqliteStore {
     }
 
     /// Deletes access records older than `before` (Unix microseconds), at
-    /// most `batch` of them, oldest first, and the spans left empty; returns
-    /// how many records. Small batches keep each write transaction short, so
+    /// most `batch` of them, in id order (about oldest first), and the spans
+    /// left empty; returns how many records. Small batches keep each write transaction short, so
     /// the record sink never waits long; call again until it returns less
     /// than `batch`.
     pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let deleted = tx.execute(
-            "DELETE FROM access_records WHERE id IN (
-                SELECT id FROM access_record_spans CROSS JOIN access_records
-                    ON id BETWEEN first_id AND last_id
-                WHERE min_ts < ?1 AND ts < ?1 ORDER BY first_id, id LIMIT ?2)",
+            &format!(
+                "DELETE FROM access_records WHERE id IN (
+                SELECT id FROM {SPANNED_RECORDS}
+                WHERE min_ts < ?1 AND ts < ?1 ORDER BY first_id, id LIMIT ?2)"
+            ),
             rusqlite::params![before, i64::try_from(batch).unwrap_or(i64::MAX)],
         )?;
         tx.execute(
