@@ -1072,18 +1072,8 @@ mod tests {
             ..AnalyticsQuery::new(T0, T0 + HOUR, BucketWidth::Hour)
         };
         let (sql, params) = statement(&query);
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let params: Vec<(&str, &dyn ToSql)> = params
-            .iter()
-            .map(|(name, value)| (*name, value as &dyn ToSql))
-            .collect();
-        let steps: Vec<String> = stmt
-            .query_map(params.as_slice(), |row| row.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         assert_eq!(
-            steps,
+            crate::query::query_plan(&conn, &sql, &params),
             [
                 "SCAN access_record_spans",
                 "SEARCH access_records USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"

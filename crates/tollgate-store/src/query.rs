@@ -312,6 +312,21 @@ pub(crate) fn decode_cursor(cursor: &str) -> Result<i64, StoreError> {
         .ok_or(StoreError::InvalidCursor)
 }
 
+/// The steps of SQLite's plan for `sql` with `params` (`EXPLAIN QUERY
+/// PLAN`'s detail column), for tests that check a query's plan.
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str, params: &[(&str, Value)]) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let params: Vec<(&str, &dyn ToSql)> = params
+        .iter()
+        .map(|(name, value)| (*name, value as &dyn ToSql))
+        .collect();
+    stmt.query_map(params.as_slice(), |row| row.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -728,17 +743,7 @@ mod tests {
         ];
         for (plan, query, want) in cases {
             let (sql, params) = statement(&query, plan, 10, 10);
-            let conn = store.lock();
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let params: Vec<(&str, &dyn ToSql)> = params
-                .iter()
-                .map(|(name, value)| (*name, value as &dyn ToSql))
-                .collect();
-            let steps: Vec<String> = stmt
-                .query_map(params.as_slice(), |row| row.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let steps = query_plan(&store.lock(), &sql, &params);
             // The services' list is a subquery of its own: leave it out.
             let steps: Vec<&String> = steps
                 .iter()
