@@ -10,8 +10,8 @@
 //! # Plans
 //!
 //! The sink's insert speed limits the indexes (see the schema in
-//! `migrations.rs`), so each query is steered to one of two plans, both of
-//! which read in id order:
+//! `migrations.rs`), so each query is steered to one of three plans, each
+//! of which reads in id order:
 //!
 //! - A filter only exceptional records match (status 400 and over, an outcome
 //!   other than `allowed`, a reason): the partial index of those records,
