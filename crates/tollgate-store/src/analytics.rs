@@ -50,11 +50,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, ToSql};
+use rusqlite::Connection;
 use serde::{Serialize, Serializer};
 use tollgate_telemetry::record::Rfc3339;
 
-use crate::query::{span_terms, SPANNED_RECORDS};
+use crate::query::{as_params, span_terms, SPANNED_RECORDS};
 use crate::{SqliteStore, StoreError};
 
 /// The width of a time bucket. Buckets are aligned to the Unix epoch, so to
@@ -333,18 +333,19 @@ impl SqliteStore {
         to: i64,
     ) -> Result<Vec<ConsumerUsage>, StoreError> {
         let conn = self.lock();
+        let (span_terms, mut params) = span_terms(Some(from), Some(to), Some(api));
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT consumer, count(*), max(ts) FROM {SPANNED_RECORDS}
-             WHERE max_ts >= :from AND min_ts < :to
-               AND (apis IS NULL OR instr(apis, :listed_api) > 0)
-               AND api = :api AND ts >= :from AND ts < :to
-             GROUP BY consumer ORDER BY count(*) DESC, consumer"
+             WHERE {} AND api = :api AND ts >= :from AND ts < :to
+             GROUP BY consumer ORDER BY count(*) DESC, consumer",
+            span_terms.join(" AND ")
         ))?;
-        let listed_api = format!(",{api},");
-        let params = rusqlite::named_params! {
-            ":api": api, ":from": from, ":to": to, ":listed_api": listed_api,
-        };
-        let rows = stmt.query_map(params, |row| {
+        params.extend([
+            (":api", Value::Text(api.to_owned())),
+            (":from", Value::Integer(from)),
+            (":to", Value::Integer(to)),
+        ]);
+        let rows = stmt.query_map(as_params(&params).as_slice(), |row| {
             let requests: i64 = row.get(1)?;
             Ok(ConsumerUsage {
                 consumer: row.get(0)?,
@@ -411,11 +412,7 @@ pub(crate) fn aggregate(
 ) -> Result<Analytics, StoreError> {
     let (sql, params) = statement(query);
     let mut stmt = conn.prepare(&sql)?;
-    let params: Vec<(&str, &dyn ToSql)> = params
-        .iter()
-        .map(|(name, value)| (*name, value as &dyn ToSql))
-        .collect();
-    let mut rows = stmt.query(params.as_slice())?;
+    let mut rows = stmt.query(as_params(&params).as_slice())?;
     let mut acc = Accumulator::new(query);
     while let Some(row) = rows.next()? {
         acc.add(row)?;
@@ -998,27 +995,6 @@ mod tests {
         acc.finish(query)
     }
 
-    /// How many records the spans make `query` read.
-    fn records_read(conn: &Connection, query: &AnalyticsQuery) -> i64 {
-        let (from, to) = query.range();
-        let (terms, params) = span_terms(Some(from), Some(to), query.api.as_deref());
-        let mut params: Vec<(&str, Value)> = params;
-        params.extend([(":from", Value::Integer(from)), (":to", Value::Integer(to))]);
-        let params: Vec<(&str, &dyn ToSql)> = params
-            .iter()
-            .map(|(name, value)| (*name, value as &dyn ToSql))
-            .collect();
-        conn.query_row(
-            &format!(
-                "SELECT count(*) FROM {SPANNED_RECORDS} WHERE {}",
-                terms.join(" AND ")
-            ),
-            params.as_slice(),
-            |row| row.get(0),
-        )
-        .unwrap()
-    }
-
     /// The spans give every record of the range and no other, and skip
     /// those that hold none of it.
     #[test]
@@ -1052,7 +1028,10 @@ mod tests {
         }
         assert!(aggregate(&conn, &queries[0]).unwrap().totals.requests > 1900);
 
-        let read = |query: &AnalyticsQuery| records_read(&conn, query);
+        let read = |query: &AnalyticsQuery| {
+            let (from, to) = query.range();
+            crate::query::records_read(&conn, Some(from), Some(to), query.api.as_deref())
+        };
         assert_eq!(read(&queries[0]), 2000);
         // An hour at either end reads one span of the two.
         assert!(read(&queries[2]) <= 1024, "{}", read(&queries[2]));

@@ -315,28 +315,30 @@ impl SqliteStore {
     }
 
     /// The access records of the request `request_id` (normally one), newest
-    /// first. Scans the table (see the schema): cheap for an operator's
-    /// look-up, not for a request path.
+    /// first: [`SqliteStore::query_access_records`]'s scan of the table,
+    /// unpaged. Cheap for an operator's look-up, not for a request path.
     pub fn access_records_by_request_id(
         &self,
         request_id: &str,
     ) -> Result<Vec<StoredAccessRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {STORED_COLUMNS} FROM access_records NOT INDEXED
-             WHERE request_id_hash = ?1 AND request_id = ?2
-             ORDER BY id DESC"
-        ))?;
-        let hash = sink::request_id_hash(request_id);
-        let rows = stmt.query_map(rusqlite::params![hash, request_id], stored_access_record)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let query = query::AccessQuery {
+            request_id: Some(request_id.to_owned()),
+            ..Default::default()
+        };
+        query::run(
+            &self.lock(),
+            &query,
+            query::Plan::Table,
+            i64::MAX,
+            usize::MAX,
+        )
     }
 
     /// Deletes access records older than `before` (Unix microseconds), at
     /// most `batch` of them, in id order (about oldest first), and the spans
-    /// left empty; returns how many records. Small batches keep each write transaction short, so
-    /// the record sink never waits long; call again until it returns less
-    /// than `batch`.
+    /// left empty; returns how many records. Small batches keep each write
+    /// transaction short, so the record sink never waits long; call again
+    /// until it returns less than `batch`.
     pub fn prune_access_records(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -98,7 +98,6 @@ impl SqliteRecordSink {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut first_id = 0;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
             let mut previous: Option<&AccessRecord> = None;
@@ -106,15 +105,13 @@ impl SqliteRecordSink {
                 tollgate_telemetry::access_log::pace();
                 bind(&mut insert, r, previous)?;
                 insert.raw_execute()?;
-                if previous.is_none() {
-                    first_id = tx.last_insert_rowid();
-                }
                 previous = Some(r);
             }
         }
         // One writer in a transaction: SQLite gives each row the largest id
-        // plus one.
+        // plus one, so the batch's ids are consecutive.
         let last_id = tx.last_insert_rowid();
+        let first_id = last_id - (records.len() as i64 - 1);
         cover(&tx, records, first_id, last_id, self.span_records)?;
         tx.commit()
     }
@@ -146,7 +143,8 @@ fn cover(
             })
         })
         .optional()?;
-    if newest.as_ref().is_some_and(|span| span.last_id >= first_id) {
+    let reused = newest.as_ref().is_some_and(|span| span.last_id >= first_id);
+    if reused {
         // Ids used again: retention deleted the newest records, and SQLite
         // numbers from the largest id left. No record is left above it, so
         // the spans' claims above it are empty: cut them off.
@@ -158,17 +156,22 @@ fn cover(
             "UPDATE access_record_spans SET last_id = ?1 - 1 WHERE last_id >= ?1",
             [first_id],
         )?;
-        return cover(tx, records, first_id, last_id, span_records);
     }
-    let extended = newest
-        .filter(|span| span.last_id + 1 == first_id && last_id - span.first_id < span_records);
-    let extend = extended.is_some();
-    let ts = unix_micros(records[0].ts);
+    let extended = newest.filter(|span| {
+        !reused && span.last_id + 1 == first_id && last_id - span.first_id < span_records
+    });
+    let sql = if extended.is_some() {
+        "UPDATE access_record_spans SET last_id = ?2, min_ts = ?3, max_ts = ?4, apis = ?5
+         WHERE first_id = ?1"
+    } else {
+        "INSERT INTO access_record_spans (first_id, last_id, min_ts, max_ts, apis)
+         VALUES (?1, ?2, ?3, ?4, ?5)"
+    };
     let mut span = extended.unwrap_or(Span {
         first_id,
         last_id,
-        min_ts: ts,
-        max_ts: ts,
+        min_ts: i64::MAX,
+        max_ts: i64::MIN,
         apis: Some(",".to_owned()),
     });
     span.last_id = last_id;
@@ -184,13 +187,6 @@ fn cover(
             }
         }
     }
-    let sql = if extend {
-        "UPDATE access_record_spans SET last_id = ?2, min_ts = ?3, max_ts = ?4, apis = ?5
-         WHERE first_id = ?1"
-    } else {
-        "INSERT INTO access_record_spans (first_id, last_id, min_ts, max_ts, apis)
-         VALUES (?1, ?2, ?3, ?4, ?5)"
-    };
     tx.prepare_cached(sql)?.execute(rusqlite::params![
         span.first_id,
         span.last_id,
@@ -311,6 +307,34 @@ impl RecordSink for SqliteRecordSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_lists_each_api_once_until_its_list_is_full() {
+        let mut span = Span {
+            first_id: 1,
+            last_id: 1,
+            min_ts: 0,
+            max_ts: 0,
+            apis: Some(",".to_owned()),
+        };
+        for api in ["orders", "users", "orders", "order", "users"] {
+            span.add_api(api);
+        }
+        // `order` is not `orders`: names are matched whole.
+        assert_eq!(span.apis.as_deref(), Some(",orders,users,order,"));
+        let long = "x".repeat(100);
+        for i in 0..19 {
+            span.add_api(&format!("{long}{i}"));
+        }
+        assert!(span
+            .apis
+            .as_ref()
+            .is_some_and(|apis| apis.len() <= SPAN_APIS_BYTES));
+        span.add_api(&format!("{long}19"));
+        assert_eq!(span.apis, None, "full: the span may hold any API");
+        span.add_api("orders");
+        assert_eq!(span.apis, None);
+    }
 
     #[test]
     fn request_id_hash_is_fnv1a_32() {
