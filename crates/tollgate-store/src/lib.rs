@@ -83,9 +83,6 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// checkpoint per record); 32 KiB was no better.
 const PAGE_SIZE: i64 = 16 * 1024;
 
-/// The sink connection's page cache, in KiB (SQLite's negative `cache_size`).
-const SINK_CACHE_KIB: i64 = -16 * 1024;
-
 /// Why the store could not be opened or queried.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -292,11 +289,12 @@ impl SqliteStore {
     /// A sink writing access records into this database over its own
     /// connection, for [`tollgate_telemetry::AccessLog::start`].
     pub fn access_record_sink(&self) -> std::io::Result<SqliteRecordSink> {
+        // SQLite's default page cache (2 MB): the sink appends to the
+        // table, the spans and the exceptional index, so a few pages of
+        // each are hot. A 16 MiB cache, sized for the indexes the spans
+        // replaced, read as many pages and cost the same CPU a record, for
+        // ~14 MiB more resident memory (`sink_bench --prefill 1000000`).
         let conn = self.location.connect().map_err(std::io::Error::other)?;
-        // A larger page cache keeps the indexes' hot pages in memory between
-        // batches (measured: ~10-15% faster bulk inserts).
-        conn.pragma_update(None, "cache_size", SINK_CACHE_KIB)
-            .map_err(std::io::Error::other)?;
         Ok(SqliteRecordSink::new(conn))
     }
 
