@@ -482,6 +482,12 @@ impl ApiPolicies {
         }
     }
 
+    /// Whether [`transform_response`](Self::transform_response) may change
+    /// or read an answer's headers: the proxy then hands it all of them.
+    pub fn edits_response_headers(&self) -> bool {
+        self.response_headers.is_some() || self.cors.is_some()
+    }
+
     /// Response transforms and CORS headers for an actual (non-preflight) request.
     pub fn transform_response(
         &self,

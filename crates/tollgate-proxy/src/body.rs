@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 
 use crate::h1_client::{BoxError, UpstreamBody};
+use crate::passed_lines::PassedLines;
 use crate::snapshot::ApiMetrics;
 use crate::upstream::TargetState;
 
@@ -310,6 +311,15 @@ impl ResponseBody {
     fn release_connection(&mut self) {
         if let Some(pooled) = self.pooled.take() {
             pooled.target.pool.checkin(pooled.sender);
+        }
+    }
+
+    /// The upstream answer's header lines passed on unread, taken (see
+    /// `passed_lines`): none for any other body.
+    pub(crate) fn take_passed_lines(&mut self) -> PassedLines {
+        match &mut self.inner {
+            Inner::Upstream(body) => body.take_passed_lines(),
+            Inner::Full(_) | Inner::Produced(_) => PassedLines::default(),
         }
     }
 

@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tollgate_ai::providers::UpstreamRequest;
 
 use crate::forwarding;
+use crate::passed_lines::{Destination, PassedLines};
 use crate::pool::IdleStack;
 
 /// The largest answer head (status line and headers) read.
@@ -285,6 +286,7 @@ impl H1Pool {
             framing: head.framing,
             reusable: head.reusable,
             pool: self.clone(),
+            passed: head.passed,
         };
         // An empty body (204, 304, `Content-Length: 0`) may never be polled:
         // its connection serves again at once.
@@ -353,10 +355,17 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usi
 struct Head {
     status: StatusCode,
     headers: HeaderMap,
+    /// The end-to-end headers no one reads, when the caller passes them on.
+    passed: PassedLines,
     framing: Framing,
     reusable: bool,
     /// Bytes of the head, blank line included.
     length: usize,
+}
+
+/// A `Content-Length` value: one number, spaces around it allowed.
+fn content_length_value(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// The answer's head once `buf` holds all of it.
@@ -381,12 +390,16 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| bad("no status".into()))?;
     let keep = wanted == AnswerHeaders::All || !status.is_success();
+    // The proxy passes on as lines what no one reads (see `passed_lines`);
+    // the map holds the rest, and the headers the gateway adds.
+    let mut passed = (wanted == AnswerHeaders::All).then(|| PassedLines::with_capacity(length));
     // Room for the headers the gateway adds (request id, `nosniff`, rate
     // limits): growing the map on the way out cost ~700 instructions. An
     // empty map does not allocate.
-    let mut map = match keep {
-        true => HeaderMap::with_capacity(response.headers.len() + ADDED_HEADERS),
-        false => HeaderMap::new(),
+    let mut map = match (keep, &passed) {
+        (true, Some(_)) => HeaderMap::with_capacity(ADDED_HEADERS),
+        (true, None) => HeaderMap::with_capacity(response.headers.len() + ADDED_HEADERS),
+        (false, _) => HeaderMap::new(),
     };
     let mut reusable = response.version == Some(1);
     let mut chunked = false;
@@ -399,6 +412,26 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
         if !keep && !frames_or_ends(header.name) {
             continue;
         }
+        if let Some(passed) = &mut passed {
+            match PassedLines::destination(header.name) {
+                Destination::Line => {
+                    passed.push(header.name, header.value);
+                    continue;
+                }
+                Destination::LineRead => {
+                    let length = content_length_value(header.value)
+                        .ok_or_else(|| bad("a bad Content-Length".into()))?;
+                    if content_length.is_some_and(|l| l != length) {
+                        return Err(bad("two different Content-Length".into()));
+                    }
+                    content_length = Some(length);
+                    passed.set_content_length(length);
+                    passed.push(header.name, header.value);
+                    continue;
+                }
+                Destination::Map => {}
+            }
+        }
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| bad(format!("a bad header name {:?}", header.name)))?;
         let value = HeaderValue::from_bytes(header.value)
@@ -410,10 +443,7 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == http::header::CONTENT_LENGTH {
-            let length = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let length = content_length_value(value.as_bytes())
                 .ok_or_else(|| bad("a bad Content-Length".into()))?;
             if content_length.is_some_and(|l| l != length) {
                 return Err(bad("two different Content-Length".into()));
@@ -433,8 +463,14 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
             map.append(name, value);
         }
     }
-    for name in connection_named {
-        map.remove(name);
+    if !connection_named.is_empty() {
+        // Rare: the headers it names may be among the lines.
+        if let Some(passed) = passed.take() {
+            passed.append_to(&mut map);
+        }
+        for name in connection_named {
+            map.remove(name);
+        }
     }
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -454,6 +490,7 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
     Ok(Some(Head {
         status,
         headers: map,
+        passed: passed.unwrap_or_default(),
         framing,
         reusable,
         length,
@@ -503,6 +540,10 @@ struct LeanBody {
     framing: Framing,
     reusable: bool,
     pool: Arc<H1Pool>,
+    /// The answer's header lines passed on unread: they travel with the
+    /// body, which every writer of the answer holds, rather than in the
+    /// response's extensions (two allocations an answer).
+    passed: PassedLines,
 }
 
 impl LeanBody {
@@ -645,6 +686,17 @@ impl LeanBody {
                     return Poll::Ready(Some(Err(error.into())));
                 }
             }
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// The answer's header lines passed on unread (see `passed_lines`),
+    /// taken: none for hyper's answers and the AI calls'.
+    pub(crate) fn take_passed_lines(&mut self) -> PassedLines {
+        match &mut self.0 {
+            Inner::Hyper(_) => PassedLines::default(),
+            Inner::Lean(body) => std::mem::take(&mut body.passed),
         }
     }
 }
@@ -929,6 +981,65 @@ mod tests {
             ["content-length"]
         );
         assert!(!head.reusable);
+    }
+
+    /// The proxy's answers keep the headers no one reads as the upstream
+    /// wrote them, in order; those the gateway reads or sets go to the map,
+    /// `Content-Length` is read from the lines.
+    #[test]
+    fn headers_no_one_reads_are_passed_on_as_lines() {
+        let head = parse_head(
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 11:00:00 GMT\r\n\
+              Content-Type: application/json\r\nContent-Length: 12\r\n\
+              Connection: keep-alive\r\nX-Request-Id: up\r\nRateLimit-Limit: 5\r\n\
+              Set-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
+            AnswerHeaders::All,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(head.passed.as_bytes()).unwrap(),
+            "Server: nginx\r\nDate: Sun, 06 Dec 2026 11:00:00 GMT\r\n\
+             Content-Type: application/json\r\nContent-Length: 12\r\n\
+             Set-Cookie: a=1\r\nset-cookie: b=2\r\n"
+        );
+        assert!(head.passed.has_date());
+        assert_eq!(head.passed.content_length(), Some(12));
+        assert!(matches!(head.framing, Framing::Length(12)));
+        assert!(head.reusable);
+        let mut names: Vec<_> = head.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["ratelimit-limit", "x-request-id"]);
+
+        // Read back into a map, they are what the map alone would have held.
+        let mut all = head.headers;
+        head.passed.append_to(&mut all);
+        assert_eq!(all["server"], "nginx");
+        assert_eq!(all["content-length"], "12");
+        assert_eq!(all.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(all.len(), 8);
+    }
+
+    /// A bad or contradicting `Content-Length` fails the answer whether the
+    /// header is passed on as a line or read into the map.
+    #[test]
+    fn a_bad_content_length_fails_either_way() {
+        for wanted in [AnswerHeaders::All, AnswerHeaders::OnFailure] {
+            for head in [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            ] {
+                assert!(parse_head(head, wanted).is_err(), "{wanted:?}");
+            }
+            let head = parse_head(
+                b"HTTP/1.1 200 OK\r\ncontent-length:  3 \r\nContent-Length: 3\r\n\r\n",
+                wanted,
+            )
+            .unwrap()
+            .unwrap();
+            assert!(matches!(head.framing, Framing::Length(3)));
+        }
     }
 
     /// An AI call's successful answer keeps no header, yet is framed and

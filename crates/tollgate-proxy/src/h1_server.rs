@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::body::{ClientBody, ResponseBody};
 use crate::conn_timeouts::ConnectionTimeouts;
 use crate::forwarding;
+use crate::passed_lines::PassedLines;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// What the connection reads into at first; it grows up to the largest head.
@@ -151,7 +152,7 @@ where
         };
         c.heads += 1;
         let is_head = head.request.method() == Method::HEAD;
-        let response = proxy.handle(conn, head.request).await;
+        let response = proxy.handle_passing_lines(conn, head.request).await;
         // Shutting down: this answer is the connection's last, and says so.
         let stop = *shutdown.borrow();
         match c.respond(response, is_head, head.close || stop).await {
@@ -325,7 +326,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         is_head: bool,
         mut close: bool,
     ) -> io::Result<bool> {
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
+        let lines = body.take_passed_lines();
         let mut body = pin!(body);
         close |= parts
             .headers
@@ -337,14 +339,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         // An answer that cannot say its own length has no other framing.
-        let declared = crate::proxy::content_length(&parts.headers)
-            .map_err(|()| io::Error::other("a bad Content-Length in an answer"))?;
+        let declared = match lines.content_length() {
+            Some(length) => Some(length),
+            None => crate::proxy::content_length(&parts.headers)
+                .map_err(|()| io::Error::other("a bad Content-Length in an answer"))?,
+        };
         let mut framing = match declared.or(body.size_hint().exact()) {
             Some(length) => Framing::Length(length),
             None => Framing::Chunked,
         };
         self.out.clear();
-        encode_head(&mut self.out, status, &parts.headers);
+        encode_head(&mut self.out, status, &lines, &parts.headers);
         match framing {
             // A HEAD's or a 304's headers are the GET's, as the pipeline gave them.
             _ if bodiless => {}
@@ -469,20 +474,22 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and the answer's headers, with `Date` unless it has one.
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+/// The status line and the answer's headers, the upstream's lines passed
+/// on unread first, with `Date` unless it has one.
+fn encode_head(out: &mut Vec<u8>, status: StatusCode, lines: &PassedLines, headers: &HeaderMap) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(lines.as_bytes());
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !lines.has_date() && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         crate::http_date::now(|date| out.extend_from_slice(date));
         out.extend_from_slice(b"\r\n");
@@ -707,7 +714,12 @@ mod tests {
         let mut out = Vec::new();
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
-        encode_head(&mut out, StatusCode::NOT_FOUND, &headers);
+        encode_head(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &PassedLines::default(),
+            &headers,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 404 Not Found\r\nx-a: 1\r\ndate: "),
@@ -716,7 +728,7 @@ mod tests {
         assert!(text.ends_with(" GMT\r\n"), "{text}");
         headers.insert(header::DATE, HeaderValue::from_static("then"));
         let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::OK, &headers);
+        encode_head(&mut out, StatusCode::OK, &PassedLines::default(), &headers);
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: then\r\n");
     }
 }

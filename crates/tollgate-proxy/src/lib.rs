@@ -19,6 +19,7 @@ pub mod health;
 mod http_date;
 pub mod lifecycle;
 pub mod normalize;
+mod passed_lines;
 pub mod pool;
 pub mod proxy;
 pub mod router;

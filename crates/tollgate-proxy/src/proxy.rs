@@ -92,14 +92,32 @@ impl Proxy {
         }
     }
 
-    /// Serves one request; never fails: errors become JSON answers.
+    /// Serves one request; never fails: errors become JSON answers. Every
+    /// header of the answer is in its map.
+    pub fn handle<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
+        let answer = self.handle_passing_lines(conn, req);
+        async move {
+            let mut response = answer.await;
+            let lines = response.body_mut().take_passed_lines();
+            lines.append_to(response.headers_mut());
+            response
+        }
+    }
+
+    /// [`handle`](Self::handle) for a writer that also writes the
+    /// upstream's header lines passed on unread, which the answer's body
+    /// holds (see `passed_lines`): the lean HTTP/1.1 server.
     ///
     /// A plain function returning a future, as is `forward`: an `async fn`
     /// keeps its arguments twice in its future (as given and as moved into
     /// its body) and every local it ever held, and hyper keeps this future
     /// for each connection. Written this way the request's state holds only
     /// what lives across an await (measured: 4.9 KB before).
-    pub fn handle<'a>(
+    pub(crate) fn handle_passing_lines<'a>(
         &'a self,
         conn: &'a ConnInfo,
         req: Request<ClientBody>,
@@ -652,7 +670,14 @@ fn respond(
         }
     }
 
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // Policies that edit an answer's headers see all of them.
+    if applied
+        .policies
+        .is_some_and(ApiPolicies::edits_response_headers)
+    {
+        body.take_passed_lines().append_to(&mut parts.headers);
+    }
     // Lean answers come without hop-by-hop headers (see `h1_client::parse_head`):
     // this finds none in them, in one pass over the names.
     forwarding::remove_hop_by_hop(&mut parts.headers, false);

@@ -518,3 +518,77 @@ async fn sni_selects_the_certificate() {
         );
     }
 }
+
+/// An upstream answer's headers reach the client the same over the lean
+/// HTTP/1.1 server (which writes the lines no one reads as they came) and
+/// over HTTP/2 (hyper, which takes them all in a map): each once, repeated
+/// ones kept, the gateway's `X-Request-Id` in place of the upstream's and
+/// the upstream's `Date` and `nosniff` in place of the gateway's.
+#[tokio::test]
+async fn upstream_headers_reach_http1_and_http2_clients_alike() {
+    use tollgate_testkit::{body, http, Upstream};
+    let up = Upstream::start(|_req| async {
+        http::Response::builder()
+            .header("server", "upstream/1.0")
+            .header("x-custom", "kept")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .header("x-request-id", "from-the-upstream")
+            .header("x-content-type-options", "nosniff-upstream")
+            .header("link", "</next>; rel=next")
+            .body(body::full("twelve bytes"))
+            .unwrap()
+    });
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], "", ""))
+        .start()
+        .await;
+
+    let h2_client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (gw.client(), Version::HTTP_11),
+        (h2_client, Version::HTTP_2),
+    ] {
+        let res = client.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), version);
+        let h = res.headers().clone();
+        assert_eq!(h["server"], "upstream/1.0", "{version:?}");
+        assert_eq!(h["x-custom"], "kept");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{version:?}");
+        let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{version:?}");
+        assert_ne!(ids[0], "from-the-upstream");
+        assert_eq!(h.get_all("x-content-type-options").iter().count(), 1);
+        assert_eq!(h["x-content-type-options"], "nosniff-upstream");
+        assert_eq!(h["link"], "</next>; rel=next");
+        assert_eq!(h.get_all("date").iter().count(), 1, "{version:?}");
+        assert_eq!(res.text().await.unwrap(), "twelve bytes");
+    }
+
+    // On the wire: one `Date`, one `Content-Length`, nothing hop-by-hop.
+    let raw = raw::send(
+        gw.proxy_addr(),
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(raw.status, Some(200), "{}", raw.head);
+    let lower = raw.head.to_ascii_lowercase();
+    let count = |name: &str| lower.lines().filter(|l| l.starts_with(name)).count();
+    assert_eq!(count("date:"), 1, "{}", raw.head);
+    assert_eq!(count("content-length:"), 1, "{}", raw.head);
+    assert_eq!(count("x-request-id:"), 1, "{}", raw.head);
+    assert_eq!(
+        count("keep-alive:") + count("transfer-encoding:"),
+        0,
+        "{}",
+        raw.head
+    );
+    assert_eq!(raw.body, b"twelve bytes");
+}

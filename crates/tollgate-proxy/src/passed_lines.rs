@@ -1,0 +1,243 @@
+//! An upstream answer's header lines that the gateway passes on unread.
+//!
+//! Most of an answer's headers (`Server`, `Content-Type`, `Cache-Control`,
+//! `ETag`, cookies…) are read by no one in the gateway: they go from the
+//! upstream to the client as they came. Parsing each into a `HeaderMap` (a
+//! name look-up, a value copied into an allocation of its own, a hashed
+//! insert, then the map's drop) cost the plain proxy's main thread ~2,800
+//! of its ~30,000 instructions a request (`bench/instructions.sh plain`, an
+//! nginx upstream's five headers), for nothing. The lean client keeps them instead
+//! as the upstream wrote them, `Name: value` lines in one buffer, and the
+//! lean server writes them out as they are.
+//!
+//! The lines the gateway reads or sets never go there: framing and
+//! hop-by-hop headers, and those the gateway writes itself (`X-Request-Id`,
+//! the rate-limit headers, `Deprecation`, `Sunset`, `nosniff`, HSTS) go to
+//! the map as before, where the gateway's own value replaces the
+//! upstream's. Anything that needs the whole map (hyper, which serves
+//! HTTP/2 and handed-off connections; response policies that edit headers;
+//! CORS) first appends the lines to it ([`PassedLines::append_to`]).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The most lines [`PassedLines::append_to`] reads back: the lean client's
+/// own bound on an answer's headers.
+const MAX_LINES: usize = 128;
+
+/// Header lines as the upstream wrote them, each `Name: value\r\n`.
+#[derive(Debug, Default)]
+pub struct PassedLines {
+    lines: Vec<u8>,
+    /// The `Content-Length` among them, read: a writer frames the body by it.
+    content_length: Option<u64>,
+    /// A `Date` is among them (a server writes one of its own otherwise).
+    has_date: bool,
+}
+
+/// Where a header of an answer the gateway passes on goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Written out as it came.
+    Line,
+    /// As it came, and its value read: `Content-Length`.
+    LineRead,
+    /// Into the answer's map, as every header before: framing, hop-by-hop,
+    /// and the headers the gateway sets.
+    Map,
+}
+
+impl PassedLines {
+    /// Room for an answer head of `head_len` bytes.
+    pub(crate) fn with_capacity(head_len: usize) -> PassedLines {
+        PassedLines {
+            lines: Vec::with_capacity(head_len),
+            content_length: None,
+            has_date: false,
+        }
+    }
+
+    /// Where the header `name` (as the upstream spelled it) goes. Names are
+    /// told apart by length first: one comparison for most.
+    pub(crate) fn destination(name: &str) -> Destination {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        let to_map = match name.len() {
+            2 => is("te"),
+            6 => is("sunset"),
+            7 => is("upgrade") || is("trailer"),
+            10 => is("connection") || is("keep-alive"),
+            11 => is("deprecation"),
+            12 => is("x-request-id"),
+            14 => {
+                return if is("content-length") {
+                    Destination::LineRead
+                } else {
+                    Destination::Line
+                }
+            }
+            15 => is("ratelimit-limit") || is("ratelimit-reset"),
+            16 => is("proxy-connection"),
+            17 => is("transfer-encoding"),
+            18 => is("proxy-authenticate"),
+            19 => is("ratelimit-remaining") || is("proxy-authorization"),
+            22 => is("x-content-type-options"),
+            25 => is("strict-transport-security"),
+            _ => false,
+        };
+        if to_map {
+            Destination::Map
+        } else {
+            Destination::Line
+        }
+    }
+
+    /// Adds a header, checked by `httparse` (a token name, a value of
+    /// visible characters, spaces and tabs: what `HeaderName` and
+    /// `HeaderValue` take).
+    pub(crate) fn push(&mut self, name: &str, value: &[u8]) {
+        if name.len() == 4 && name.eq_ignore_ascii_case("date") {
+            self.has_date = true;
+        }
+        self.lines.extend_from_slice(name.as_bytes());
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+    }
+
+    pub(crate) fn set_content_length(&mut self, length: u64) {
+        self.content_length = Some(length);
+    }
+
+    /// The lines, each ending in CRLF.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.lines
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Appends the lines to `headers`, for writers and policies that take a map.
+    pub fn append_to(self, headers: &mut HeaderMap) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let mut block = self.lines;
+        block.extend_from_slice(b"\r\n");
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_LINES];
+        let Ok(httparse::Status::Complete((_, lines))) =
+            httparse::parse_headers(&block, &mut parsed)
+        else {
+            debug_assert!(
+                false,
+                "passed lines that httparse read once no longer parse"
+            );
+            return;
+        };
+        headers.reserve(lines.len());
+        for line in lines.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes());
+            let value = HeaderValue::from_bytes(line.value);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_the_gateway_reads_or_sets_go_to_the_map() {
+        for name in [
+            "TE",
+            "Sunset",
+            "Upgrade",
+            "Trailer",
+            "Connection",
+            "Keep-Alive",
+            "Deprecation",
+            "X-Request-Id",
+            "RateLimit-Limit",
+            "RateLimit-Reset",
+            "Proxy-Connection",
+            "Transfer-Encoding",
+            "Proxy-Authenticate",
+            "RateLimit-Remaining",
+            "Proxy-Authorization",
+            "X-Content-Type-Options",
+            "Strict-Transport-Security",
+        ] {
+            assert_eq!(PassedLines::destination(name), Destination::Map, "{name}");
+            let lower = name.to_ascii_lowercase();
+            assert_eq!(
+                PassedLines::destination(&lower),
+                Destination::Map,
+                "{lower}"
+            );
+        }
+        assert_eq!(
+            PassedLines::destination("Content-Length"),
+            Destination::LineRead
+        );
+        for name in [
+            "Date",
+            "Server",
+            "Content-Type",
+            "ETag",
+            "Set-Cookie",
+            "Link",
+            "Vary",
+            "X-Requestid",
+            "Content-Language",
+            "RateLimit-Policy",
+            "X-Content-Type-Option",
+        ] {
+            assert_eq!(PassedLines::destination(name), Destination::Line, "{name}");
+        }
+    }
+
+    #[test]
+    fn lines_read_back_into_a_map_as_they_were() {
+        let mut lines = PassedLines::with_capacity(64);
+        lines.push("Server", b"nginx/1.22");
+        lines.push("Date", b"Sun, 06 Dec 2026 11:00:00 GMT");
+        lines.push("Set-Cookie", b"a=1");
+        lines.push("set-cookie", b"b=2\xff");
+        lines.push("Content-Length", b"5");
+        lines.set_content_length(5);
+        assert!(lines.has_date());
+        assert_eq!(lines.content_length(), Some(5));
+        assert!(lines
+            .as_bytes()
+            .starts_with(b"Server: nginx/1.22\r\nDate: Sun, 06 Dec 2026 11:00:00 GMT\r\n"));
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("r1"));
+        lines.append_to(&mut map);
+        assert_eq!(map["server"], "nginx/1.22");
+        assert_eq!(map["content-length"], "5");
+        assert_eq!(map["x-request-id"], "r1");
+        let cookies: Vec<&[u8]> = map
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1"[..], &b"b=2\xff"[..]]);
+        assert_eq!(map.len(), 6);
+    }
+
+    #[test]
+    fn no_lines_no_date() {
+        let lines = PassedLines::default();
+        assert!(lines.as_bytes().is_empty() && !lines.has_date());
+        assert!(lines.content_length().is_none());
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        assert!(map.is_empty());
+    }
+}
