@@ -395,11 +395,11 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
     let mut passed = (wanted == AnswerHeaders::All).then(|| PassedLines::with_capacity(length));
     // Room for the headers the gateway adds (request id, `nosniff`, rate
     // limits): growing the map on the way out cost ~700 instructions. An
-    // empty map does not allocate.
+    // empty map does not allocate, nor does one left empty because every
+    // header went to the lines: the gateway then adds its own as lines.
     let mut map = match (keep, &passed) {
-        (true, Some(_)) => HeaderMap::with_capacity(ADDED_HEADERS),
         (true, None) => HeaderMap::with_capacity(response.headers.len() + ADDED_HEADERS),
-        (false, _) => HeaderMap::new(),
+        (true, Some(_)) | (false, _) => HeaderMap::new(),
     };
     let mut reusable = response.version == Some(1);
     let mut chunked = false;
@@ -694,9 +694,16 @@ impl UpstreamBody {
     /// The answer's header lines passed on unread (see `passed_lines`),
     /// taken: none for hyper's answers and the AI calls'.
     pub(crate) fn take_passed_lines(&mut self) -> PassedLines {
+        self.passed_lines_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The lines passed on with the answer, to add to: a lean answer's only.
+    pub(crate) fn passed_lines_mut(&mut self) -> Option<&mut PassedLines> {
         match &mut self.0 {
-            Inner::Hyper(_) => PassedLines::default(),
-            Inner::Lean(body) => std::mem::take(&mut body.passed),
+            Inner::Hyper(_) => None,
+            Inner::Lean(body) => Some(&mut body.passed),
         }
     }
 }

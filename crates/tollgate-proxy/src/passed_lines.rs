@@ -103,6 +103,11 @@ impl PassedLines {
         self.lines.extend_from_slice(b"\r\n");
     }
 
+    /// Adds a header whose value is a number.
+    pub(crate) fn push_number(&mut self, name: &str, n: u64) {
+        self.push(name, itoa::Buffer::new().format(n).as_bytes());
+    }
+
     pub(crate) fn set_content_length(&mut self, length: u64) {
         self.content_length = Some(length);
     }

@@ -24,7 +24,9 @@ use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 use bytes::Bytes;
 use tollgate_policy::cors::Cors;
 use tollgate_policy::credentials::ClientCert;
-use tollgate_policy::rate_limit::RateLimitStatus;
+use tollgate_policy::rate_limit::{
+    RateLimitStatus, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
+};
 use tollgate_policy::{ApiPolicies, Denial, Identity};
 
 use crate::body::{
@@ -35,6 +37,7 @@ use crate::error::GatewayError;
 use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
 use crate::h1_client::{H1Pool, UpstreamBody};
 use crate::normalize::normalize_path;
+use crate::passed_lines::PassedLines;
 use crate::router::{RouteMatch, RouteRequest};
 use crate::snapshot::{ApiRuntime, ServiceRuntime, Snapshot};
 use crate::upstream::{PickInput, TargetState};
@@ -434,7 +437,13 @@ impl Proxy {
                 // enlarge every request's future, AI or not.
                 let mut response =
                     Box::pin(crate::ai::handler::serve(request, parts, body, fin)).await;
-                finish_headers(response.headers_mut(), snapshot, conn, request_id, &applied);
+                finish_headers(
+                    AnswerHeaders::Map(response.headers_mut()),
+                    snapshot,
+                    conn,
+                    request_id,
+                    &applied,
+                );
                 return Ok(response);
             }
             let Some(service) = api.service.as_ref() else {
@@ -672,58 +681,120 @@ fn respond(
 
     let (mut parts, mut body) = response.into_parts();
     // Policies that edit an answer's headers see all of them.
-    if applied
+    let edits = applied
         .policies
-        .is_some_and(ApiPolicies::edits_response_headers)
-    {
+        .is_some_and(ApiPolicies::edits_response_headers);
+    if edits {
         body.take_passed_lines().append_to(&mut parts.headers);
     }
     // Lean answers come without hop-by-hop headers (see `h1_client::parse_head`):
     // this finds none in them, in one pass over the names.
     forwarding::remove_hop_by_hop(&mut parts.headers, false);
-    finish_headers(
-        &mut parts.headers,
-        snapshot,
-        conn,
-        fin.request_id_header.clone(),
-        applied,
-    );
+    let request_id = fin.request_id_header.clone();
+    // An answer whose headers are all passed-on lines (the usual lean one)
+    // gets the gateway's as lines too: no map to allocate, hash and drop.
+    // None of the upstream's can clash with them, as the upstream's
+    // headers of those names go to the map (see `passed_lines`).
+    match body.passed_lines_mut() {
+        Some(lines) if !edits && parts.headers.is_empty() => {
+            finish_headers(
+                AnswerHeaders::Lines(lines),
+                snapshot,
+                conn,
+                request_id,
+                applied,
+            );
+        }
+        _ => finish_headers(
+            AnswerHeaders::Map(&mut parts.headers),
+            snapshot,
+            conn,
+            request_id,
+            applied,
+        ),
+    }
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, ResponseBody::upstream(body, Some(fin), pooled))
 }
 
+/// Where [`finish_headers`] writes: an answer's map, or the lines passed
+/// on with its body when the map holds nothing.
+enum AnswerHeaders<'a> {
+    Map(&'a mut http::HeaderMap),
+    Lines(&'a mut PassedLines),
+}
+
+impl AnswerHeaders<'_> {
+    /// Sets `name`, in place of any value it had.
+    fn set(&mut self, name: &http::HeaderName, value: HeaderValue) {
+        match self {
+            AnswerHeaders::Map(map) => {
+                map.insert(name.clone(), value);
+            }
+            AnswerHeaders::Lines(lines) => lines.push(name.as_str(), value.as_bytes()),
+        }
+    }
+
+    /// Adds a value to those `name` has.
+    fn append(&mut self, name: &http::HeaderName, value: HeaderValue) {
+        match self {
+            AnswerHeaders::Map(map) => {
+                map.append(name.clone(), value);
+            }
+            AnswerHeaders::Lines(lines) => lines.push(name.as_str(), value.as_bytes()),
+        }
+    }
+}
+
 /// The headers the gateway sets on every answer of a routed API, the
 /// upstream's or the AI gateway's: response policies, request id, rate-limit
-/// status, lifecycle, `nosniff`, HSTS.
+/// status, lifecycle, `nosniff`, HSTS. Written as lines, the answer's own
+/// headers hold none of these names and no policy edits them (see
+/// `respond`): so each is simply added.
 fn finish_headers(
-    headers: &mut http::HeaderMap,
+    mut headers: AnswerHeaders<'_>,
     snapshot: &Snapshot,
     conn: &ConnInfo,
     request_id: HeaderValue,
     applied: &Applied<'_>,
 ) {
-    if let Some(policies) = applied.policies {
-        policies.transform_response(applied.origin.as_ref(), headers);
+    if let AnswerHeaders::Map(map) = &mut headers {
+        if let Some(policies) = applied.policies {
+            policies.transform_response(applied.origin.as_ref(), map);
+        }
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id);
+    headers.set(&X_REQUEST_ID, request_id);
     if let Some(status) = &applied.rate_limit {
-        status.apply(headers);
+        match &mut headers {
+            AnswerHeaders::Map(map) => status.apply(map),
+            AnswerHeaders::Lines(lines) => {
+                if let Some(closest) = status.closest() {
+                    lines.push_number(RATELIMIT_LIMIT.as_str(), closest.limit);
+                    lines.push_number(RATELIMIT_REMAINING.as_str(), closest.remaining);
+                    lines.push_number(RATELIMIT_RESET.as_str(), closest.reset);
+                }
+            }
+        }
     }
     // The gateway's `Deprecation` and `Sunset` replace the upstream's; its
     // `Link` joins the upstream's own links (pagination and the like).
     for (name, value) in applied.lifecycle_headers {
         if name == header::LINK {
-            headers.append(name.clone(), value.clone());
+            headers.append(name, value.clone());
         } else {
-            headers.insert(name.clone(), value.clone());
+            headers.set(name, value.clone());
         }
     }
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
+    let nosniff = HeaderValue::from_static("nosniff");
+    match &mut headers {
+        AnswerHeaders::Map(map) => {
+            map.entry(header::X_CONTENT_TYPE_OPTIONS).or_insert(nosniff);
+        }
+        AnswerHeaders::Lines(_) => headers.set(&header::X_CONTENT_TYPE_OPTIONS, nosniff),
+    }
     if conn.tls {
         if let Some(hsts) = &snapshot.hsts {
-            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            headers.set(&header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
 }

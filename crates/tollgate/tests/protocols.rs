@@ -592,3 +592,58 @@ async fn upstream_headers_reach_http1_and_http2_clients_alike() {
     );
     assert_eq!(raw.body, b"twelve bytes");
 }
+
+/// An answer whose headers are all passed on as lines gets the gateway's
+/// own (`X-Request-Id`, `RateLimit-*`, `nosniff`) as lines too: once each,
+/// over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn the_gateways_headers_join_an_answer_passed_on_as_lines() {
+    use tollgate_testkit::{body, http, Upstream};
+    let up = Upstream::start(|_req| async {
+        http::Response::builder()
+            .header("server", "upstream/1.0")
+            .header("set-cookie", "a=1")
+            .body(body::full("ok"))
+            .unwrap()
+    });
+    let api_extra = ", policies: { rate_limit: [{ limit: 100, window: 1m, by: ip }] }";
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], api_extra, ""))
+        .start()
+        .await;
+    let h2_client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut remaining = Vec::new();
+    for (client, version) in [
+        (gw.client(), Version::HTTP_11),
+        (h2_client, Version::HTTP_2),
+    ] {
+        let res = client.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(res.version(), version);
+        let h = res.headers().clone();
+        for name in [
+            "server",
+            "set-cookie",
+            "date",
+            "x-request-id",
+            "x-content-type-options",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+        ] {
+            assert_eq!(
+                h.get_all(name).iter().count(),
+                1,
+                "{name} {version:?}: {h:?}"
+            );
+        }
+        assert_eq!(h["ratelimit-limit"], "100");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        remaining.push(h["ratelimit-remaining"].to_str().unwrap().to_owned());
+        assert_eq!(res.text().await.unwrap(), "ok");
+    }
+    assert_eq!(remaining, ["99", "98"]);
+}
