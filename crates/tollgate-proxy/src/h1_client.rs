@@ -363,9 +363,18 @@ struct Head {
     length: usize,
 }
 
-/// A `Content-Length` value: one number, spaces around it allowed.
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), spaces around
+/// them allowed.
 fn content_length_value(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
 }
 
 /// The answer's head once `buf` holds all of it.
@@ -424,8 +433,10 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
                     if content_length.is_some_and(|l| l != length) {
                         return Err(bad("two different Content-Length".into()));
                     }
+                    if !passed.set_content_length(length) {
+                        return Err(bad("a Content-Length past 4 EiB".into()));
+                    }
                     content_length = Some(length);
-                    passed.set_content_length(length);
                     passed.push(header.name, header.value);
                     continue;
                 }
@@ -1034,6 +1045,10 @@ mod tests {
         for wanted in [AnswerHeaders::All, AnswerHeaders::OnFailure] {
             for head in [
                 &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             ] {

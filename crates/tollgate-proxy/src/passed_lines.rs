@@ -25,14 +25,23 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 const MAX_LINES: usize = 128;
 
 /// Header lines as the upstream wrote them, each `Name: value\r\n`.
+///
+/// Kept to 32 bytes: it travels inside every lean answer's body, the AI
+/// calls' too, and 48 cost those ~600 instructions a call of larger moves.
 #[derive(Debug, Default)]
 pub struct PassedLines {
     lines: Vec<u8>,
-    /// The `Content-Length` among them, read: a writer frames the body by it.
-    content_length: Option<u64>,
-    /// A `Date` is among them (a server writes one of its own otherwise).
-    has_date: bool,
+    /// [`HAS_DATE`], [`HAS_LENGTH`], and the `Content-Length` read from the
+    /// lines in the bits below them.
+    meta: u64,
 }
+
+/// A `Date` is among the lines (a server writes one of its own otherwise).
+const HAS_DATE: u64 = 1 << 63;
+/// A `Content-Length` is among them: a writer frames the body by it.
+const HAS_LENGTH: u64 = 1 << 62;
+/// Larger lengths are refused (see [`PassedLines::set_content_length`]).
+const LENGTH_BITS: u64 = HAS_LENGTH - 1;
 
 /// Where a header of an answer the gateway passes on goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,8 +60,7 @@ impl PassedLines {
     pub(crate) fn with_capacity(head_len: usize) -> PassedLines {
         PassedLines {
             lines: Vec::with_capacity(head_len),
-            content_length: None,
-            has_date: false,
+            meta: 0,
         }
     }
 
@@ -95,7 +103,7 @@ impl PassedLines {
     /// `HeaderValue` take).
     pub(crate) fn push(&mut self, name: &str, value: &[u8]) {
         if name.len() == 4 && name.eq_ignore_ascii_case("date") {
-            self.has_date = true;
+            self.meta |= HAS_DATE;
         }
         self.lines.extend_from_slice(name.as_bytes());
         self.lines.extend_from_slice(b": ");
@@ -108,8 +116,14 @@ impl PassedLines {
         self.push(name, itoa::Buffer::new().format(n).as_bytes());
     }
 
-    pub(crate) fn set_content_length(&mut self, length: u64) {
-        self.content_length = Some(length);
+    /// Records the length the lines' `Content-Length` says; `false`, and
+    /// nothing recorded, past 2^62 - 1 bytes (4 EiB), which no answer has.
+    pub(crate) fn set_content_length(&mut self, length: u64) -> bool {
+        if length > LENGTH_BITS {
+            return false;
+        }
+        self.meta = (self.meta & HAS_DATE) | HAS_LENGTH | length;
+        true
     }
 
     /// The lines, each ending in CRLF.
@@ -118,11 +132,11 @@ impl PassedLines {
     }
 
     pub fn content_length(&self) -> Option<u64> {
-        self.content_length
+        (self.meta & HAS_LENGTH != 0).then_some(self.meta & LENGTH_BITS)
     }
 
     pub fn has_date(&self) -> bool {
-        self.has_date
+        self.meta & HAS_DATE != 0
     }
 
     /// Appends the lines to `headers`, for writers and policies that take a map.
@@ -215,7 +229,7 @@ mod tests {
         lines.push("Set-Cookie", b"a=1");
         lines.push("set-cookie", b"b=2\xff");
         lines.push("Content-Length", b"5");
-        lines.set_content_length(5);
+        assert!(lines.set_content_length(5));
         assert!(lines.has_date());
         assert_eq!(lines.content_length(), Some(5));
         assert!(lines
@@ -234,6 +248,20 @@ mod tests {
             .collect();
         assert_eq!(cookies, [&b"a=1"[..], &b"b=2\xff"[..]]);
         assert_eq!(map.len(), 6);
+    }
+
+    #[test]
+    fn the_length_and_the_date_are_kept_apart() {
+        let mut lines = PassedLines::default();
+        assert!(lines.set_content_length(0));
+        assert_eq!((lines.content_length(), lines.has_date()), (Some(0), false));
+        lines.push("date", b"x");
+        assert!(lines.set_content_length(LENGTH_BITS));
+        assert_eq!(lines.content_length(), Some(LENGTH_BITS));
+        assert!(lines.has_date());
+        assert!(!lines.set_content_length(LENGTH_BITS + 1));
+        assert_eq!(lines.content_length(), Some(LENGTH_BITS));
+        assert_eq!(std::mem::size_of::<PassedLines>(), 32);
     }
 
     #[test]
