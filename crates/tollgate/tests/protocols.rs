@@ -18,6 +18,23 @@ use tollgate_testkit::{raw, tls, upstream, TlsFiles};
 
 const RECORDS: Duration = Duration::from_secs(5);
 
+/// A client speaking HTTP/2 with prior knowledge (h2c on the plain listener).
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// The gateway's HTTP/1.1 client and an h2c one, each with its version.
+fn both_protocols(gw: &tollgate_testkit::Gateway) -> [(reqwest::Client, Version); 2] {
+    [
+        (gw.client(), Version::HTTP_11),
+        (h2c_client(), Version::HTTP_2),
+    ]
+}
+
 /// A client for `https://NAME:PORT` on the gateway's TLS listener, trusting only `files`.
 fn https_client(files: &TlsFiles, name: &str, addr: SocketAddr) -> reqwest::ClientBuilder {
     files.client_builder().resolve(name, addr)
@@ -273,11 +290,7 @@ apis:
     let gw = common::gateway().config(&config).start().await;
 
     // h2c with prior knowledge on the plain listener.
-    let h2_client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2_client = h2c_client();
     let res = h2_client.get(gw.url("/h1/x?q=1")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), Version::HTTP_2);
@@ -544,15 +557,7 @@ async fn upstream_headers_reach_http1_and_http2_clients_alike() {
         .start()
         .await;
 
-    let h2_client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    for (client, version) in [
-        (gw.client(), Version::HTTP_11),
-        (h2_client, Version::HTTP_2),
-    ] {
+    for (client, version) in both_protocols(&gw) {
         let res = client.get(gw.url("/x")).send().await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.version(), version);
@@ -611,16 +616,8 @@ async fn the_gateways_headers_join_an_answer_passed_on_as_lines() {
         .config(&common::simple(&[up.url()], api_extra, ""))
         .start()
         .await;
-    let h2_client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
     let mut remaining = Vec::new();
-    for (client, version) in [
-        (gw.client(), Version::HTTP_11),
-        (h2_client, Version::HTTP_2),
-    ] {
+    for (client, version) in both_protocols(&gw) {
         let res = client.get(gw.url("/x")).send().await.unwrap();
         assert_eq!(res.version(), version);
         let h = res.headers().clone();
