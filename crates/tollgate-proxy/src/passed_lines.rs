@@ -98,9 +98,11 @@ impl PassedLines {
         }
     }
 
-    /// Adds a header, checked by `httparse` (a token name, a value of
-    /// visible characters, spaces and tabs: what `HeaderName` and
-    /// `HeaderValue` take).
+    /// Adds a header whose name and value were checked, by `httparse` for
+    /// the upstream's (a token name; a value of visible characters, spaces
+    /// and tabs: what `HeaderName` and `HeaderValue` take) or as a
+    /// `HeaderName` and `HeaderValue` for the gateway's: no CR or LF can
+    /// reach the lines and split them.
     pub(crate) fn push(&mut self, name: &str, value: &[u8]) {
         if name.len() == 4 && name.eq_ignore_ascii_case("date") {
             self.meta |= HAS_DATE;
