@@ -19,7 +19,7 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1) a proxy never passes on.
-static HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::UPGRADE,
     header::TRANSFER_ENCODING,

@@ -363,18 +363,26 @@ struct Head {
     length: usize,
 }
 
-/// A `Content-Length` value: digits only (RFC 9110 §8.6), spaces around
-/// them allowed.
-fn content_length_value(value: &[u8]) -> Option<u64> {
+/// Reads a `Content-Length` value into `seen`, the answer's length so far:
+/// digits only (RFC 9110 §8.6), spaces around them allowed, and the same
+/// number as any `Content-Length` before it.
+fn read_content_length(value: &[u8], seen: &mut Option<u64>) -> Result<u64, String> {
     let digits = value.trim_ascii();
-    if digits.is_empty() {
-        return None;
+    let length = (!digits.is_empty())
+        .then(|| {
+            digits.iter().try_fold(0u64, |n, &b| {
+                b.is_ascii_digit()
+                    .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+                    .flatten()
+            })
+        })
+        .flatten()
+        .ok_or_else(|| "a bad Content-Length".to_owned())?;
+    if seen.is_some_and(|l| l != length) {
+        return Err("two different Content-Length".into());
     }
-    digits.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-            .flatten()
-    })
+    *seen = Some(length);
+    Ok(length)
 }
 
 /// The answer's head once `buf` holds all of it.
@@ -428,15 +436,11 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
                     continue;
                 }
                 Destination::LineRead => {
-                    let length = content_length_value(header.value)
-                        .ok_or_else(|| bad("a bad Content-Length".into()))?;
-                    if content_length.is_some_and(|l| l != length) {
-                        return Err(bad("two different Content-Length".into()));
-                    }
+                    let length =
+                        read_content_length(header.value, &mut content_length).map_err(bad)?;
                     if !passed.set_content_length(length) {
                         return Err(bad("a Content-Length past 4 EiB".into()));
                     }
-                    content_length = Some(length);
                     passed.push(header.name, header.value);
                     continue;
                 }
@@ -454,12 +458,7 @@ fn parse_head(buf: &[u8], wanted: AnswerHeaders) -> Result<Option<Head>, SendErr
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == http::header::CONTENT_LENGTH {
-            let length = content_length_value(value.as_bytes())
-                .ok_or_else(|| bad("a bad Content-Length".into()))?;
-            if content_length.is_some_and(|l| l != length) {
-                return Err(bad("two different Content-Length".into()));
-            }
-            content_length = Some(length);
+            read_content_length(value.as_bytes(), &mut content_length).map_err(bad)?;
         } else if name == http::header::CONNECTION {
             let options = forwarding::connection_options(&value);
             reusable &= !options.close;

@@ -644,3 +644,53 @@ async fn the_gateways_headers_join_an_answer_passed_on_as_lines() {
     }
     assert_eq!(remaining, ["99", "98"]);
 }
+
+/// With a `cors` policy the passed-on lines go back into the answer's map
+/// before the policy runs, so it sees the upstream's own CORS headers: an
+/// upstream's `Access-Control-Allow-Origin: *` is replaced for an allowed
+/// origin and removed for any other, its `Vary: Origin` is not doubled,
+/// and its other headers stay, over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn cors_sees_the_upstream_headers_passed_on_as_lines() {
+    use tollgate_testkit::{body, http, Upstream};
+    let up = Upstream::start(|_req| async {
+        http::Response::builder()
+            .header("access-control-allow-origin", "*")
+            .header("vary", "origin")
+            .header("x-custom", "kept")
+            .body(body::full("ok"))
+            .unwrap()
+    });
+    let api_extra = r#", policies: { cors: { origins: ["https://app.example.com"] } }"#;
+    let gw = common::gateway()
+        .config(&common::simple(&[up.url()], api_extra, ""))
+        .start()
+        .await;
+    for (client, version) in both_protocols(&gw) {
+        let get = |origin: &'static str| client.get(gw.url("/x")).header("origin", origin).send();
+        let h = get("https://app.example.com")
+            .await
+            .unwrap()
+            .headers()
+            .clone();
+        let origins: Vec<_> = h.get_all("access-control-allow-origin").iter().collect();
+        assert_eq!(origins, ["https://app.example.com"], "{version:?}");
+        assert_eq!(
+            h.get_all("vary").iter().collect::<Vec<_>>(),
+            ["origin"],
+            "{version:?}"
+        );
+        assert_eq!(h["x-custom"], "kept", "{version:?}");
+
+        let h = get("https://elsewhere.example")
+            .await
+            .unwrap()
+            .headers()
+            .clone();
+        assert!(
+            !h.contains_key("access-control-allow-origin"),
+            "{version:?}: {h:?}"
+        );
+        assert_eq!(h["x-custom"], "kept", "{version:?}");
+    }
+}
