@@ -162,6 +162,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The body as JSON; `Null` when empty or not JSON.
     pub body: Value,
+    /// The body's bytes, as sent.
+    pub raw_body: bytes::Bytes,
     key: Option<String>,
 }
 
@@ -347,6 +349,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         path: path.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        raw_body: bytes.clone(),
         key: key.clone(),
     });
 

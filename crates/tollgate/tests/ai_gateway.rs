@@ -466,3 +466,90 @@ async fn tool_calls_and_images_cross_formats() {
         assert_eq!(args, json!({ "city": "Oslo" }), "{label}");
     }
 }
+
+/// A client's plain OpenAI body reaches an OpenAI-style provider as it came,
+/// the model's name excepted: its order, spacing and escapes kept, not
+/// rendered again. A body the provider reads otherwise than the client
+/// wrote it (another name for the cap, a `developer` turn), a streamed one
+/// (which must ask for usage) and one the guard changes are rendered.
+#[tokio::test]
+async fn a_plain_chat_body_reaches_an_openai_style_provider_as_it_came() {
+    let fake = FakeLlm::start(FakeKind::OpenAi).await;
+    // `llm` has no guard; a second API has one.
+    let guarded = "  - name: guarded\n    match: { paths: [/guarded] }\n    ai: { endpoints: [chat] }\n    policies:\n      auth: { methods: [key] }\n      ai_guard: { max_output_tokens: 5 }";
+    let gateway = gateway_for(&fake, "openai", guarded).await;
+    let send = |path: &'static str, body: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let res = gateway
+                .client()
+                .post(gateway.url(path))
+                .bearer_auth(APP_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{body}");
+            res.text().await.unwrap()
+        }
+    };
+    let as_came = r#"{ "messages" : [{"role":"user","content":"Say \u0068ello"}],"model":"smart", "max_completion_tokens":7 }"#;
+    send("/v1/chat/completions", as_came).await;
+    let sent = fake.last_request().unwrap();
+    assert_eq!(
+        sent.raw_body,
+        as_came.replace(r#""smart""#, r#""upstream-model""#),
+        "sent as it came"
+    );
+    assert_eq!(sent.key(), Some(PROVIDER_KEY));
+
+    // OpenAI takes `max_completion_tokens`: `max_tokens` is renamed.
+    send(
+        "/v1/chat/completions",
+        r#"{"model":"smart","messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#,
+    )
+    .await;
+    let sent = fake.last_request().unwrap();
+    assert_eq!(sent.body["max_completion_tokens"], 7, "{:?}", sent.raw_body);
+    assert!(sent.body.get("max_tokens").is_none());
+
+    // A `developer` turn is sent as `system`.
+    send(
+        "/v1/chat/completions",
+        r#"{"model":"smart","messages":[{"role":"developer","content":"hi"}]}"#,
+    )
+    .await;
+    let sent = fake.last_request().unwrap();
+    assert_eq!(sent.body["messages"][0]["role"], "system");
+    assert_eq!(sent.body["model"], "upstream-model");
+
+    // A streamed body asks for the usage the gateway counts.
+    let streamed = send(
+        "/v1/chat/completions",
+        r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert!(streamed.contains("[DONE]"), "{streamed}");
+    let sent = fake.last_request().unwrap();
+    assert_eq!(
+        sent.body["stream_options"],
+        json!({ "include_usage": true })
+    );
+    assert_eq!(sent.body["model"], "upstream-model");
+
+    // The guard caps the output: the body sent says so.
+    send(
+        "/guarded/chat/completions",
+        r#"{"model":"smart","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":700}"#,
+    )
+    .await;
+    let sent = fake.last_request().unwrap();
+    assert_eq!(sent.body["max_completion_tokens"], 5, "{:?}", sent.raw_body);
+    assert_eq!(sent.body["model"], "upstream-model");
+
+    let records = gateway.wait_for_records(5, Duration::from_secs(5)).await;
+    for record in &records {
+        assert_eq!(record["tokens_in"], DEFAULT_USAGE.0, "{record}");
+    }
+}

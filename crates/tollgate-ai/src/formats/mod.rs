@@ -4,4 +4,4 @@
 
 pub mod anthropic;
 pub mod openai;
-mod openai_plain;
+pub(crate) mod openai_plain;

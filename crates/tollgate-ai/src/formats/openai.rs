@@ -21,6 +21,8 @@ use crate::canonical::{
 };
 use crate::sse;
 
+pub use super::openai_plain::VerbatimChat;
+
 pub(super) type Object = Map<String, Value>;
 
 // ---------------------------------------------------------------------------
@@ -47,6 +49,17 @@ pub fn parse_chat_with_options(body: &[u8]) -> Result<(ChatRequest, StreamOption
         return Ok(parsed);
     }
     parse_chat_general(body)
+}
+
+/// A client's chat completions body, its `stream_options`, and the body
+/// itself when an OpenAI-style server may be sent it as it came.
+pub fn parse_chat_verbatim(
+    body: &Bytes,
+) -> Result<(ChatRequest, StreamOptions, Option<VerbatimChat>), FormatError> {
+    if let Some(parsed) = super::openai_plain::parse_verbatim(body) {
+        return Ok(parsed);
+    }
+    parse_chat_general(body).map(|(request, options)| (request, options, None))
 }
 
 /// Reads any chat body through a `Value` tree, naming the field at fault

@@ -9,10 +9,16 @@
 //! unknown fields, a repeated key, a wrong type, a missing model) makes it
 //! give up, and the general reader reads the body as before. A test holds
 //! the two readers to the same result.
+//!
+//! It also says when the body may be sent on as it came, the model's name
+//! excepted ([`VerbatimChat`]): rendering it again was ~5 % of the AI
+//! path's instructions, to write what the client had written.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
 use serde_json::Map;
 
 use super::openai::StreamOptions;
@@ -25,18 +31,20 @@ struct PlainChat<'a> {
     model: Cow<'a, str>,
     #[serde(borrow)]
     messages: Vec<PlainMessage<'a>>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
+    // Absent, `null` or a number: which of the two names the client wrote
+    // decides whether its body suits a server (see [`VerbatimChat`]).
+    #[serde(default, deserialize_with = "present")]
+    max_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_completion_tokens: Option<Option<u64>>,
     #[serde(default)]
     temperature: Option<f64>,
     #[serde(default)]
     top_p: Option<f64>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<PlainStreamOptions>,
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Option<PlainStreamOptions>>,
     #[serde(default)]
     seed: Option<i64>,
     #[serde(default, borrow)]
@@ -60,6 +68,14 @@ struct PlainMessage<'a> {
     name: Option<Cow<'a, str>>,
 }
 
+/// `Some` for a field written, `null` included (serde's `Option` alone
+/// reads `null` as absent).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 /// The roles whose turn is just text.
 #[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,13 +86,112 @@ enum PlainRole {
     Assistant,
 }
 
+/// A client's chat body that an OpenAI-style server can be sent as it
+/// came, but for the model's name: a plain chat (text turns and sampling
+/// fields only) whose every field such a server reads as the gateway's
+/// rendering would write it. So not with a `developer` turn (rendered as
+/// `system`), nor `stream_options` (the gateway asks for usage itself), nor
+/// both names of the output cap. Which name the client used is kept: a
+/// server that takes the other one gets a rendered body.
+///
+/// The one other difference from a rendering: a field written `null` is
+/// sent as `null` rather than left out, which OpenAI-style servers read
+/// alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerbatimChat {
+    body: Bytes,
+    /// The model's JSON string in `body`, quotes included.
+    model: Range<usize>,
+    max_tokens_key: Option<&'static str>,
+    stream: bool,
+}
+
+impl VerbatimChat {
+    /// The name of the output cap the client wrote (`max_tokens` or
+    /// `max_completion_tokens`), `null` or not, if either.
+    pub fn max_tokens_key(&self) -> Option<&'static str> {
+        self.max_tokens_key
+    }
+
+    /// The body naming `model`, with `"stream_options":{"include_usage":true}`
+    /// added to a streamed one when `ask_stream_usage`.
+    pub fn render(&self, model: &str, ask_stream_usage: bool) -> Bytes {
+        const USAGE: &[u8] = br#","stream_options":{"include_usage":true}"#;
+        let body = &self.body[..];
+        let mut out = Vec::with_capacity(body.len() + model.len() + USAGE.len() + 8);
+        out.extend_from_slice(&body[..self.model.start]);
+        serde_json::to_writer(&mut out, model).expect("a string serialises");
+        if self.stream && ask_stream_usage {
+            // The body is one object: its last `}` closes it, and it has
+            // members (a model and messages), so a comma goes before ours.
+            let close = body
+                .iter()
+                .rposition(|&b| b == b'}')
+                .expect("an object ends with '}'");
+            out.extend_from_slice(&body[self.model.end..close]);
+            out.extend_from_slice(USAGE);
+            out.extend_from_slice(&body[close..]);
+        } else {
+            out.extend_from_slice(&body[self.model.end..]);
+        }
+        Bytes::from(out)
+    }
+}
+
+/// `body` read as a plain chat request, or `None` when the general reader
+/// must read it; with the body as a [`VerbatimChat`] when it is one.
+pub(super) fn parse_verbatim(
+    body: &Bytes,
+) -> Option<(ChatRequest, StreamOptions, Option<VerbatimChat>)> {
+    let (plain, request, options) = read(body)?;
+    let model = match &plain.model {
+        // Borrowed: written without escapes, so these are its bytes in `body`.
+        Cow::Borrowed(name) => {
+            let start = name.as_ptr() as usize - body.as_ptr() as usize;
+            (start - 1)..(start + name.len() + 1)
+        }
+        Cow::Owned(_) => return Some((request, options, None)),
+    };
+    let max_tokens_key = match (plain.max_tokens, plain.max_completion_tokens) {
+        (Some(_), Some(_)) => return Some((request, options, None)),
+        (Some(_), None) => Some("max_tokens"),
+        (None, Some(_)) => Some("max_completion_tokens"),
+        (None, None) => None,
+    };
+    let verbatim =
+        (plain.stream_options.is_none() && !plain.developer_turn).then(|| VerbatimChat {
+            body: body.clone(),
+            model,
+            max_tokens_key,
+            stream: request.stream,
+        });
+    Some((request, options, verbatim))
+}
+
 /// `body` read as a plain chat request, or `None` when the general reader
 /// must read it.
 pub(super) fn parse(body: &[u8]) -> Option<(ChatRequest, StreamOptions)> {
+    read(body).map(|(_, request, options)| (request, options))
+}
+
+/// What [`VerbatimChat`] needs of the plain body beyond the request.
+struct Shape<'a> {
+    model: Cow<'a, str>,
+    max_tokens: Option<Option<u64>>,
+    max_completion_tokens: Option<Option<u64>>,
+    stream_options: Option<Option<PlainStreamOptions>>,
+    developer_turn: bool,
+}
+
+fn read(body: &[u8]) -> Option<(Shape<'_>, ChatRequest, StreamOptions)> {
     let plain: PlainChat<'_> = crate::from_json_bytes(body)?;
     if plain.model.is_empty() || plain.messages.is_empty() {
         return None;
     }
+    let developer_turn = plain
+        .messages
+        .iter()
+        .any(|message| matches!(message.role, PlainRole::Developer));
     let messages = plain
         .messages
         .into_iter()
@@ -92,9 +207,12 @@ pub(super) fn parse(body: &[u8]) -> Option<(ChatRequest, StreamOptions)> {
         })
         .collect();
     let request = ChatRequest {
-        model: plain.model.into_owned(),
+        model: plain.model.to_string(),
         messages,
-        max_tokens: plain.max_completion_tokens.or(plain.max_tokens),
+        max_tokens: plain
+            .max_completion_tokens
+            .flatten()
+            .or(plain.max_tokens.flatten()),
         temperature: plain.temperature,
         top_p: plain.top_p,
         stop: Vec::new(),
@@ -109,19 +227,27 @@ pub(super) fn parse(body: &[u8]) -> Option<(ChatRequest, StreamOptions)> {
     let options = StreamOptions {
         include_usage: plain
             .stream_options
-            .and_then(|options| options.include_usage)
+            .as_ref()
+            .and_then(|options| options.as_ref()?.include_usage)
             .unwrap_or(false),
     };
-    Some((request, options))
+    let shape = Shape {
+        model: plain.model,
+        max_tokens: plain.max_tokens,
+        max_completion_tokens: plain.max_completion_tokens,
+        stream_options: plain.stream_options,
+        developer_turn,
+    };
+    Some((shape, request, options))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::formats::openai::tests::CLIENT_CHAT;
 
     /// Bodies the plain reader takes: it must read them as the general one does.
-    const PLAIN: &[&str] = &[
+    pub(crate) const PLAIN: &[&str] = &[
         r#"{"model":"mock-gpt","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0}"#,
         r#"{"messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"hi","name":"ana"},{"role":"assistant","content":""}],"model":"m"}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 \"quoted\"\n","name":null}],"stream":true,"stream_options":{"include_usage":true}}"#,

@@ -19,6 +19,7 @@ use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Format, FormatError,
     ProviderError, Usage,
 };
+use crate::formats::openai::VerbatimChat;
 
 /// The API version asked for unless the base URL names one.
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -77,6 +78,16 @@ impl Provider for AzureOpenAi {
     ) -> Result<UpstreamRequest, FormatError> {
         let body = chat_request_json(request, model, Dialect::Azure);
         self.request(model, "chat/completions", key, body)
+    }
+
+    fn chat_request_verbatim(
+        &self,
+        chat: &VerbatimChat,
+        model: &str,
+        key: Option<&str>,
+    ) -> Option<Result<UpstreamRequest, FormatError>> {
+        let body = Dialect::Azure.verbatim_body(chat, model)?;
+        Some(self.request(model, "chat/completions", key, body))
     }
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {

@@ -15,6 +15,7 @@ use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, Format,
     FormatError, ProviderError, StreamEvent, Usage,
 };
+use crate::formats::openai::VerbatimChat;
 
 pub mod anthropic;
 pub mod azure;
@@ -66,6 +67,19 @@ pub trait Provider: Send + Sync {
         model: &str,
         key: Option<&str>,
     ) -> Result<UpstreamRequest, FormatError>;
+
+    /// The HTTP request for a chat whose client body this provider takes as
+    /// it came, the model's name excepted: what [`Provider::chat_request`]
+    /// would send, without rendering the body again. `None` when the body
+    /// must be rendered (the default: a provider of another format).
+    fn chat_request_verbatim(
+        &self,
+        _chat: &VerbatimChat,
+        _model: &str,
+        _key: Option<&str>,
+    ) -> Option<Result<UpstreamRequest, FormatError>> {
+        None
+    }
 
     /// A whole (non-streamed) chat answer.
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError>;

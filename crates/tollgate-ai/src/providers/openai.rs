@@ -20,7 +20,7 @@ use crate::canonical::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ErrorKind, FinishReason,
     Format, FormatError, Message, ProviderError, StreamEvent, ToolCall, Usage,
 };
-use crate::formats::openai::embeddings_body;
+use crate::formats::openai::{embeddings_body, VerbatimChat};
 use crate::sse::SseParser;
 
 /// Where OpenAI-style servers disagree on the wire.
@@ -40,6 +40,27 @@ pub enum Dialect {
     Mistral,
 }
 
+impl Dialect {
+    /// The name the output cap goes by.
+    pub(crate) fn max_tokens_key(self) -> &'static str {
+        match self {
+            // Reasoning models refuse `max_tokens`.
+            Dialect::OpenAi => "max_completion_tokens",
+            Dialect::Azure | Dialect::Compatible | Dialect::Mistral => "max_tokens",
+        }
+    }
+
+    /// `chat`, naming `model`, when this server takes it as the client
+    /// wrote it: Mistral never does (its seed, `user` and call ids differ).
+    pub(crate) fn verbatim_body(self, chat: &VerbatimChat, model: &str) -> Option<Bytes> {
+        let takes = self != Dialect::Mistral
+            && chat
+                .max_tokens_key()
+                .is_none_or(|key| key == self.max_tokens_key());
+        takes.then(|| chat.render(model, true))
+    }
+}
+
 /// The adapter for OpenAI, Mistral and OpenAI-compatible servers.
 #[derive(Debug)]
 pub struct OpenAi {
@@ -54,16 +75,13 @@ impl OpenAi {
             dialect,
         }
     }
-}
 
-impl Provider for OpenAi {
-    fn chat_request(
+    /// The chat completions request carrying `body`.
+    fn chat_upstream(
         &self,
-        request: &ChatRequest,
-        model: &str,
+        body: Bytes,
         key: Option<&str>,
     ) -> Result<UpstreamRequest, FormatError> {
-        let body = chat_request_json(request, model, self.dialect);
         let mut headers = Vec::with_capacity(2);
         headers.push(json_content_type());
         if let Some(key) = key {
@@ -75,6 +93,27 @@ impl Provider for OpenAi {
             headers,
             body,
         })
+    }
+}
+
+impl Provider for OpenAi {
+    fn chat_request(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+        key: Option<&str>,
+    ) -> Result<UpstreamRequest, FormatError> {
+        self.chat_upstream(chat_request_json(request, model, self.dialect), key)
+    }
+
+    fn chat_request_verbatim(
+        &self,
+        chat: &VerbatimChat,
+        model: &str,
+        key: Option<&str>,
+    ) -> Option<Result<UpstreamRequest, FormatError>> {
+        let body = self.dialect.verbatim_body(chat, model)?;
+        Some(self.chat_upstream(body, key))
     }
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, ProviderError> {
@@ -726,6 +765,139 @@ mod tests {
                 assert_eq!(written, reference, "request {i}, {dialect:?}");
             }
         }
+    }
+
+    /// `value` as a server reads it: without the object members that are
+    /// `null` or `"stream": false` (the default), and with `0` and `0.0`
+    /// one number.
+    fn as_read(value: Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .filter(|(k, v)| {
+                        let default = v.is_null() || (k == "stream" && v == false);
+                        !default
+                    })
+                    .map(|(k, v)| (k, as_read(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(as_read).collect()),
+            Value::Number(n) => n.as_f64().unwrap().into(),
+            other => other,
+        }
+    }
+
+    fn verbatim_of(body: &str) -> Option<VerbatimChat> {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        crate::formats::openai::parse_chat_verbatim(&body)
+            .unwrap()
+            .2
+    }
+
+    const DIALECTS: [Dialect; 4] = [
+        Dialect::OpenAi,
+        Dialect::Azure,
+        Dialect::Compatible,
+        Dialect::Mistral,
+    ];
+
+    /// Plain bodies that go as they came, beyond the plain reader's own.
+    const VERBATIM: &[&str] = &[
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":9,"stream":true} "#,
+        r#"{"model":"m","messages":[{"role":"system","content":"caf\u00e9 \"q\"\n"},{"role":"user","content":"x","name":null}],"max_tokens":null,"temperature":null,"top_p":0.5,"seed":null,"user":null,"stream":false}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":"","name":"bot"}],"temperature":1e0,"seed":-3,"user":"u-1","max_tokens":4}"#,
+    ];
+
+    /// A client's body sent as it came, the model's name excepted, is the
+    /// body the rendering would send, to every server that takes it as it
+    /// is, but for a field written `null` or `"stream": false` (sent, where
+    /// the rendering leaves it out) and a number's spelling (`0` rendered
+    /// `0.0`).
+    #[test]
+    fn a_body_sent_as_it_came_is_what_the_rendering_would_send() {
+        let plain = crate::formats::openai_plain::tests::PLAIN;
+        let mut sent_as_it_came = 0;
+        for body in plain.iter().chain(VERBATIM) {
+            let Some(verbatim) = verbatim_of(body) else {
+                continue;
+            };
+            let request = crate::formats::openai::parse_chat(body.as_bytes()).unwrap();
+            for dialect in DIALECTS {
+                // A name to escape, and longer than the client's.
+                let model = "the \"model\" \u{e9}";
+                let Some(sent) = dialect.verbatim_body(&verbatim, model) else {
+                    continue;
+                };
+                sent_as_it_came += 1;
+                let sent: Value = serde_json::from_slice(&sent)
+                    .unwrap_or_else(|e| panic!("{body}, {dialect:?}: {e}"));
+                let rendered = Value::Object(chat_request_body(&request, model, dialect));
+                assert_eq!(as_read(sent), as_read(rendered), "{body}, {dialect:?}");
+            }
+        }
+        // Three of the plain reader's bodies and the four above, to the one
+        // to three servers that take each.
+        assert_eq!(sent_as_it_came, 16);
+    }
+
+    #[test]
+    fn only_bodies_every_server_reads_as_rendered_go_as_they_came() {
+        for body in [
+            // A `developer` turn (rendered `system`), both names of the cap,
+            // `stream_options` (the gateway asks for usage itself), a model
+            // name with an escape, and what the plain reader leaves alone.
+            r#"{"model":"m","messages":[{"role":"developer","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1,"max_completion_tokens":2}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":null,"max_completion_tokens":2}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","stream":true,"stream_options":null,"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m\u0031","messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+        ] {
+            assert_eq!(verbatim_of(body), None, "{body}");
+        }
+        // Each server takes its own name of the cap, or none; Mistral never.
+        let takes = |body: &str| {
+            let verbatim = verbatim_of(body).unwrap();
+            DIALECTS.map(|dialect| dialect.verbatim_body(&verbatim, "x").is_some())
+        };
+        let turn = r#""messages":[{"role":"user","content":"x"}]"#;
+        // OpenAI, Azure, compatible, Mistral.
+        assert_eq!(
+            takes(&format!(r#"{{"model":"m",{turn}}}"#)),
+            [true, true, true, false]
+        );
+        assert_eq!(
+            takes(&format!(r#"{{"model":"m",{turn},"max_tokens":5}}"#)),
+            [false, true, true, false]
+        );
+        assert_eq!(
+            takes(&format!(
+                r#"{{"model":"m",{turn},"max_completion_tokens":null}}"#
+            )),
+            [true, false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_body_sent_as_it_came_keeps_its_bytes_and_a_streamed_one_asks_for_usage() {
+        // The AI benchmark's body, as wrk sends it.
+        let bench = r#"{"model":"mock-gpt","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0}"#;
+        let sent = Dialect::Compatible
+            .verbatim_body(&verbatim_of(bench).unwrap(), "llama")
+            .unwrap();
+        assert_eq!(sent, bench.replace(r#""mock-gpt""#, r#""llama""#));
+
+        let streamed = "{ \"stream\" : true, \"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"}\"}] }\n";
+        let sent = Dialect::OpenAi
+            .verbatim_body(&verbatim_of(streamed).unwrap(), "gpt")
+            .unwrap();
+        assert_eq!(
+            sent,
+            "{ \"stream\" : true, \"model\":\"gpt\",\"messages\":[{\"role\":\"user\",\"content\":\"}\"}] ,\"stream_options\":{\"include_usage\":true}}\n"
+        );
     }
 
     fn header_of<'a>(request: &'a UpstreamRequest, name: &str) -> Option<&'a str> {

@@ -27,11 +27,7 @@ impl ChatBody<'_> {
     }
 
     fn max_tokens_key(&self) -> &'static str {
-        match self.dialect {
-            // Reasoning models refuse `max_tokens`.
-            Dialect::OpenAi => "max_completion_tokens",
-            Dialect::Azure | Dialect::Compatible | Dialect::Mistral => "max_tokens",
-        }
+        self.dialect.max_tokens_key()
     }
 
     fn seed_key(&self) -> &'static str {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
+use tollgate_ai::formats::openai::VerbatimChat;
 use tollgate_ai::formats::{anthropic, openai};
 use tollgate_ai::prices::Price;
 use tollgate_ai::{
@@ -244,12 +245,12 @@ async fn handle(
     match endpoint {
         Endpoint::Embeddings => embeddings(req, &bytes, &input, fin).await,
         Endpoint::Chat(format) => {
-            let (request, include_usage) = match format {
+            let (request, include_usage, verbatim) = match format {
                 Format::OpenAi => {
-                    let (request, options) = openai::parse_chat_with_options(&bytes)?;
-                    (request, options.include_usage)
+                    let (request, options, verbatim) = openai::parse_chat_verbatim(&bytes)?;
+                    (request, options.include_usage, verbatim)
                 }
-                Format::Anthropic => (anthropic::parse_messages(&bytes)?, true),
+                Format::Anthropic => (anthropic::parse_messages(&bytes)?, true, None),
             };
             let renderer = if request.stream {
                 Some(match format {
@@ -263,7 +264,8 @@ async fn handle(
             } else {
                 None
             };
-            chat(req, request, endpoint, renderer, &input, fin).await
+            let chat_call = ChatCall::new(request, verbatim);
+            chat(req, chat_call, endpoint, renderer, &input, fin).await
         }
         Endpoint::Prompt => {
             let prompt = req
@@ -277,7 +279,15 @@ async fn handle(
                 .is_some_and(|q| q.split('&').any(|p| p == "stream=true" || p == "stream=1"));
             let request = prompt.request(&bytes, stream).map_err(AiError::invalid)?;
             let renderer = stream.then(|| Renderer::Prompt(PromptStreamRenderer::default()));
-            chat(req, request, endpoint, renderer, &input, fin).await
+            chat(
+                req,
+                ChatCall::new(request, None),
+                endpoint,
+                renderer,
+                &input,
+                fin,
+            )
+            .await
         }
         Endpoint::Models => unreachable!("answered above"),
     }
@@ -319,11 +329,14 @@ fn check_model(req: &AiRequest<'_>, model: &str) -> Result<(), AiError> {
 }
 
 /// Checks the model allow-lists, caps output and masks the prompt.
-fn guard(req: &AiRequest<'_>, request: &mut ChatRequest) -> Result<(), AiError> {
+fn guard(req: &AiRequest<'_>, call: &mut ChatCall) -> Result<(), AiError> {
+    let request = &mut call.request;
     check_model(req, &request.model)?;
     let Some(guard) = &req.api.guard else {
         return Ok(());
     };
+    // It may change the request: the client's body is then not what to send.
+    call.verbatim = None;
     if let Some(cap) = guard.max_output_tokens {
         if request.max_tokens.is_none_or(|asked| asked > cap) {
             request.max_tokens = Some(cap);
@@ -377,20 +390,33 @@ async fn admit(
     Ok((reservation, budget))
 }
 
-struct ChatCall<'a> {
-    request: &'a ChatRequest,
+/// A chat to send: the canonical request, and the client's body when a
+/// provider may be sent it as it came (dropped once the guard changes the
+/// request).
+struct ChatCall {
+    request: ChatRequest,
+    verbatim: Option<VerbatimChat>,
 }
 
-impl Call for ChatCall<'_> {
+impl ChatCall {
+    fn new(request: ChatRequest, verbatim: Option<VerbatimChat>) -> ChatCall {
+        ChatCall { request, verbatim }
+    }
+}
+
+impl Call for ChatCall {
     fn request(
         &self,
         target: &AiTargetRuntime,
         key: Option<&str>,
     ) -> Result<tollgate_ai::providers::UpstreamRequest, FormatError> {
-        target
-            .provider
-            .adapter
-            .chat_request(self.request, &target.model, key)
+        let adapter = &target.provider.adapter;
+        if let Some(verbatim) = &self.verbatim {
+            if let Some(request) = adapter.chat_request_verbatim(verbatim, &target.model, key) {
+                return request;
+            }
+        }
+        adapter.chat_request(&self.request, &target.model, key)
     }
 
     fn streamed(&self) -> bool {
@@ -421,19 +447,20 @@ impl Call for EmbeddingsCall<'_> {
 
 async fn chat(
     req: &AiRequest<'_>,
-    mut request: ChatRequest,
+    mut call: ChatCall,
     endpoint: Endpoint,
     renderer: Option<Renderer>,
     input: &LimitInput<'_>,
     fin: &mut RecordFinisher,
 ) -> Result<Respond, AiError> {
-    guard(req, &mut request)?;
+    guard(req, &mut call)?;
+    let request = &call.request;
     let model = resolve(req, &request.model)?;
     // Reserving needs a bound, not a count: the tokenizer runs only when a
     // provider reports no usage.
     let (reserve, budget_reserve) = match &req.policies {
         Some(p) if p.ai_limits.is_some() || p.ai_budget.is_some() => {
-            let prompt = tollgate_ai::tokens::prompt_upper_bound(&request);
+            let prompt = tollgate_ai::tokens::prompt_upper_bound(request);
             let output = request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
             let budget_reserve = match p.ai_budget {
                 Some(_) => model.cost_bound(prompt, output),
@@ -447,7 +474,7 @@ async fn chat(
     let mut accounting = Accounting::new(req.counters.clone(), reservation, budget);
 
     if let Some(cache) = &req.api.cache {
-        match ResponseCache::key(&request) {
+        match ResponseCache::key(request) {
             Some(key) => {
                 if let Some(hit) = cache.get(&key) {
                     accounting.cache_status = Some("hit");
@@ -464,8 +491,8 @@ async fn chat(
     }
 
     let started = fin.started;
-    let outcome = attempts::run(&model, &ChatCall { request: &request }).await;
-    accounting.prompt = Prompt::Chat(Box::new(request));
+    let outcome = attempts::run(&model, &call).await;
+    accounting.prompt = Prompt::Chat(Box::new(call.request));
     let success = match outcome {
         Ok(success) => success,
         Err(failure) => {
