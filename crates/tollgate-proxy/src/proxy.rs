@@ -559,7 +559,8 @@ impl Proxy {
                 // Built in a block of its own: what goes into it is not kept
                 // in the request's future while the answer is awaited.
                 let outgoing = {
-                    let Some(uri) = upstream_uri(target, upstream_path, query, !pooled) else {
+                    let Some(uri) = upstream_uri(target, upstream_path, query, !pooled, &parts.uri)
+                    else {
                         fail!(GatewayError::bad_request(
                             "the request path cannot be forwarded"
                         ));
@@ -1068,12 +1069,25 @@ fn strip_prefix<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
     path
 }
 
+/// The URI sent to `target` for `path` and `query`; `client` is the URI
+/// the client sent (after any policy's edit).
 fn upstream_uri(
     target: &TargetState,
     path: &str,
     query: Option<&str>,
     absolute: bool,
+    client: &Uri,
 ) -> Option<Uri> {
+    // The client's own path and query, when they go on unchanged (no prefix
+    // stripped, nothing normalised, no base path): a reference count, where
+    // joining and parsing them again cost ~450 instructions a request.
+    if !absolute && target.base_path.is_empty() {
+        if let Some(sent) = client.path_and_query() {
+            if sent.path() == path && sent.query() == query {
+                return Some(Uri::from(sent.clone()));
+            }
+        }
+    }
     let mut path_and_query = String::with_capacity(
         target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -1244,6 +1258,40 @@ fn goes_lean(request: &Request<RequestBody>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_path_and_query_go_on_as_the_client_sent_them() {
+        let target = crate::upstream::TargetState::new("s", "http://127.0.0.1:9000").unwrap();
+        let based = crate::upstream::TargetState::new("s", "http://127.0.0.1:9000/base").unwrap();
+        let client: Uri = "/a/b?x=1".parse().unwrap();
+        let sent = upstream_uri(&target, "/a/b", Some("x=1"), false, &client).unwrap();
+        assert_eq!(sent, "/a/b?x=1");
+        // The client's bytes, not a copy.
+        assert_eq!(
+            sent.path_and_query().unwrap().as_str().as_ptr(),
+            client.path_and_query().unwrap().as_str().as_ptr()
+        );
+        // Anything changed is built: a base path, a prefix stripped, a
+        // query parameter taken out, an absolute URI for the general client.
+        let built = [
+            (
+                upstream_uri(&based, "/a/b", Some("x=1"), false, &client),
+                "/base/a/b?x=1",
+            ),
+            (
+                upstream_uri(&target, "/b", Some("x=1"), false, &client),
+                "/b?x=1",
+            ),
+            (upstream_uri(&target, "/a/b", None, false, &client), "/a/b"),
+            (
+                upstream_uri(&target, "/a/b", Some("x=1"), true, &client),
+                "http://127.0.0.1:9000/a/b?x=1",
+            ),
+        ];
+        for (uri, expected) in built {
+            assert_eq!(uri.unwrap(), expected);
+        }
+    }
 
     #[test]
     fn strip_prefix_at_segment_boundaries() {

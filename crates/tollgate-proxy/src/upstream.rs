@@ -50,7 +50,7 @@ pub struct TargetState {
 }
 
 impl TargetState {
-    fn new(service: &str, url: &str) -> Option<TargetState> {
+    pub(crate) fn new(service: &str, url: &str) -> Option<TargetState> {
         let uri: http::Uri = url.parse().ok()?;
         let scheme = uri.scheme()?.clone();
         let authority = match uri.port_u16() {
