@@ -7,6 +7,8 @@
 #   bench/instructions.sh auth         # the plain proxy's route behind key auth and a rate limit
 #   N=5000 bench/instructions.sh ai    # one path, more requests
 #   BIN=/tmp/old/tollgate bench/instructions.sh   # another build, to compare
+#   CACHE=1 bench/instructions.sh plain auth      # also simulate the caches: L1
+#                                                 # instruction and data misses a request
 #
 # It counts user-space instructions only: no system call, no cache miss, no
 # wait. The gateway runs bench/proxy.yaml or bench/ai.yaml under valgrind,
@@ -104,7 +106,9 @@ for kind in $KINDS; do
     *) echo "unknown path '$kind' (plain, auth or ai)" >&2; exit 2 ;;
   esac
   rm -rf "$data" && mkdir -p "$data"
-  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$RUN/$kind.%p" \
+  cache_sim=()
+  [[ -n ${CACHE:-} ]] && cache_sim=(--cache-sim=yes)
+  valgrind --tool=callgrind "${cache_sim[@]}" --separate-threads=yes --callgrind-out-file="$RUN/$kind.%p" \
     "$BIN" serve --config "$config" --workers 1 >"$RUN/$kind.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
@@ -125,4 +129,14 @@ for kind in $KINDS; do
   writer=$(per_thread "$RUN/$kind.$pid".1-* | awk '$1 == "access-log-writer" { n += $2 } END { print n + 0 }')
   all=$(per_thread "$RUN/$kind.$pid".1-* | awk '{ n += $2 } END { print n }')
   echo "$kind: instructions per request: main thread $((main / N)), access-log writer $((writer / N)), all threads $((all / N))  ($RUN/$kind.$pid.1-*)"
+  if [[ -n ${CACHE:-} ]]; then
+    # The simulated caches are the machine's sizes, shared by every thread
+    # (valgrind runs one at a time): the writer's work evicts the main
+    # thread's lines, as on the one core the benchmarks give the gateway.
+    awk -v n="$N" -v kind="$kind" '
+      /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i }
+      /^summary:/ { for (i = 2; i <= NF; i++) v[name[i]] = $i }
+      END { printf "%s: main thread misses per request: L1 instruction %d, L1 data read %d, write %d\n",
+            kind, v["I1mr"] / n, v["D1mr"] / n, v["D1mw"] / n }' "$RUN/$kind.$pid.1-01"
+  fi
 done
