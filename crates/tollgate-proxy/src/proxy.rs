@@ -133,7 +133,7 @@ impl Proxy {
             let request_id = forwarding::request_id(req.headers(), trusted);
             let client_ip = forwarding::client_ip(&snapshot, peer_ip, req.headers());
             let mut record = AccessRecord::new(request_id, client_ip);
-            record.method = req.method().as_str().to_string();
+            record.method = method_name(req.method());
             record.host = request_host(&req)
                 .map(host_without_port)
                 .unwrap_or_default();
@@ -1045,6 +1045,25 @@ fn is_upgrade_request<B>(req: &Request<B>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
+}
+
+/// The method as the access record names it: a static string for the
+/// standard ones (an allocation a request, freed by the writer's thread,
+/// otherwise).
+fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return method.as_str().to_owned().into(),
+    };
+    name.into()
 }
 
 fn is_idempotent(method: &Method) -> bool {

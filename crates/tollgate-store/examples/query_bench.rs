@@ -128,7 +128,7 @@ impl Traffic {
                 self.rng.next() as u8,
                 self.rng.next() as u8,
             )),
-            method: "GET".to_owned(),
+            method: "GET".into(),
             host: "api.example.com".to_owned(),
             path: "/".to_owned(),
             api: None,

@@ -144,7 +144,7 @@ impl Records {
             ts: self.ts - Duration::from_micros(r % 500),
             request_id,
             client_ip: IpAddr::V4(Ipv4Addr::new(10, 0, (r >> 16) as u8, (r >> 24) as u8)),
-            method: "GET".to_owned(),
+            method: "GET".into(),
             host: "localhost:8080".to_owned(),
             path: "/".to_owned(),
             api: Some(api),

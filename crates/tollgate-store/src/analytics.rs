@@ -928,7 +928,7 @@ mod tests {
                     ts: UNIX_EPOCH + Duration::from_micros((T0 + i * 10_000_000 - late) as u64),
                     request_id: format!("r{i}"),
                     client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    method: "GET".to_owned(),
+                    method: "GET".into(),
                     host: "h".to_owned(),
                     path: "/".to_owned(),
                     api: (i % 10 != 0).then(|| api.into()),

@@ -426,7 +426,7 @@ mod tests {
                 ts: UNIX_EPOCH + Duration::from_micros(micros as u64),
                 request_id,
                 client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-                method: "GET".to_owned(),
+                method: "GET".into(),
                 host: "api.example.com".to_owned(),
                 path: format!("/{i}"),
                 api: api.map(Into::into),

@@ -219,7 +219,7 @@ fn bind(
     insert.raw_bind_parameter(2, r.request_id.as_str())?;
     insert.raw_bind_parameter(3, request_id_hash(&r.request_id))?;
     bind_changed!(4, client_ip, IpText::from(r.client_ip).as_str());
-    bind_changed!(5, method, r.method.as_str());
+    bind_changed!(5, method, &*r.method);
     bind_changed!(6, host, r.host.as_str());
     bind_changed!(7, path, r.path.as_str());
     bind_changed!(8, api, r.api.as_deref());

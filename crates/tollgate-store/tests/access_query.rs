@@ -48,7 +48,7 @@ fn record(n: usize) -> AccessRecord {
         ts: UNIX_EPOCH + Duration::from_micros((T0 + n as i64 * 1_000_000 - late) as u64),
         request_id: format!("req-{n:05}"),
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        method: "GET".to_owned(),
+        method: "GET".into(),
         host: "api.example.com".to_owned(),
         path: format!("/{n}"),
         api: api.map(Into::into),

@@ -107,7 +107,7 @@ fn records(n: usize) -> Vec<AccessRecord> {
             ts: UNIX_EPOCH + Duration::from_micros((now - late) as u64),
             request_id: format!("req-{i:05}"),
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-            method: "GET".to_owned(),
+            method: "GET".into(),
             host: "api.example.com".to_owned(),
             path: format!("/{i}"),
             api: api.map(Into::into),

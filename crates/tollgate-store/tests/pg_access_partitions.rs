@@ -18,7 +18,7 @@ fn record(ts: u64, n: usize) -> AccessRecord {
         ts: UNIX_EPOCH + Duration::from_micros(ts),
         request_id: format!("req-{n}"),
         client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
-        method: "GET".to_owned(),
+        method: "GET".into(),
         host: "api.example.com".to_owned(),
         path: format!("/orders/{n}"),
         api: Some("orders".into()),

@@ -12,7 +12,7 @@ fn record(n: usize) -> AccessRecord {
         ts: UNIX_EPOCH + Duration::from_micros(1_714_564_800_000_000 + n as u64),
         request_id: format!("{n:032x}"),
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        method: "POST".to_owned(),
+        method: "POST".into(),
         host: "api.example.com".to_owned(),
         path: format!("/orders/{n}"),
         api: Some("orders".into()),
@@ -196,7 +196,7 @@ fn fields_repeated_or_changed_between_records_round_trip(db: &Db) {
             r.reason = Some("no_route");
         }
         if n % 4 == 0 {
-            r.method = "GET".to_owned();
+            r.method = "GET".into();
             r.consumer = None;
             r.bytes_out = 7;
             r.outcome = Outcome::Denied;

@@ -1,5 +1,6 @@
 //! The access record: one per request, whatever its fate.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,7 +40,8 @@ pub struct AccessRecord {
     pub request_id: String,
     #[serde(serialize_with = "ip_text")]
     pub client_ip: IpAddr,
-    pub method: String,
+    /// A standard method's name is a static string: no allocation a request.
+    pub method: Cow<'static, str>,
     pub host: String,
     pub path: String,
     pub api: Option<Arc<str>>,
@@ -104,7 +106,7 @@ impl AccessRecord {
             ts: SystemTime::now(),
             request_id,
             client_ip,
-            method: String::new(),
+            method: Cow::Borrowed(""),
             host: String::new(),
             path: String::new(),
             api: None,
@@ -390,7 +392,7 @@ mod tests {
             ts: UNIX_EPOCH + Duration::from_micros(1_796_403_600_123_456),
             request_id: "0123456789abcdef0123456789abcdef".to_owned(),
             client_ip: IpAddr::from([192, 0, 2, 7]),
-            method: "GET".to_owned(),
+            method: "GET".into(),
             host: "api.example.com".to_owned(),
             path: "/".to_owned(),
             api: Some("orders".into()),
@@ -417,7 +419,7 @@ mod tests {
         r.ts = UNIX_EPOCH - Duration::from_nanos(1);
         r.request_id = odd.to_owned();
         r.client_ip = "2001:db8::1".parse().unwrap();
-        r.method = odd.to_owned();
+        r.method = odd.to_owned().into();
         r.host = String::new();
         r.path = format!("/{odd}?q=1&r=\"2\"");
         r.api = Some(odd.into());

@@ -11,7 +11,7 @@ fn record(n: usize) -> AccessRecord {
         ts: UNIX_EPOCH + Duration::from_millis(1_714_564_800_123),
         request_id: format!("req-{n}"),
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        method: "GET".to_owned(),
+        method: "GET".into(),
         host: "api.example.com".to_owned(),
         path: format!("/orders/{n}"),
         api: Some("orders".into()),
