@@ -367,12 +367,18 @@ impl Headroom {
         }
     }
 
-    fn headers(&self) -> [(&'static HeaderName, HeaderValue); 3] {
+    /// The `RateLimit-*` headers and their numbers, for a writer that
+    /// formats them itself (the proxy's passed-on lines).
+    pub fn numbers(&self) -> [(&'static HeaderName, u64); 3] {
         [
-            (&RATELIMIT_LIMIT, number_value(self.limit)),
-            (&RATELIMIT_REMAINING, number_value(self.remaining)),
-            (&RATELIMIT_RESET, number_value(self.reset)),
+            (&RATELIMIT_LIMIT, self.limit),
+            (&RATELIMIT_REMAINING, self.remaining),
+            (&RATELIMIT_RESET, self.reset),
         ]
+    }
+
+    fn headers(&self) -> [(&'static HeaderName, HeaderValue); 3] {
+        self.numbers().map(|(name, n)| (name, number_value(n)))
     }
 }
 

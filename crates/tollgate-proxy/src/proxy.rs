@@ -24,9 +24,7 @@ use tollgate_telemetry::{AccessLog, AccessRecord, Outcome};
 use bytes::Bytes;
 use tollgate_policy::cors::Cors;
 use tollgate_policy::credentials::ClientCert;
-use tollgate_policy::rate_limit::{
-    RateLimitStatus, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
-};
+use tollgate_policy::rate_limit::RateLimitStatus;
 use tollgate_policy::{ApiPolicies, Denial, Identity};
 
 use crate::body::{
@@ -462,8 +460,6 @@ impl Proxy {
             let is_upgrade = is_upgrade_request(&req);
             let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
             let (mut parts, body) = req.into_parts();
-            // The auth policy may have taken its credential out of the query.
-            let query = parts.uri.query();
 
             forwarding::remove_hop_by_hop(&mut parts.headers, is_upgrade);
             // Room for the headers added below, so the map grows at most once.
@@ -559,8 +555,7 @@ impl Proxy {
                 // Built in a block of its own: what goes into it is not kept
                 // in the request's future while the answer is awaited.
                 let outgoing = {
-                    let Some(uri) = upstream_uri(target, upstream_path, query, !pooled, &parts.uri)
-                    else {
+                    let Some(uri) = upstream_uri(target, upstream_path, &parts.uri, !pooled) else {
                         fail!(GatewayError::bad_request(
                             "the request path cannot be forwarded"
                         ));
@@ -770,9 +765,9 @@ fn finish_headers(
             AnswerHeaders::Map(map) => status.apply(map),
             AnswerHeaders::Lines(lines) => {
                 if let Some(closest) = status.closest() {
-                    lines.push_number(RATELIMIT_LIMIT.as_str(), closest.limit);
-                    lines.push_number(RATELIMIT_REMAINING.as_str(), closest.remaining);
-                    lines.push_number(RATELIMIT_RESET.as_str(), closest.reset);
+                    for (name, n) in closest.numbers() {
+                        lines.push_number(name.as_str(), n);
+                    }
                 }
             }
         }
@@ -1088,23 +1083,17 @@ fn strip_prefix<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
     path
 }
 
-/// The URI sent to `target` for `path` and `query`; `client` is the URI
-/// the client sent (after any policy's edit).
-fn upstream_uri(
-    target: &TargetState,
-    path: &str,
-    query: Option<&str>,
-    absolute: bool,
-    client: &Uri,
-) -> Option<Uri> {
+/// The URI sent to `target` for `path` (the client's, routed) with the
+/// query of `client`, the URI the client sent as the policies left it (the
+/// auth policy may have taken its credential out of the query).
+fn upstream_uri(target: &TargetState, path: &str, client: &Uri, absolute: bool) -> Option<Uri> {
+    let query = client.query();
     // The client's own path and query, when they go on unchanged (no prefix
     // stripped, nothing normalised, no base path): a reference count, where
     // joining and parsing them again cost ~450 instructions a request.
     if !absolute && target.base_path.is_empty() {
-        if let Some(sent) = client.path_and_query() {
-            if sent.path() == path && sent.query() == query {
-                return Some(Uri::from(sent.clone()));
-            }
+        if let Some(sent) = client.path_and_query().filter(|sent| sent.path() == path) {
+            return Some(Uri::from(sent.clone()));
         }
     }
     let mut path_and_query = String::with_capacity(
@@ -1283,27 +1272,29 @@ mod tests {
         let target = crate::upstream::TargetState::new("s", "http://127.0.0.1:9000").unwrap();
         let based = crate::upstream::TargetState::new("s", "http://127.0.0.1:9000/base").unwrap();
         let client: Uri = "/a/b?x=1".parse().unwrap();
-        let sent = upstream_uri(&target, "/a/b", Some("x=1"), false, &client).unwrap();
+        let sent = upstream_uri(&target, "/a/b", &client, false).unwrap();
         assert_eq!(sent, "/a/b?x=1");
         // The client's bytes, not a copy.
         assert_eq!(
             sent.path_and_query().unwrap().as_str().as_ptr(),
             client.path_and_query().unwrap().as_str().as_ptr()
         );
-        // Anything changed is built: a base path, a prefix stripped, a
-        // query parameter taken out, an absolute URI for the general client.
+        // The query as a policy left it: the auth policy's key taken out.
+        let key_taken_out: Uri = "/a/b".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target, "/a/b", &key_taken_out, false).unwrap(),
+            "/a/b"
+        );
+        // Anything changed is built: a base path, a prefix stripped, an
+        // absolute URI for the general client.
         let built = [
             (
-                upstream_uri(&based, "/a/b", Some("x=1"), false, &client),
+                upstream_uri(&based, "/a/b", &client, false),
                 "/base/a/b?x=1",
             ),
+            (upstream_uri(&target, "/b", &client, false), "/b?x=1"),
             (
-                upstream_uri(&target, "/b", Some("x=1"), false, &client),
-                "/b?x=1",
-            ),
-            (upstream_uri(&target, "/a/b", None, false, &client), "/a/b"),
-            (
-                upstream_uri(&target, "/a/b", Some("x=1"), true, &client),
+                upstream_uri(&target, "/a/b", &client, true),
                 "http://127.0.0.1:9000/a/b?x=1",
             ),
         ];

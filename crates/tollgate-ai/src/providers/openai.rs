@@ -900,6 +900,57 @@ mod tests {
         );
     }
 
+    /// A body sent as it came goes where a rendered one goes, with the same
+    /// headers (the key among them), for every kind that takes it; the
+    /// other kinds render it.
+    #[test]
+    fn a_body_sent_as_it_came_goes_where_a_rendered_one_goes() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
+        let verbatim = verbatim_of(body).unwrap();
+        let request = crate::formats::openai::parse_chat(body.as_bytes()).unwrap();
+        for (kind, base, takes) in [
+            (ProviderKind::OpenAi, "https://api.openai.com/v1", true),
+            (
+                ProviderKind::OpenAiCompatible,
+                "http://127.0.0.1:11434/v1",
+                true,
+            ),
+            (
+                ProviderKind::AzureOpenAi,
+                "https://res.openai.azure.com/openai",
+                true,
+            ),
+            (ProviderKind::Mistral, "https://api.mistral.ai/v1", false),
+            (
+                ProviderKind::Anthropic,
+                "https://api.anthropic.com/v1",
+                false,
+            ),
+            (
+                ProviderKind::Gemini,
+                "https://generativelanguage.googleapis.com/v1beta",
+                false,
+            ),
+        ] {
+            let provider = adapter(kind, base);
+            let sent = provider.chat_request_verbatim(&verbatim, "gpt-4o", Some("sk-1"));
+            assert_eq!(sent.is_some(), takes, "{kind:?}");
+            let Some(sent) = sent else { continue };
+            let sent = sent.unwrap();
+            let rendered = provider
+                .chat_request(&request, "gpt-4o", Some("sk-1"))
+                .unwrap();
+            assert_eq!(sent.method, rendered.method, "{kind:?}");
+            assert_eq!(sent.url, rendered.url, "{kind:?}");
+            assert_eq!(sent.headers, rendered.headers, "{kind:?}");
+            assert_eq!(
+                &sent.body[..],
+                br#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#,
+                "{kind:?}"
+            );
+        }
+    }
+
     fn header_of<'a>(request: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
         request
             .headers
