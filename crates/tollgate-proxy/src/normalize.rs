@@ -42,11 +42,18 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    // One pass over the bytes for both questions: three substring searches
+    // after a scan for control bytes cost ~300 instructions on every request.
     let bytes = path.as_bytes();
-    if bytes.iter().any(|b| *b < 0x20 || *b == 0x7f) {
-        return Err(PathError::Forbidden);
+    let mut needs_work = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            0..0x20 | 0x7f => return Err(PathError::Forbidden),
+            b'%' => needs_work = true,
+            b'/' => needs_work |= matches!(bytes.get(at + 1), Some(b'/' | b'.')),
+            _ => {}
+        }
     }
-    let needs_work = path.contains("//") || path.contains("/.") || path.contains('%');
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
@@ -154,6 +161,9 @@ mod tests {
         assert_eq!(norm("/a/../../b"), Err(PathError::AboveRoot));
         assert_eq!(norm("/%2e%2e/etc"), Err(PathError::AboveRoot));
         assert_eq!(norm("/a%00b"), Err(PathError::Forbidden));
+        // A control byte after what needs normalising is still found.
+        assert_eq!(norm("/a//b\x7f"), Err(PathError::Forbidden));
+        assert_eq!(norm("/%41/\x01"), Err(PathError::Forbidden));
         assert_eq!(norm("relative"), Err(PathError::NotAbsolute));
         assert_eq!(norm("/%%36%31dmin"), Err(PathError::BadEscape));
         assert_eq!(norm("/a%4"), Err(PathError::BadEscape));
