@@ -140,10 +140,14 @@ where
             if c.start == c.end {
                 (c.start, c.end) = (0, 0);
             }
+            // The read first: the stop is looked at only while the
+            // connection waits. Polling it first cost a lock of the watch's
+            // waiters (~150 instructions) on every request; a request read
+            // as the stop comes is served, and its answer closes.
             let read = tokio::select! {
                 biased;
-                _ = &mut stopping => return None,
                 read = c.read(limits.max_head_bytes) => read,
+                _ = &mut stopping => return None,
             };
             match read {
                 Ok(0) | Err(_) => return None,
