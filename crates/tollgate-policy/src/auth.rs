@@ -11,8 +11,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Uri};
 use tollgate_config::{AuthMethod, AuthPolicy};
 
@@ -339,8 +341,15 @@ fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
             separator = '&';
         }
     }
+    // The string's own buffer becomes the URI's: parsing it as `&str`
+    // copied it once more.
+    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok()?;
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        // An origin-form target, as HTTP/1.1 clients send: nothing else to keep.
+        return Some(Uri::from(path_and_query));
+    }
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    parts.path_and_query = Some(path_and_query);
     Some(Uri::from_parts(parts).unwrap_or_else(|_| uri.clone()))
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::denial::Denial;
 use crate::identity::ConsumerInfo;
@@ -100,11 +100,10 @@ impl KeyIndex {
     /// The consumer a presented key belongs to.
     pub fn lookup(&self, presented: &str, now_unix: i64) -> Result<Arc<ConsumerInfo>, Denial> {
         let hash = hash_key(presented);
-        let entry = self.buckets.get(&bucket(&hash)).and_then(|entries| {
-            entries
-                .iter()
-                .find(|entry| bool::from(entry.hash.ct_eq(&hash)))
-        });
+        let entry = self
+            .buckets
+            .get(&bucket(&hash))
+            .and_then(|entries| entries.iter().find(|entry| same_digest(&entry.hash, &hash)));
         match entry {
             None => Err(Denial::invalid_credentials("the API key is not valid")),
             Some(entry) if entry.expires.is_some_and(|at| at <= now_unix) => {
@@ -120,6 +119,19 @@ impl KeyIndex {
             Some(entry) => Ok(entry.consumer.clone()),
         }
     }
+}
+
+/// Constant-time equality of two digests, a 64-bit word at a time:
+/// `subtle`'s slice comparison goes byte by byte, each byte behind its own
+/// optimisation barrier (~340 instructions a key, against ~40).
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let word = |d: &[u8; 32], i: usize| {
+        u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    };
+    let same = (0..4).fold(Choice::from(1), |same, i| {
+        same & word(a, i).ct_eq(&word(b, i))
+    });
+    bool::from(same)
 }
 
 fn bucket(hash: &[u8; 32]) -> u64 {
@@ -191,6 +203,17 @@ mod tests {
 
     fn consumer(name: &str) -> Arc<ConsumerInfo> {
         Arc::new(ConsumerInfo::unregistered(name))
+    }
+
+    #[test]
+    fn digests_differing_in_any_byte_differ() {
+        let a = hash_key("some key");
+        assert!(same_digest(&a, &a.clone()));
+        for at in 0..32 {
+            let mut b = a;
+            b[at] ^= 0x80;
+            assert!(!same_digest(&a, &b), "byte {at}");
+        }
     }
 
     #[test]
