@@ -118,6 +118,13 @@ impl Proxy {
     /// its body) and every local it ever held, and hyper keeps this future
     /// for each connection. Written this way the request's state holds only
     /// what lives across an await (measured: 4.9 KB before).
+    ///
+    /// Inlined into its callers: called, it returned its future (2.3 KB)
+    /// through a temporary that was then copied into the lean server's
+    /// state, twice a request (seen as two 2,328-byte `memcpy` calls under
+    /// `gdb`); inlined, the future is built where it runs. Plain path
+    /// ~25,850 → 25,280 instructions a request, auth 35,050 → 34,590.
+    #[inline(always)]
     pub(crate) fn handle_passing_lines<'a>(
         &'a self,
         conn: &'a ConnInfo,
