@@ -8,6 +8,7 @@
 
 pub mod ai;
 pub mod body;
+mod boxed;
 pub mod client;
 mod conn_timeouts;
 pub mod error;

@@ -31,6 +31,7 @@ use crate::body::{
     read_limited, ClientBody, PooledSender, RecordFinisher, RequestBody, RequestBodyError,
     RequestStats, ResponseBody,
 };
+use crate::boxed::boxed_in_place;
 use crate::error::GatewayError;
 use crate::forwarding::{self, ForwardInfo, X_REQUEST_ID};
 use crate::h1_client::{H1Pool, UpstreamBody};
@@ -263,13 +264,9 @@ impl Proxy {
 
             if let Some(issuer) = &snapshot.security.issuer {
                 if path == TOKEN_PATH || path == JWKS_PATH {
-                    return Ok(Box::pin(oauth2_endpoint(
-                        &snapshot.security,
-                        issuer,
-                        &path,
-                        req,
-                        fin,
-                    ))
+                    return Ok(boxed_in_place(|| {
+                        oauth2_endpoint(&snapshot.security, issuer, &path, req, fin)
+                    })
                     .await);
                 }
             }
@@ -387,11 +384,13 @@ impl Proxy {
                     let (mut parts, body) = req.into_parts();
                     // Boxed: token verification's future is large (JWKS fetch, introspection)
                     // and would otherwise enlarge every request's future, with or without auth.
-                    let authorized = Box::pin(policies.authorize(
-                        &snapshot.security,
-                        &mut parts,
-                        conn.client_cert.as_deref(),
-                    ))
+                    let authorized = boxed_in_place(|| {
+                        policies.authorize(
+                            &snapshot.security,
+                            &mut parts,
+                            conn.client_cert.as_deref(),
+                        )
+                    })
                     .await;
                     req = Request::from_parts(parts, body);
                     match authorized {
@@ -441,7 +440,7 @@ impl Proxy {
                 // Boxed: the AI handler's future is large, and would otherwise
                 // enlarge every request's future, AI or not.
                 let mut response =
-                    Box::pin(crate::ai::handler::serve(request, parts, body, fin)).await;
+                    boxed_in_place(|| crate::ai::handler::serve(request, parts, body, fin)).await;
                 finish_headers(
                     AnswerHeaders::Map(response.headers_mut()),
                     snapshot,
@@ -1207,7 +1206,7 @@ impl<'a> Outgoing<'a> {
                 request.headers(),
             ));
         }
-        Outgoing::General(Box::pin(send(service, target, pooled, request)))
+        Outgoing::General(boxed_in_place(|| send(service, target, pooled, request)))
     }
 
     async fn send(self, service: &ServiceRuntime, target: &TargetState) -> Sent {

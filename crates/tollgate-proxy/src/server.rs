@@ -19,6 +19,7 @@ use tollgate_config::Limits;
 use tollgate_telemetry::{metrics as names, AccessRecord, Outcome};
 
 use crate::body::ClientBody;
+use crate::boxed::boxed_in_place;
 use crate::conn_timeouts::ConnectionTimeouts;
 use crate::framing::FramingGuard;
 use crate::h1_server;
@@ -85,7 +86,9 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        // Boxed in place: the connection's future (9.9 KB) was copied five
+        // times on its way into its task and three more as it ended.
+        tokio::spawn(boxed_in_place(|| async move {
             metrics::gauge!(names::ACTIVE_CONNECTIONS).increment(1.0);
             match tls {
                 None => {
@@ -112,7 +115,7 @@ pub async fn serve(
                 }
             }
             metrics::gauge!(names::ACTIVE_CONNECTIONS).decrement(1.0);
-        });
+        }));
     }
 }
 
