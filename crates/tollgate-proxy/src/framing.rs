@@ -462,7 +462,7 @@ impl Framer {
             if head.chunked {
                 name.copy_from_slice(CL_MARKER_NAME.as_bytes());
             } else {
-                head.length = match (head.length, content_length(&value[1..])) {
+                head.length = match (head.length, content_length_value(&value[1..])) {
                     (Length::Absent, Some(n)) => Length::Valid(n),
                     (Length::Valid(prev), Some(n)) if prev == n => Length::Valid(n),
                     _ => Length::Invalid,
@@ -496,9 +496,10 @@ fn skip(left: u64, available: usize) -> usize {
     usize::try_from(left).map_or(available, |left| left.min(available))
 }
 
-/// A Content-Length value as hyper reads it: digits only, after httparse
-/// trimmed the surrounding whitespace.
-fn content_length(value: &[u8]) -> Option<u64> {
+/// A Content-Length value as hyper reads it: digits only (no sign), within
+/// `u64`, the surrounding whitespace trimmed. Every reader of the header
+/// in the gateway parses it here.
+pub(crate) fn content_length_value(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
     if value.is_empty() {
         return None;

@@ -371,16 +371,7 @@ struct Head {
 /// digits only (RFC 9110 §8.6), spaces around them allowed, and the same
 /// number as any `Content-Length` before it.
 fn read_content_length(value: &[u8], seen: &mut Option<u64>) -> Result<u64, String> {
-    let digits = value.trim_ascii();
-    let length = (!digits.is_empty())
-        .then(|| {
-            digits.iter().try_fold(0u64, |n, &b| {
-                b.is_ascii_digit()
-                    .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-                    .flatten()
-            })
-        })
-        .flatten()
+    let length = crate::framing::content_length_value(value)
         .ok_or_else(|| "a bad Content-Length".to_owned())?;
     if seen.is_some_and(|l| l != length) {
         return Err("two different Content-Length".into());

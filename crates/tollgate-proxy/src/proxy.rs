@@ -1020,7 +1020,7 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, (
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|&b| b == b',') {
-            let n = decimal(item.trim_ascii()).ok_or(())?;
+            let n = crate::framing::content_length_value(item).ok_or(())?;
             if found.is_some_and(|f| f != n) {
                 return Err(());
             }
@@ -1028,20 +1028,6 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, (
         }
     }
     Ok(found)
-}
-
-/// One or more ASCII digits as a number; `None` for anything else (a sign
-/// included) or a number past `u64`.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
 }
 
 /// A WebSocket handshake, the only upgrade tunnelled. Any other (`h2c`

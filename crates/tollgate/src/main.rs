@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tollgate_admin::compliance::{self, Severity};
 use tollgate_admin::control::{self, Actor, ControlPlane, WriteError};
@@ -727,10 +728,20 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         },
     ));
 
+    // The signal handlers are installed here, before the node says it is
+    // ready, not in the tasks that wait on them: a task spawned may not have
+    // run yet when the first requests are served, and until a handler is in
+    // place SIGHUP, SIGTERM and SIGINT end the process at once.
     if let Some(path) = config_path {
-        tokio::spawn(reload::watch(path, control.clone(), shutdown_rx.clone()));
+        let hangup = reload::hangup_signal();
+        tokio::spawn(reload::watch(
+            path,
+            control.clone(),
+            shutdown_rx.clone(),
+            hangup,
+        ));
     }
-    tokio::spawn(wait_for_termination(shutdown_tx));
+    tokio::spawn(wait_for_termination(termination_signals(), shutdown_tx));
 
     ready.store(true, Ordering::SeqCst);
     let grace = config.shutdown_grace.get();
@@ -1035,18 +1046,28 @@ fn invalid_config(errors: Vec<ConfigError>) -> anyhow::Error {
 }
 
 /// SIGTERM or Ctrl-C: stop accepting and drain.
-async fn wait_for_termination(shutdown: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
+/// SIGTERM and SIGINT, listened for from now on (see where `serve` calls it).
+fn termination_signals() -> Option<(Signal, Signal)> {
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return;
+            tracing::error!(%error, "cannot listen for {name}");
+            None
         }
+    };
+    Some((
+        listen(SignalKind::terminate(), "SIGTERM")?,
+        listen(SignalKind::interrupt(), "SIGINT")?,
+    ))
+}
+
+async fn wait_for_termination(signals: Option<(Signal, Signal)>, shutdown: watch::Sender<bool>) {
+    let Some((mut term, mut interrupt)) = signals else {
+        return;
     };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+        _ = interrupt.recv() => tracing::info!("interrupt: draining"),
     }
     let _ = shutdown.send(true);
 }

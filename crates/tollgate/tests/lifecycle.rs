@@ -167,6 +167,36 @@ async fn a_request_in_flight_during_a_reload_completes() {
     );
 }
 
+/// The signal handlers are in place once the node says it is ready: SIGHUP
+/// and SIGTERM end a process that has none, and a task spawned to install
+/// them may not have run by then.
+#[tokio::test]
+async fn signals_sent_as_soon_as_the_node_is_ready_are_handled() {
+    let a = upstream::echo("a");
+    let b = upstream::echo("b");
+    let gw = common::gateway()
+        .config(&switchable(&a, &b, "a"))
+        .start()
+        .await;
+    gw.sighup();
+    let client = gw.client();
+    eventually(RELOAD, || async {
+        upstream_of(&client, &gw, "/x").await.as_deref() == Some("a")
+    })
+    .await;
+
+    let mut gw = common::gateway()
+        .config(&switchable(&a, &b, "a"))
+        .start()
+        .await;
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "SIGTERM ended it with {status}: not drained"
+    );
+}
+
 #[tokio::test]
 async fn a_changed_file_is_reloaded_without_sighup() {
     let a = upstream::echo("a");
