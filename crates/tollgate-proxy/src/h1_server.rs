@@ -259,16 +259,11 @@ fn declared_length(headers: &[httparse::Header<'_>]) -> Result<usize, ()> {
     let Some(digits) = declared.next() else {
         return Ok(0);
     };
-    if declared.next().is_some()
-        || digits.is_empty()
-        || digits.len() > MAX_BODY_DIGITS
-        || !digits.iter().all(u8::is_ascii_digit)
-    {
+    if declared.next().is_some() || digits.len() > MAX_BODY_DIGITS {
         return Err(());
     }
-    Ok(digits
-        .iter()
-        .fold(0, |n, digit| n * 10 + usize::from(digit - b'0')))
+    let length = crate::framing::content_length_value(digits).ok_or(())?;
+    usize::try_from(length).map_err(|_| ())
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {

@@ -733,7 +733,10 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // run yet when the first requests are served, and until a handler is in
     // place SIGHUP, SIGTERM and SIGINT end the process at once.
     if let Some(path) = config_path {
-        let hangup = reload::hangup_signal();
+        let hangup = listen(
+            SignalKind::hangup(),
+            "SIGHUP; reloading on file changes only",
+        );
         tokio::spawn(reload::watch(
             path,
             control.clone(),
@@ -1045,22 +1048,27 @@ fn invalid_config(errors: Vec<ConfigError>) -> anyhow::Error {
     anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
 }
 
-/// SIGTERM or Ctrl-C: stop accepting and drain.
-/// SIGTERM and SIGINT, listened for from now on (see where `serve` calls it).
-fn termination_signals() -> Option<(Signal, Signal)> {
-    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+/// A handler for `kind` from now on; `None`, logged with `what` it means,
+/// if it cannot be installed.
+fn listen(kind: SignalKind, what: &str) -> Option<Signal> {
+    match signal(kind) {
         Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::error!(%error, "cannot listen for {name}");
+            tracing::error!(%error, "cannot listen for {what}");
             None
         }
-    };
+    }
+}
+
+/// SIGTERM and SIGINT, listened for from now on (see where `serve` calls it).
+fn termination_signals() -> Option<(Signal, Signal)> {
     Some((
         listen(SignalKind::terminate(), "SIGTERM")?,
         listen(SignalKind::interrupt(), "SIGINT")?,
     ))
 }
 
+/// SIGTERM or Ctrl-C: stop accepting and drain.
 async fn wait_for_termination(signals: Option<(Signal, Signal)>, shutdown: watch::Sender<bool>) {
     let Some((mut term, mut interrupt)) = signals else {
         return;

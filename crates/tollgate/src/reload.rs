@@ -7,27 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tollgate_admin::control::{Actor, ControlPlane};
 
 /// How often the file is checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts listening for SIGHUP, for [`watch`]. Called before the node says
-/// it is ready: until a handler is installed, a SIGHUP ends the process
-/// (its default action), and a task spawned to install one may not have
-/// run yet when the first requests are served.
-pub fn hangup_signal() -> Option<Signal> {
-    match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; reloading on file changes only");
-            None
-        }
-    }
-}
-
+/// Reloads on `hangup` (SIGHUP, listened for by the caller before the node
+/// says it is ready; `None` if it could not be) and on a changed file.
 pub async fn watch(
     path: PathBuf,
     control: Arc<ControlPlane>,

@@ -167,6 +167,16 @@ async fn a_request_in_flight_during_a_reload_completes() {
     );
 }
 
+/// The `SigCgt` mask of `/proc/PID/status`: bit N-1 for a caught signal N.
+fn caught_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .expect("a SigCgt line");
+    u64::from_str_radix(mask.trim(), 16).unwrap()
+}
+
 /// The signal handlers are in place once the node says it is ready: SIGHUP
 /// and SIGTERM end a process that has none, and a task spawned to install
 /// them may not have run by then.
@@ -178,6 +188,15 @@ async fn signals_sent_as_soon_as_the_node_is_ready_are_handled() {
         .config(&switchable(&a, &b, "a"))
         .start()
         .await;
+    // What the kernel says the process catches, read as soon as it is
+    // ready: the three handlers are installed, not about to be.
+    let caught = caught_signals(gw.pid());
+    for (signal, name) in [(1, "SIGHUP"), (2, "SIGINT"), (15, "SIGTERM")] {
+        assert!(
+            caught & (1 << (signal - 1)) != 0,
+            "{name} not caught once ready"
+        );
+    }
     gw.sighup();
     let client = gw.client();
     eventually(RELOAD, || async {
